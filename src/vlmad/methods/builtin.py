@@ -1,0 +1,45 @@
+"""Factories of the shipped methods, registered with :mod:`vlmad.methods.registry`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlmad.backbones.clip import ClipBackbone
+from vlmad.backbones.text_cache import TextEmbeddingCache
+from vlmad.methods.registry import DEFAULT_MODELS, register_method
+
+BACKBONE_KEYS = ("model", "pretrained", "checkpoint", "random_weights", "seed", "quick_gelu", "image_size",
+                 "device", "precision", "chunk_tokens", "fast")
+
+
+def split_backbone_kwargs(method: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate backbone options from method options; fill the method's default model and weights."""
+    bb = {k: kwargs.pop(k) for k in BACKBONE_KEYS if k in kwargs}
+    defaults = DEFAULT_MODELS[method]
+    bb.setdefault("model", defaults["model"])
+    if bb.get("checkpoint") is None and not bb.get("random_weights") and bb.get("pretrained") is None:
+        if bb["model"] == defaults["model"]:
+            bb["pretrained"] = defaults["pretrained"]
+    for key in ("image_size", "quick_gelu"):
+        if key in defaults and key not in bb and bb["model"] == defaults["model"]:
+            bb[key] = defaults[key]
+    return bb, kwargs
+
+
+def build_backbone(bb: dict[str, Any]) -> ClipBackbone:
+    bb = dict(bb)
+    arch = bb.pop("model")
+    return ClipBackbone.load(arch, **bb)
+
+
+def _cache(kwargs: dict[str, Any]) -> TextEmbeddingCache:
+    return TextEmbeddingCache(enabled=kwargs.pop("use_cache", True))
+
+
+@register_method("winclip", default_model="ViT-B-16-plus-240", default_pretrained="laion400m_e31")
+def _winclip(backbone: ClipBackbone | None = None, **kwargs: Any):
+    from vlmad.methods.winclip import WinClip
+
+    bb_kwargs, method_kwargs = split_backbone_kwargs("winclip", kwargs)
+    cache = _cache(method_kwargs)
+    return WinClip(backbone or build_backbone(bb_kwargs), cache=cache, **method_kwargs)

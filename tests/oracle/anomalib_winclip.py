@@ -1,0 +1,88 @@
+"""Parity oracle: anomalib 2.7.0's WinClipModel, run in its own environment (open_clip < 2.26.1).
+
+Runs as a subprocess of the tests/benchmarks with the oracle interpreter; it must not import vlmad. Arrays travel
+through .npy/.npz files. Usage:
+  python anomalib_winclip.py --arch NAME [--config-dir DIR] --weights W.safetensors --images X.npy
+         [--refs R.npy] --class-name NAME [--scales 2,3] --out OUT.npz [--repeat N] [--batch-size B]
+With --repeat the forward is timed (after one warm-up) and the timings, text setup time and peak RSS are saved.
+"""
+
+import argparse
+import resource
+import time
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", required=True)
+    ap.add_argument("--config-dir")
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--images", required=True)
+    ap.add_argument("--refs")
+    ap.add_argument("--class-name", required=True)
+    ap.add_argument("--scales", default="2,3")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--repeat", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import open_clip
+    from anomalib.models.image.winclip import torch_model as tm
+    from safetensors.torch import load_file
+
+    if args.config_dir:
+        open_clip.add_model_config(args.config_dir)
+    tm.PRETRAINED = None
+    tm.BACKBONE = args.arch
+    scales = tuple(int(s) for s in args.scales.split(","))
+    model = tm.WinClipModel(scales=scales)
+    model.clip.load_state_dict(load_file(args.weights))
+    model.eval()
+
+    t0 = time.perf_counter()
+    model.setup(args.class_name)
+    text_setup_s = time.perf_counter() - t0
+    refs = torch.from_numpy(np.load(args.refs)) if args.refs else None
+    if refs is not None:
+        model.setup(reference_images=refs)
+
+    images = torch.from_numpy(np.load(args.images))
+    bs = args.batch_size or images.shape[0]
+    out = {"text_setup_s": np.array(text_setup_s), "text_embeddings": model.text_embeddings.numpy()}
+    with torch.no_grad():
+        batch = images[:bs]
+        res = model(batch)
+        if args.repeat:
+            times = []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                res = model(batch)
+                times.append(time.perf_counter() - t)
+            out["forward_s"] = np.array(times)
+            out["batch_size"] = np.array(bs)
+        else:
+            scores, maps = [], []
+            for start in range(0, images.shape[0], bs):
+                r = model(images[start:start + bs])
+                scores.append(r.pred_score)
+                maps.append(r.anomaly_map)
+            out["scores"] = torch.cat(scores).numpy()
+            out["maps"] = torch.cat(maps).numpy()
+            img_emb, win_emb, patch_emb = model.encode_image(images[:bs])
+            out["image_embeddings"] = img_emb.numpy()
+            for i, w in enumerate(win_emb):
+                out[f"window_embeddings_{scales[i]}"] = w.numpy()
+            out["patch_embeddings"] = patch_emb.numpy()
+    del res
+    out["peak_rss_mb"] = np.array(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    np.savez(args.out, **out)
+
+
+if __name__ == "__main__":
+    main()
