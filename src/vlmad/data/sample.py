@@ -13,8 +13,8 @@ Label = Literal["normal", "anomalous"]
 class Sample:
     """One image of a dataset split.
 
-    ``mask_path`` is None for normal images and for datasets without masks; ``defect_type`` is "good" for normal
-    images of MVTec-style layouts.
+    ``mask_path`` is None for normal images and for datasets without masks; ``defect_type`` is "good" for
+    normal images of MVTec-style layouts.
     """
 
     image_path: Path
