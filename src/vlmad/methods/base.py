@@ -97,5 +97,14 @@ class Detector(ABC):
     def info(self) -> DetectorInfo:
         """Protocol description recorded with every result."""
 
-    def preprocess(self, images: Images) -> torch.Tensor:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def check_protocol(self, dataset_kind: str, dataset_root: str, category: str, force: bool = False
+                       ) -> dict[str, Any]:
+        """Called by the harness before evaluating ``category``: raise a VlmadError when the result would not be
+        what its label claims (e.g. heads trained on this category reported as zero-shot); return extra protocol
+        fields to record with the result (e.g. ``{"leakage_forced": True}``)."""
+        return {}
+
+    def finalize(self, image_scores: torch.Tensor, anomaly_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Post-processing over a whole category's predictions. Identity unless the method is transductive
+        (uses test-set statistics), in which case ``transductive`` is True and results are labelled so."""
+        return image_scores, anomaly_maps
