@@ -11,14 +11,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-ImageInput = Union[str, Path, Image.Image]
-Images = Union[torch.Tensor, Sequence[ImageInput], ImageInput]
+ImageInput = str | Path | Image.Image
+Images = torch.Tensor | Sequence[ImageInput] | ImageInput
 
 
 @dataclass
