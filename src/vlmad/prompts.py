@@ -196,7 +196,9 @@ def load_prompt_set(spec: str | Path | PromptSet | dict) -> PromptSet:
         except Exception as err:
             raise VlmadError(f"cannot parse prompt file {path}: {err}") from err
         if not isinstance(data, dict):
-            raise VlmadError(f"prompt file {path} must hold a mapping", "keys: normal_states, anomalous_states, templates")
+            raise VlmadError(
+                f"prompt file {path} must hold a mapping", "keys: normal_states, anomalous_states, templates"
+            )
         return _from_mapping(data, data.get("name", path.stem))
     raise UnknownNameError(
         f"unknown prompt set {text!r}", f"use one of {', '.join(PROMPT_SETS)} or a YAML/JSON file path"
