@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 # hub calls must fail fast on build machines (no network); set before open_clip/huggingface_hub import
@@ -35,3 +37,55 @@ def oracle_python() -> str:
 
 def pytest_report_header(config):
     return f"oracle python: {os.environ.get('VLMAD_ORACLE_PYTHON') or shutil.which('none') or 'not set'}"
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory):
+    """Factory: a discriminative random-weights safetensors checkpoint per (arch, seed), made once per session."""
+    from vlmad.testing import discriminative_state_dict, save_state_dict
+
+    made: dict[tuple[str, int], Path] = {}
+    root = tmp_path_factory.mktemp("weights")
+
+    def make(arch: str = "vlmad-tiny-vit", seed: int = 0) -> Path:
+        if (arch, seed) not in made:
+            made[(arch, seed)] = save_state_dict(discriminative_state_dict(arch, seed=seed),
+                                                 root / f"{arch}-{seed}.safetensors")
+        return made[(arch, seed)]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(weights_file):
+    from vlmad.backbones import ClipBackbone
+
+    return ClipBackbone.load("vlmad-tiny-vit", checkpoint=str(weights_file("vlmad-tiny-vit")))
+
+
+ORACLE_SCRIPT = Path(__file__).parent / "oracle" / "anomalib_winclip.py"
+
+
+@pytest.fixture(scope="session")
+def anomalib_winclip(oracle_python):
+    """Callable running anomalib 2.7.0's WinClipModel (oracle env, subprocess) on arrays; returns its outputs."""
+    from vlmad.backbones.loading import CONFIG_DIR
+
+    def run(workdir: Path, arch: str, weights: Path, images: np.ndarray, class_name: str,
+            refs: np.ndarray | None = None, shots: tuple[int, ...] = (0,), scales: str = "2,3",
+            timeout: float = 1800) -> dict[str, np.ndarray]:
+        workdir.mkdir(parents=True, exist_ok=True)
+        np.save(workdir / "images.npy", np.asarray(images, dtype=np.float32))
+        cmd = [oracle_python, str(ORACLE_SCRIPT), "--arch", arch, "--config-dir", str(CONFIG_DIR),
+               "--weights", str(weights), "--images", str(workdir / "images.npy"), "--class-name", class_name,
+               "--scales", scales, "--shots", ",".join(map(str, shots)), "--out", str(workdir / "oracle.npz")]
+        if refs is not None:
+            np.save(workdir / "refs.npy", np.asarray(refs, dtype=np.float32))
+            cmd += ["--refs", str(workdir / "refs.npy")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"oracle failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        with np.load(workdir / "oracle.npz") as data:
+            return {k: data[k] for k in data.files}
+
+    return run

@@ -121,13 +121,19 @@ class ClipBackbone:
 
     def _quantize_int8(self) -> None:
         """Dynamic int8 quantisation of the linear layers of the fast paths (weights int8, activations fp32)."""
-        from torch.ao.quantization import quantize_dynamic
+        import warnings
 
         if self.fast_blocks is None:
             raise VlmadError(f"int8 needs the standard ViT block layout; {self.arch} does not have it")
-        quantize_dynamic(self.fast_blocks, {nn.Linear}, dtype=torch.qint8, inplace=True)
-        if self.text_fast_blocks is not None:
-            quantize_dynamic(self.text_fast_blocks, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        with warnings.catch_warnings():
+            # torch.ao's eager dynamic quantisation is deprecated in favour of torchao, but still the one
+            # dependency-free way to get int8 GEMMs on CPU in torch 2.x
+            warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
+            from torch.ao.quantization import quantize_dynamic
+
+            quantize_dynamic(self.fast_blocks, {nn.Linear}, dtype=torch.qint8, inplace=True)
+            if self.text_fast_blocks is not None:
+                quantize_dynamic(self.text_fast_blocks, {nn.Linear}, dtype=torch.qint8, inplace=True)
 
     @classmethod
     def load(

@@ -43,3 +43,16 @@ def _winclip(backbone: ClipBackbone | None = None, **kwargs: Any):
     bb_kwargs, method_kwargs = split_backbone_kwargs("winclip", kwargs)
     cache = _cache(method_kwargs)
     return WinClip(backbone or build_backbone(bb_kwargs), cache=cache, **method_kwargs)
+
+
+@register_method("aprilgan", default_model="ViT-L-14-336", default_pretrained="openai", image_size=518,
+                 quick_gelu=True)
+def _aprilgan(backbone: ClipBackbone | None = None, **kwargs: Any):
+    """APRIL-GAN; ``heads=PATH`` also supplies the backbone options the heads were trained with (explicit ones win)."""
+    from vlmad.methods.aprilgan import AprilGan, backbone_kwargs_from_heads
+
+    if backbone is None and kwargs.get("heads") is not None and not hasattr(kwargs["heads"], "heads"):
+        kwargs = backbone_kwargs_from_heads(kwargs["heads"], kwargs)
+    bb_kwargs, method_kwargs = split_backbone_kwargs("aprilgan", kwargs)
+    cache = _cache(method_kwargs)
+    return AprilGan(backbone or build_backbone(bb_kwargs), cache=cache, **method_kwargs)
