@@ -2,10 +2,29 @@
 
 >>> import vlmad
 >>> det = vlmad.create_detector("winclip", checkpoint="vit_b_16_plus_240.safetensors")  # doctest: +SKIP
+
+Heavy modules (torch, open_clip) load on first use of what needs them, so ``vlmad.metrics`` or ``vlmad.data``
+stay light to import.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from vlmad.errors import VlmadError
-from vlmad.methods import Detector, Prediction, available_methods, create_detector
 
 __version__ = "0.1.0"
 __all__ = ["Detector", "Prediction", "VlmadError", "__version__", "available_methods", "create_detector"]
+
+_LAZY = {"Detector", "Prediction", "available_methods", "create_detector"}
+
+if TYPE_CHECKING:
+    from vlmad.methods import Detector, Prediction, available_methods, create_detector  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import vlmad.methods as methods
+
+        return getattr(methods, name)
+    raise AttributeError(f"module 'vlmad' has no attribute {name!r}")

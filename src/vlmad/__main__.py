@@ -1,0 +1,5 @@
+"""`python -m vlmad` = the `vlmad` command."""
+
+from vlmad.cli import main
+
+main()
