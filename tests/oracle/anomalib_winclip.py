@@ -66,10 +66,12 @@ def main() -> None:
                 times = []
                 for _ in range(args.repeat):
                     t = time.perf_counter()
-                    model(batch)
+                    r = model(batch)
                     times.append(time.perf_counter() - t)
                 out["forward_s"] = np.array(times)
                 out["batch_size"] = np.array(bs)
+                out[f"scores_k{k}"] = r.pred_score.numpy()
+                out[f"maps_k{k}"] = r.anomaly_map.numpy()
                 continue
             scores, maps = [], []
             for start in range(0, images.shape[0], bs):

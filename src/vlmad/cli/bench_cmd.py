@@ -1,0 +1,127 @@
+"""`vlmad benchmark`: run (or resume) an evaluation grid and write results, tables and an efficiency profile."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmad.cli import app
+from vlmad.errors import VlmadError
+
+HELP = (
+    "Evaluate METHODS on datasets, per category, for every number of SHOTS and reference SEED.\n\n"
+    "Writes OUT/results.jsonl (one row per method x category x shots x seed, with its full protocol), per-image "
+    "scores in OUT/scores/, tables in OUT/tables/ (per class and macro mean, next to the published number when the "
+    "protocol matches), OUT/efficiency.md and OUT/summary.md (start there).\n\n"
+    "Rerunning the same command resumes: finished rows are kept and skipped, so a finished grid recomputes "
+    "nothing.\n\n"
+    "Zero-shot rows are deterministic and run once; seeds only drive the few-shot reference draw (K images of the "
+    "train split, never test images).\n\n"
+    "Example: vlmad benchmark --dataset mvtec --root /data/mvtec --methods winclip --shots 0,1,2,4 --seeds 0,1,2 "
+    "--checkpoint vit_b_16_plus_240.safetensors --out runs/mvtec"
+)
+
+
+@app.command(help=HELP)
+def benchmark(
+    dataset: Annotated[list[str], typer.Option("--dataset", "-d", help="Dataset kind: mvtec, visa or folder "
+                                               "(repeat with --root for several datasets).")],
+    root: Annotated[list[Path], typer.Option("--root", help="Dataset folder (one per --dataset, same order).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; reused to resume).")],
+    methods: Annotated[str, typer.Option("--methods", "-m", help="Comma-separated methods, e.g. winclip.")
+                       ] = "winclip",
+    shots: Annotated[str, typer.Option("--shots", help="Comma-separated shot counts; 0 = zero-shot.")] = "0",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated reference-draw seeds (few-shot only).")
+                     ] = "0",
+    categories: Annotated[str | None, typer.Option(
+        "--categories", "-c", help="Comma-separated categories (all by default); 'kind:name' to target one "
+        "dataset.")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="open_clip architecture, for all methods or as method=ARCH.")] = None,
+    pretrained: Annotated[list[str] | None, typer.Option(
+        "--pretrained", help="Pretrained tag, for all methods or as method=TAG.")] = None,
+    checkpoint: Annotated[list[str] | None, typer.Option(
+        "--checkpoint", help="Local .safetensors weights, for all methods or as method=PATH.")] = None,
+    random_weights: Annotated[bool, typer.Option(
+        "--random-weights", help="Random init for every method: a smoke test, scores are meaningless.")] = False,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Method option method.key=value (or key=value for all), e.g. winclip.prompt_set=winclip-paper."
+    )] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32 (default), int8, fp16, bf16.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per predict call.")] = 8,
+    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")
+                           ] = 2,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="First N test images per category, balanced normal/anomalous (quick runs).")] = None,
+    eval_resolution: Annotated[str, typer.Option(
+        "--eval-resolution", help="Pixel metrics at 'input' (model input size), 'original' or N pixels.")
+    ] = "input",
+    aupro: Annotated[str, typer.Option(
+        "--aupro", help="exact (MVTec definition), legacy200 (research repos' approximation) or both.")] = "exact",
+    on_error: Annotated[str, typer.Option(
+        "--on-error", help="Unreadable image: skip (recorded in the row) or stop.")] = "skip",
+    force_protocol: Annotated[bool, typer.Option(
+        "--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Recompute rows recorded as refused or failed.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
+    no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
+) -> None:
+    from vlmad.bench import BenchmarkConfig, build_method_specs, run_benchmark
+    from vlmad.bench.protocol import parse_aupro, parse_eval_resolution, parse_int_list
+    from vlmad.cli.common import console
+
+    if len(dataset) != len(root):
+        raise VlmadError(f"{len(dataset)} --dataset but {len(root)} --root",
+                         "give one --root per --dataset, in the same order")
+    parse_aupro(aupro)
+    specs = build_method_specs(methods, model, pretrained, checkpoint, random_weights, precision, sets)
+    datasets = _datasets(dataset, root, categories)
+    config = BenchmarkConfig(
+        out=out, datasets=datasets, methods=specs, shots=parse_int_list(shots, "shots"),
+        seeds=parse_int_list(seeds, "seeds"), device=device, batch_size=batch_size, num_workers=num_workers,
+        limit=limit, eval_resolution=parse_eval_resolution(eval_resolution), aupro=aupro, on_error=on_error,
+        force_protocol=force_protocol, retry_failed=retry_failed, use_cache=not no_cache, flops=not no_flops,
+        progress=not quiet, argv=["vlmad", *sys.argv[1:]],
+    )
+    run_dir = run_benchmark(config)
+    console.print(f"results: {run_dir / 'results.jsonl'}")
+    console.print(f"summary: {run_dir / 'summary.md'} (tables in {run_dir / 'tables'}, efficiency in "
+                  f"{run_dir / 'efficiency.md'})")
+
+
+def _datasets(kinds: list[str], roots: list[Path], categories: str | None):
+    from vlmad.bench import DatasetSpec
+    from vlmad.bench.specs import split_names
+    from vlmad.data import load_dataset
+
+    names = split_names(categories)
+    if not names:
+        return [DatasetSpec(k, r, None) for k, r in zip(kinds, roots, strict=True)]
+    if len(kinds) == 1:
+        return [DatasetSpec(kinds[0], roots[0], [n.split(":", 1)[-1] if n.startswith(f"{kinds[0]}:") else n
+                                                 for n in names])]
+    out, used = [], set()
+    for kind, root in zip(kinds, roots, strict=True):
+        available = set(load_dataset(kind, root).categories)
+        chosen = []
+        for n in names:
+            qual, sep, bare = n.partition(":")
+            if sep and qual != kind:
+                continue
+            name = bare if sep else n
+            if name in available:
+                chosen.append(name)
+                used.add(n)
+        if chosen:
+            out.append(DatasetSpec(kind, root, chosen))
+    unknown = [n for n in names if n not in used]
+    if unknown:
+        raise VlmadError(f"category {unknown[0]!r} is in none of the datasets",
+                         "check --categories (use kind:name to pick a dataset)")
+    return out

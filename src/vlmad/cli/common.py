@@ -1,0 +1,74 @@
+"""Options and helpers shared by the CLI commands (weights choice, detector construction, console)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+
+console = Console(stderr=True, soft_wrap=True)
+
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Detection method (see `vlmad models`).")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="open_clip architecture; default per method.")]
+PretrainedOpt = Annotated[
+    str | None, typer.Option("--pretrained", help="Pretrained tag (downloaded via open_clip on first use).")
+]
+CheckpointOpt = Annotated[
+    Path | None, typer.Option("--checkpoint", help="Local weights: a .safetensors state dict of the architecture.")
+]
+RandomOpt = Annotated[
+    bool, typer.Option("--random-weights", help="Smoke test with random init; scores are meaningless.")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 (default), int8 (CPU), fp16/bf16 (GPU).")]
+PromptOpt = Annotated[str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the text-embedding cache.")]
+HeadsOpt = Annotated[Path | None, typer.Option("--heads", help="APRIL-GAN trained heads (.safetensors).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+
+
+def build_detector(
+    method: str,
+    model: str | None = None,
+    pretrained: str | None = None,
+    checkpoint: Path | None = None,
+    random_weights: bool = False,
+    device: str = "cpu",
+    precision: str = "fp32",
+    prompt_set: str | None = None,
+    no_cache: bool = False,
+    heads: Path | None = None,
+    batch_size: int = 8,
+    extra: dict[str, Any] | None = None,
+):
+    """Create a detector from CLI options (exactly one weights source; defaults per method)."""
+    from vlmad import create_detector
+
+    kwargs: dict[str, Any] = {"device": device, "precision": precision, "use_cache": not no_cache,
+                              "batch_size": batch_size}
+    if model:
+        kwargs["model"] = model
+    if pretrained:
+        kwargs["pretrained"] = pretrained
+    if checkpoint is not None:
+        kwargs["checkpoint"] = str(checkpoint)
+    if random_weights:
+        kwargs["random_weights"] = True
+    if prompt_set:
+        kwargs["prompt_set"] = prompt_set
+    if heads is not None:
+        kwargs["heads"] = str(heads)
+    kwargs.update(extra or {})
+    with console.status(f"loading {method} ({model or 'default model'})"):
+        detector = create_detector(method, **kwargs)
+    if detector.info().random_weights:
+        warn_random_weights()
+    return detector
+
+
+def warn_random_weights() -> None:
+    console.print(f"[bold red]WARNING: {RANDOM_WEIGHTS_STAMP}[/] (smoke test of the pipeline only)")

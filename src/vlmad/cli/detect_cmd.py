@@ -1,0 +1,94 @@
+"""`vlmad detect`: score images (and write heatmaps) with one detector."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vlmad.cli import app
+from vlmad.cli.common import (
+    BatchOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    HeadsOpt,
+    MethodOpt,
+    ModelOpt,
+    NoCacheOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    PromptOpt,
+    RandomOpt,
+    build_detector,
+    console,
+)
+from vlmad.errors import VlmadError
+
+
+@app.command()
+def detect(
+    images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
+    class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (scores.csv, maps/, overlays/).")],
+    method: MethodOpt = "winclip",
+    reference: Annotated[
+        list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
+    ] = None,
+    reference_dir: Annotated[
+        Path | None, typer.Option("--reference-dir", help="Directory of normal reference images (K-shot).")
+    ] = None,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    checkpoint: CheckpointOpt = None,
+    random_weights: RandomOpt = False,
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    batch_size: BatchOpt = 8,
+    prompt_set: PromptOpt = None,
+    no_cache: NoCacheOpt = False,
+    heads: HeadsOpt = None,
+    save_maps: Annotated[bool, typer.Option("--save-maps", help="Write maps/<stem>.npy (float32).")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Write overlays/<stem>.png heatmaps.")] = False,
+    deploy: Annotated[
+        Path | None, typer.Option("--deploy", help="deploy.json with a calibrated threshold -> decisions.")
+    ] = None,
+    on_error: Annotated[str, typer.Option("--on-error", help="skip (record) or stop on unreadable images.")] = "skip",
+) -> None:
+    """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
+    from vlmad.jobs import expand_images, run_detection
+
+    paths = expand_images(images)
+    refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))
+    threshold = _load_threshold(deploy) if deploy else None
+    detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
+                              prompt_set, no_cache, heads, batch_size)
+    with console.status(f"text embeddings for {class_name!r}"):
+        detector.setup(class_name)
+    if refs:
+        with console.status(f"{len(refs)}-shot reference memory"):
+            detector.fit(refs)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("detect", total=len(paths))
+        rows = run_detection(detector, paths, out, save_maps=save_maps, overlay=overlay, batch_size=batch_size,
+                             on_error=on_error, threshold=threshold,
+                             progress=lambda n: bar.advance(task, n))
+    failed = [r for r in rows if r.error]
+    console.print(f"scored {len(rows) - len(failed)} image(s) -> {out / 'scores.csv'}")
+    for r in failed:
+        console.print(f"[yellow]skipped[/] {r.path}: {r.error}")
+    if detector.info().random_weights:
+        console.print("[bold red]random weights - scores are meaningless[/]")
+
+
+def _load_threshold(path: Path) -> float:
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        return float(data["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise VlmadError(f"cannot read a threshold from {path}: {err}",
+                         "a deploy.json holds at least {\"threshold\": <float>}") from err

@@ -1,0 +1,65 @@
+"""`vlmad models` and `vlmad fetch-weights`: what can run, and getting weights onto an offline machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from vlmad.cli import app
+from vlmad.cli.common import console
+
+
+@app.command()
+def models(
+    all_models: Annotated[bool, typer.Option("--all", help="List every open_clip architecture and tag.")] = False,
+) -> None:
+    """List methods with their default backbones, and open_clip architectures with pretrained tags."""
+    from rich.console import Console
+
+    from vlmad.backbones import list_architectures, list_pretrained
+    from vlmad.methods.registry import DEFAULT_MODELS, available_methods
+
+    out = Console()
+    methods = Table(title="methods")
+    for col in ("method", "default model", "default pretrained", "notes"):
+        methods.add_column(col)
+    for name in available_methods():
+        d = DEFAULT_MODELS[name]
+        notes = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("model", "pretrained"))
+        methods.add_row(name, d["model"], d["pretrained"], notes)
+    out.print(methods)
+    tags: dict[str, list[str]] = {}
+    for arch, tag in list_pretrained():
+        tags.setdefault(arch, []).append(tag)
+    archs = list_architectures()
+    shown = archs if all_models else [a for a in archs if a.startswith("ViT") or a.startswith("vlmad-")]
+    table = Table(title="architectures" + ("" if all_models else " (ViT; --all for every one)"))
+    table.add_column("architecture")
+    table.add_column("pretrained tags")
+    for arch in shown:
+        table.add_row(arch, ", ".join(tags.get(arch, [])) or ("random init only (tests)" if arch.startswith(
+            "vlmad-") else "-"))
+    out.print(table)
+
+
+@app.command("fetch-weights")
+def fetch_weights(
+    model: Annotated[str, typer.Option("--model", help="open_clip architecture.")] = "ViT-B-16-plus-240",
+    pretrained: Annotated[str, typer.Option("--pretrained", help="Pretrained tag.")] = "laion400m_e31",
+    out: Annotated[Path | None, typer.Option("--out", help="Target .safetensors file.")] = None,
+) -> None:
+    """Download pretrained weights (needs network) and save them as a safetensors checkpoint for --checkpoint."""
+    from safetensors.torch import save_file
+
+    from vlmad.backbones.loading import resolve_model
+
+    target = out or Path(f"{model}-{pretrained}.safetensors")
+    with console.status(f"downloading {model}/{pretrained}"):
+        net, _ = resolve_model(model, pretrained=pretrained)
+    state = {k: v.detach().contiguous() for k, v in net.state_dict().items() if k != "attn_mask"}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(target), metadata={"arch": model, "pretrained": pretrained})
+    console.print(f"saved {target} — use it with --model {model} --checkpoint {target}")
