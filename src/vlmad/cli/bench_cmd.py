@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +26,7 @@ HELP = (
 
 @app.command(help=HELP)
 def benchmark(
+    ctx: typer.Context,
     dataset: Annotated[list[str], typer.Option("--dataset", "-d", help="Dataset kind: mvtec, visa or folder "
                                                "(repeat with --root for several datasets).")],
     root: Annotated[list[Path], typer.Option("--root", help="Dataset folder (one per --dataset, same order).")],
@@ -87,12 +87,29 @@ def benchmark(
         seeds=parse_int_list(seeds, "seeds"), device=device, batch_size=batch_size, num_workers=num_workers,
         limit=limit, eval_resolution=parse_eval_resolution(eval_resolution), aupro=aupro, on_error=on_error,
         force_protocol=force_protocol, retry_failed=retry_failed, use_cache=not no_cache, flops=not no_flops,
-        progress=not quiet, argv=["vlmad", *sys.argv[1:]],
+        progress=not quiet, argv=command_line(ctx),
     )
     run_dir = run_benchmark(config)
     console.print(f"results: {run_dir / 'results.jsonl'}")
     console.print(f"summary: {run_dir / 'summary.md'} (tables in {run_dir / 'tables'}, efficiency in "
                   f"{run_dir / 'efficiency.md'})")
+
+
+def command_line(ctx: typer.Context) -> list[str]:
+    """The command as typed, rebuilt from the parsed options (correct under any launcher or test runner)."""
+    argv = ["vlmad", ctx.info_name or "benchmark"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or param.name == "ctx":
+            continue
+        flag = max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            if value:
+                argv.append(flag)
+            continue
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            argv += [flag, str(v)]
+    return argv
 
 
 def _datasets(kinds: list[str], roots: list[Path], categories: str | None):

@@ -1,0 +1,70 @@
+"""Small generated datasets and a tiny random-weights WinCLIP for the harness tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vlmad.data import make_dataset
+
+TINY = {"model": "vlmad-tiny-vit", "random_weights": True}
+
+
+@pytest.fixture(scope="session")
+def mvtec_root(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "mvtec", layout="mvtec",
+                        categories="demo_texture,demo_object", n_train=3, n_test_good=3, n_test_bad=3, size=64)
+
+
+@pytest.fixture(scope="session")
+def visa_root(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data") / "visa", layout="visa",
+                        categories="demo_texture,demo_object", n_train=3, n_test_good=3, n_test_bad=3, size=64)
+
+
+@pytest.fixture
+def tiny_spec():
+    from vlmad.bench import method_spec
+
+    return method_spec("winclip", **TINY)
+
+
+@pytest.fixture
+def make_config(tmp_path, tiny_spec):
+    """BenchmarkConfig factory with small defaults (one dataset, tiny random model)."""
+    from vlmad.bench import BenchmarkConfig, DatasetSpec
+
+    def make(root: Path, kind: str = "mvtec", out: Path | None = None, **kw):
+        kw.setdefault("methods", [tiny_spec])
+        kw.setdefault("batch_size", 4)
+        kw.setdefault("flops", False)
+        return BenchmarkConfig(out=out or tmp_path / "run", datasets=[DatasetSpec(kind, root, kw.pop("categories",
+                                                                                                      None))], **kw)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Overrides the per-test text cache of tests/conftest.py: the harness tests share one cache (the tiny random
+    model embeds the same prompts every time) to keep the suite fast; cache behaviour is tested elsewhere."""
+    global _SHARED_CACHE
+    if _SHARED_CACHE is None:
+        _SHARED_CACHE = tmp_path_factory.mktemp("vlmad-cache-bench")
+    monkeypatch.setenv("VLMAD_CACHE_DIR", str(_SHARED_CACHE))
+
+
+_SHARED_CACHE: Path | None = None
+
+
+@pytest.fixture(autouse=True, scope="package")
+def _one_torch_thread():
+    """The build machines share 2 cores between several jobs; with 2 intra-op threads each, tiny models spend
+    most of their time spinning (10x slower). One thread keeps these tests fast; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
