@@ -198,7 +198,7 @@ def main() -> None:
 
     print()
     print(f"{'metric (zero-shot, fp32, CPU)':<34}{'anomalib':>14}{'vlmad':>14}{'gain':>11}  target")
-    r_speed = row("images/s (batch %d)" % bs, a_ips, v_ips, "higher", ">= 1.15x")
+    r_speed = row(f"images/s (batch {bs})", a_ips, v_ips, "higher", ">= 1.15x")
     row("ms/image", 1000 / a_ips, 1000 / v_ips, "lower")
     r_cold = row("cold text setup (s)", float(ref["text_setup_s"]), v["text_setup_cold_s"], "lower", ">= 3x")
     print(f"{'warm text setup, cache hit (s)':<34}{'-':>14}{v['text_setup_warm_s']:>14.3f}{'':>11}  <= 1 s")

@@ -211,9 +211,13 @@ class ClipBackbone:
         return x + v.positional_embedding.to(x.dtype)
 
     @torch.inference_mode()
-    def encode_image(self, images: torch.Tensor, layers: Sequence[int] = (), need_final: bool = True
-                     ) -> ImageFeatures:
-        """Full-image forward; ``layers`` (1-based block indices) returns raw intermediate tokens too."""
+    def encode_image(self, images: torch.Tensor, layers: Sequence[int] = (), need_final: bool = True,
+                     need_patch_tokens: bool = True) -> ImageFeatures:
+        """Full-image forward; ``layers`` (1-based block indices) returns raw intermediate tokens too.
+
+        ``need_final=False`` stops after the last requested layer; ``need_patch_tokens=False`` lets the last block
+        compute only the [CLS] row (zero-shot WinCLIP needs nothing else).
+        """
         v = self.visual
         embedded = self.embed_patches(images)
         wanted = set(int(i) for i in layers)
@@ -224,10 +228,11 @@ class ClipBackbone:
         x = v.ln_pre(embedded)
         inter: dict[int, torch.Tensor] = {}
         if self.fast_blocks is not None:
+            cls_only_last = need_final and not need_patch_tokens and self.num_layers not in wanted
             for i, blk in enumerate(self.fast_blocks[:last], start=1):
-                x = blk(x)
+                x = blk(x, cls_only=cls_only_last and i == self.num_layers)
                 if i in wanted:
-                    inter[i] = x
+                    inter[i] = x.clone()  # blocks update their input in place
         else:
             batch_first = getattr(v.transformer, "batch_first", False)
             x = x if batch_first else x.permute(1, 0, 2)
@@ -243,7 +248,7 @@ class ClipBackbone:
         pooled = x[:, 0]
         if v.proj is not None:
             pooled = pooled @ v.proj
-        return ImageFeatures(embedded, pooled, x[:, 1:], inter)
+        return ImageFeatures(embedded, pooled, x[:, 1:] if need_patch_tokens else x.new_empty(0), inter)
 
     @torch.inference_mode()
     def window_embeddings(self, embedded: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
@@ -258,7 +263,7 @@ class ClipBackbone:
         seq = torch.cat([windows.new_zeros(n_win, 1), windows + 1], dim=1).to(self.device)
         length = seq.shape[1]
         per_chunk = max(1, self.chunk_tokens // length)
-        x0 = v.ln_pre(embedded)
+        x0 = v.ln_pre(embedded)  # gathered (copied) per chunk, so the blocks may update their input in place
         qkv0 = None
         if self.fast_blocks is not None:
             first = self.fast_blocks[0]

@@ -9,6 +9,10 @@ image and only ever reads their [CLS] output. :class:`FastBlock` shares the para
 * ``cls_only=True``: in the last block only the [CLS] row needs a query, an output projection and an MLP;
 * ``causal=True``: the text tower's causal mask, via ``scaled_dot_product_attention(is_causal=True)``.
 
+Residual branches ending in a plain linear layer are accumulated in place into the residual stream with one
+``addmm_`` (the GEMM adds onto the residual: no bias broadcast copy, no separate add pass), so the block **may
+overwrite its input** ``x``; callers pass tensors they own.
+
 The parameters are exposed as :class:`nn.Linear` modules so dynamic int8 quantisation can replace them.
 """
 
@@ -72,6 +76,18 @@ class FastBlock(nn.Module):
             self.q_proj = _linear_sharing(w[:d], b[:d])
             self.kv_proj = _linear_sharing(w[d:], b[d:])
 
+    @staticmethod
+    def _add_linear_(x: torch.Tensor, inp: torch.Tensor, lin: nn.Module, scale: nn.Module) -> torch.Tensor:
+        """``x + scale(lin(inp))``, computed in place on ``x`` when ``lin`` is a plain fp32/bf16 Linear."""
+        if (type(lin) is nn.Linear and isinstance(scale, nn.Identity) and x.is_contiguous()
+                and x.dtype == lin.weight.dtype == inp.dtype and not x.requires_grad):
+            flat = x.view(-1, x.shape[-1])
+            if lin.bias is not None:
+                flat.add_(lin.bias)
+            flat.addmm_(inp.reshape(-1, inp.shape[-1]), lin.weight.t())
+            return x
+        return x + scale(lin(inp))
+
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         n, length, _ = t.shape
         return t.reshape(n, length, self.num_heads, self.head_dim).transpose(1, 2)
@@ -98,6 +114,6 @@ class FastBlock(nn.Module):
         k, v = kv[..., :d], kv[..., d:]
         o = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), is_causal=causal)
         o = o.transpose(1, 2).reshape(o.shape[0], -1, d)
-        residual = x[:, :1] if cls_only else x
-        x = residual + self.ls_1(self.out_proj(o))
-        return x + self.ls_2(self.c_proj(self.act(self.c_fc(self.ln_2(x)))))
+        residual = x[:, :1].contiguous() if cls_only else x
+        x = self._add_linear_(residual, o, self.out_proj, self.ls_1)
+        return self._add_linear_(x, self.act(self.c_fc(self.ln_2(x))), self.c_proj, self.ls_2)

@@ -1,5 +1,5 @@
-"""APRIL-GAN (Chen et al., VAND 2023 challenge): zero-shot segmentation with trained projection heads, plus the
-few-shot memory bank. Reference behaviour: ByChelsea/VAND-APRIL-GAN (see DESIGN.md).
+"""APRIL-GAN (Chen et al., VAND 2023 challenge): zero-shot segmentation with trained projection heads, plus
+the few-shot memory bank. Reference behaviour: ByChelsea/VAND-APRIL-GAN (see DESIGN.md).
 
 Equations (``S`` = model input side, ``G`` = patch grid, one entry per stage ``s``, e.g. blocks 6/12/18/24):
 
@@ -7,18 +7,20 @@ Equations (``S`` = model input side, ``G`` = patch grid, one entry per stage ``s
 * stage map: ``z_s = normalize(head_s(tokens_s[1:]))`` (raw residual tokens after block s, CLS dropped, no
   ln_post / proj), ``l_s = 100 * z_s @ T^T`` (P, 2), reshaped to G x G, bilinearly upsampled to S x S
   (align_corners=True), softmax over the two channels; ``map = sum_s softmax(l_s)[anomalous]``;
-* image score (zero-shot): ``softmax(100 * normalize(CLS_embedding) @ T^T)[anomalous]``; the heads are not used;
+* image score (zero-shot): ``softmax(100 * normalize(CLS_embedding) @ T^T)[anomalous]``; the heads are not
+  used;
 * few-shot (K normal references): ``map += sum_s upsample(min over the stage-s bank of (1 - cos))`` and
   ``score = 0.5 * (CLS probability + max of map)``.
 
-Implementation notes: softmax over two channels is ``sigmoid(l_anomalous - l_normal)`` and bilinear upsampling is
-linear, so one channel (the logit difference) is upsampled instead of two; the few-shot distances are summed over
-stages on the grid and upsampled once. Nearest-neighbour search is one chunked matmul per stage (no sklearn, no
-per-image loop).
+Implementation notes: softmax over two channels is ``sigmoid(l_anomalous - l_normal)`` and bilinear upsampling
+is linear, so one channel (the logit difference) is upsampled instead of two; the few-shot distances are
+summed over stages on the grid and upsampled once. Nearest-neighbour search is one chunked matmul per stage
+(no sklearn, no per-image loop).
 
-The reference min-max-normalises the few-shot map maxima over a class's whole test set before averaging them with
-the CLS probability. That uses test-set statistics, so it is off by default; ``transductive=True`` declares it (and
-``info()`` records it) and :meth:`AprilGan.normalize_scores_transductive` applies it to a whole class's predictions.
+The reference min-max-normalises the few-shot map maxima over a class's whole test set before averaging them
+with the CLS probability. That uses test-set statistics, so it is off by default; ``transductive=True``
+declares it (and ``info()`` records it) and :meth:`AprilGan.normalize_scores_transductive` applies it to a
+whole class's predictions.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ CLASS_NAME_STYLES = ("display", "raw")
 DEFAULT_ASSOC_ELEMS = 1 << 26
 
 
-# ---------------------------------------------------------------------------------------------- pure functions
+# ------------------------------------------------------------------------------------------ pure functions
 def default_stages(num_layers: int, count: int = 4) -> tuple[int, ...]:
-    """``count`` evenly spaced blocks ending at the last one (1-based): 24 -> (6, 12, 18, 24), 12 -> (3, 6, 9, 12).
+    """``count`` evenly spaced blocks ending at the last one (1-based): 24 -> (6, 12, 18, 24), 12 -> (3, 6, 9,
+    12).
 
     Shallow models get fewer, de-duplicated stages (2 layers -> (1, 2)).
     """
@@ -62,11 +65,15 @@ def default_stages(num_layers: int, count: int = 4) -> tuple[int, ...]:
 def check_stages(stages: Sequence[int], num_layers: int, arch: str = "backbone") -> tuple[int, ...]:
     out = tuple(int(s) for s in stages)
     if not out:
-        raise VlmadError("APRIL-GAN needs at least one stage", f"e.g. {','.join(map(str, default_stages(num_layers)))}")
+        raise VlmadError(
+            "APRIL-GAN needs at least one stage", f"e.g. {','.join(map(str, default_stages(num_layers)))}"
+        )
     bad = [s for s in out if not 1 <= s <= num_layers]
     if bad:
-        raise VlmadError(f"stage block indices {bad} out of range for {arch} (1..{num_layers})",
-                         f"the default for {arch} is {','.join(map(str, default_stages(num_layers)))}")
+        raise VlmadError(
+            f"stage block indices {bad} out of range for {arch} (1..{num_layers})",
+            f"the default for {arch} is {','.join(map(str, default_stages(num_layers)))}",
+        )
     if len(set(out)) != len(out):
         raise VlmadError(f"duplicate stages in {list(out)}", "list every block index once")
     return out
@@ -103,26 +110,34 @@ def upsample_grid(values: torch.Tensor, grid: tuple[int, int], size: int) -> tor
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)[:, 0]
 
 
-def stage_probabilities(projected: Sequence[torch.Tensor], text: torch.Tensor, grid: tuple[int, int], size: int
-                        ) -> list[torch.Tensor]:
+def stage_probabilities(
+    projected: Sequence[torch.Tensor], text: torch.Tensor, grid: tuple[int, int], size: int
+) -> list[torch.Tensor]:
     """Per stage: anomalous-channel probability of the upsampled two-class softmax, (B, S, S) each."""
     return [torch.sigmoid(upsample_grid(stage_logit_gap(p, text), grid, size)) for p in projected]
 
 
-def min_cosine_distance(queries: torch.Tensor, bank: torch.Tensor, max_elems: int = DEFAULT_ASSOC_ELEMS
-                        ) -> torch.Tensor:
+def min_cosine_distance(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    max_elems: int = DEFAULT_ASSOC_ELEMS,
+    bank_normalized: bool = False,
+) -> torch.Tensor:
     """min over the bank of (1 - cos): (B, P, D) x (M, D) -> (B, P).
 
     One matmul per bank chunk with a running maximum of the cosine, so memory stays at ``max_elems`` floats
     whatever K and the batch size are. ``min(1 - cos) == 1 - max(cos)`` exactly (subtraction is monotone).
+    ``bank_normalized=True`` skips re-normalising a bank whose rows are already unit vectors.
     """
     b_, p_, d = queries.shape
     q = F.normalize(queries.float(), dim=-1).reshape(-1, d)
-    bank = F.normalize(bank.float().to(q.device), dim=-1)
+    bank = bank.float().to(q.device)
+    if not bank_normalized:
+        bank = F.normalize(bank, dim=-1)
     rows_per_chunk = max(1, int(max_elems) // max(1, q.shape[0]))
     best = None
     for start in range(0, bank.shape[0], rows_per_chunk):
-        sim = (q @ bank[start:start + rows_per_chunk].T).amax(dim=1)
+        sim = (q @ bank[start : start + rows_per_chunk].T).amax(dim=1)
         best = sim if best is None else torch.maximum(best, sim)
     if best is None:
         raise VlmadError("the few-shot memory bank is empty", "call fit() with at least one normal image")
@@ -186,16 +201,18 @@ class AprilGanPrediction(Prediction):
 class AprilGan(Detector):
     """APRIL-GAN (zero-shot with trained heads) and its few-shot memory bank behind the Detector contract.
 
-    ``heads``: a heads file written by ``vlmad train aprilgan`` (``.safetensors`` with its ``.json`` sidecar), or a
-    :class:`ProjectionHeads` instance (e.g. straight from training). Without heads the segmentation maps would
-    come from random projections, so construction fails with a hint, unless ``allow_untrained=True`` (smoke tests,
-    benchmarks, or when only the image score — which does not use the heads — is wanted); ``info()`` records it.
+    ``heads``: a heads file written by ``vlmad train aprilgan`` (``.safetensors`` with its ``.json`` sidecar),
+    or a :class:`ProjectionHeads` instance (e.g. straight from training). Without heads the segmentation maps
+    would come from random projections, so construction fails with a hint, unless ``allow_untrained=True``
+    (smoke tests, benchmarks, or when only the image score — which does not use the heads — is wanted);
+    ``info()`` records it.
 
     ``stages``: 1-based block indices (default: the heads' stages, else 4 evenly spaced blocks).
-    ``class_name_style``: "display" (DESIGN.md: "metal_nut" -> "metal nut") or "raw" (the reference code puts the
-    folder name, underscore included, into the prompts).
-    ``transductive``: declare the reference's test-set min-max normalisation of the few-shot map maxima; apply it
-    with :meth:`normalize_scores_transductive` over a whole class. ``predict`` itself never uses test statistics.
+    ``prompt_set`` / ``class_name_style`` default to what the heads were trained with, else "aprilgan" /
+    "display". ``class_name_style``: "display" (DESIGN.md: "metal_nut" -> "metal nut") or "raw" (the reference
+    code puts the folder name, underscore included, into the prompts). ``transductive``: declare the
+    reference's test-set min-max normalisation of the few-shot map maxima; apply it with
+    :meth:`normalize_scores_transductive` over a whole class. ``predict`` itself never uses test statistics.
     ``check_weights``: refuse heads whose sidecar says they were trained on other backbone weights.
     """
 
@@ -206,24 +223,19 @@ class AprilGan(Detector):
         backbone: ClipBackbone,
         heads: str | Path | ProjectionHeads | None = None,
         stages: Sequence[int] | None = None,
-        prompt_set: str | PromptSet = "aprilgan",
+        prompt_set: str | PromptSet | None = None,
         allow_untrained: bool = False,
         transductive: bool = False,
-        class_name_style: str = "display",
+        class_name_style: str | None = None,
         batch_size: int = 4,
         head_seed: int = 0,
         check_weights: bool = True,
         assoc_max_elems: int = DEFAULT_ASSOC_ELEMS,
         cache: TextEmbeddingCache | None = None,
     ) -> None:
-        from vlmad.training.heads_io import check_compatible, load_heads
+        from vlmad.training.heads_io import check_compatible, heads_paths, load_heads
 
         self.backbone = backbone
-        self.prompt_set = load_prompt_set(prompt_set)
-        if class_name_style not in CLASS_NAME_STYLES:
-            raise VlmadError(f"unknown class_name_style {class_name_style!r}",
-                             f"use one of {', '.join(CLASS_NAME_STYLES)}")
-        self.class_name_style = class_name_style
         self.transductive = bool(transductive)
         self.batch_size = max(1, int(batch_size))
         self.assoc_max_elems = int(assoc_max_elems)
@@ -237,41 +249,67 @@ class AprilGan(Detector):
             head_stages = tuple(int(s) for s in meta["stages"])
             if stages is not None and tuple(int(s) for s in stages) != head_stages:
                 raise VlmadError(
-                    f"stages {list(stages)} differ from the stages the heads were trained on {list(head_stages)}",
+                    f"stages {list(stages)} differ from the stages the heads were trained on "
+                    f"{list(head_stages)}",
                     "omit stages (the heads' own are used) or train heads for these stages",
                 )
             check_compatible(meta, backbone, check_weights=check_weights)
             self.stages = check_stages(head_stages, backbone.num_layers, backbone.arch)
             module = ProjectionHeads(backbone.width, backbone.embed_dim, len(self.stages))
             module.load_state_dict(state, strict=True)
-            self.heads_meta, self.heads_path = meta, Path(heads)
+            self.heads_meta, self.heads_path = meta, heads_paths(heads)[0]
         elif isinstance(heads, ProjectionHeads):
-            self.stages = check_stages(stages if stages is not None else default_stages(backbone.num_layers),
-                                       backbone.num_layers, backbone.arch)
-            if (heads.width, heads.embed_dim, len(heads)) != (backbone.width, backbone.embed_dim, len(self.stages)):
+            self.stages = check_stages(
+                stages if stages is not None else default_stages(backbone.num_layers),
+                backbone.num_layers,
+                backbone.arch,
+            )
+            if (heads.width, heads.embed_dim, len(heads)) != (
+                backbone.width,
+                backbone.embed_dim,
+                len(self.stages),
+            ):
                 raise VlmadError(
                     f"heads map {len(heads)} x ({heads.width} -> {heads.embed_dim}) but {backbone.arch} with "
-                    f"{len(self.stages)} stages needs {len(self.stages)} x ({backbone.width} -> {backbone.embed_dim})",
+                    f"{len(self.stages)} stages needs {len(self.stages)} x "
+                    f"({backbone.width} -> {backbone.embed_dim})",
                     "build the heads for this backbone and stage list",
                 )
             module = heads
         elif heads is None:
             if not allow_untrained:
                 raise NotReadyError(
-                    "APRIL-GAN needs trained projection heads; without them its anomaly maps are random projections",
+                    "APRIL-GAN needs trained projection heads; without them its anomaly maps are random "
+                    "projections",
                     "train heads with `vlmad train aprilgan ...` and pass heads=PATH (CLI: --heads PATH); "
-                    "allow_untrained=True runs with randomly initialised heads (smoke tests, speed checks, or when "
-                    "only the image score is used)",
+                    "allow_untrained=True runs with randomly initialised heads (smoke tests, speed checks, "
+                    "or when only the image score is used)",
                 )
-            self.stages = check_stages(stages if stages is not None else default_stages(backbone.num_layers),
-                                       backbone.num_layers, backbone.arch)
+            self.stages = check_stages(
+                stages if stages is not None else default_stages(backbone.num_layers),
+                backbone.num_layers,
+                backbone.arch,
+            )
             module = ProjectionHeads.seeded(backbone.width, backbone.embed_dim, len(self.stages), head_seed)
             self.untrained = True
             self.head_seed = int(head_seed)
         else:
-            raise VlmadError(f"cannot use {type(heads).__name__} as APRIL-GAN heads",
-                             "pass a heads file path or a ProjectionHeads module")
+            raise VlmadError(
+                f"cannot use {type(heads).__name__} as APRIL-GAN heads",
+                "pass a heads file path or a ProjectionHeads module",
+            )
         self.heads = module.to(backbone.device).float().eval().requires_grad_(False)
+        # prompts: what the caller asks for, else what the heads were trained with, else the APRIL-GAN set
+        meta = self.heads_meta or {}
+        if prompt_set is None:
+            prompt_set = meta.get("prompt_set_definition") or meta.get("prompt_set") or "aprilgan"
+        self.prompt_set = load_prompt_set(prompt_set)
+        style = class_name_style or meta.get("class_name_style") or "display"
+        if style not in CLASS_NAME_STYLES:
+            raise VlmadError(
+                f"unknown class_name_style {style!r}", f"use one of {', '.join(CLASS_NAME_STYLES)}"
+            )
+        self.class_name_style = style
         self.class_name: str | None = None
         self.text_embeddings: torch.Tensor | None = None  # (2, E) normalised
         self._banks: list[torch.Tensor] = []
@@ -324,22 +362,29 @@ class AprilGan(Detector):
         return class_display_name(class_name) if self.class_name_style == "display" else class_name
 
     def setup(self, class_name: str) -> None:
-        """Prompt ensemble of the class: each prompt embedding normalised, averaged per class, re-normalised."""
-        self.text_embeddings = class_text_embeddings(self.backbone, self.prompt_set, self.prompt_class_name(class_name),
-                                                     self.cache)
+        """Prompt ensemble of the class: each prompt embedding normalised, averaged per class,
+        re-normalised."""
+        self.text_embeddings = class_text_embeddings(
+            self.backbone, self.prompt_set, self.prompt_class_name(class_name), self.cache
+        )
         self.class_name = class_name
 
     def fit(self, reference_images: Images) -> None:
-        """Memory bank of K normal references: per stage, all their raw patch tokens (K * P, width)."""
+        """Memory bank of K normal references: per stage, all their raw patch tokens (K * P, width).
+
+        Rows are stored L2-normalised (only cosines are ever taken), so ``predict`` does not redo it.
+        """
         refs = to_model_input(reference_images, self.backbone)
         if refs.shape[0] == 0:
             raise VlmadError("fit() got no reference images", "pass at least one normal image")
         per_stage: list[list[torch.Tensor]] = [[] for _ in self.stages]
         for start in range(0, refs.shape[0], self.batch_size):
-            tokens, _ = patch_tokens(self.backbone, refs[start:start + self.batch_size], self.stages, need_final=False)
+            tokens, _ = patch_tokens(
+                self.backbone, refs[start : start + self.batch_size], self.stages, need_final=False
+            )
             for bank, t in zip(per_stage, tokens, strict=True):
                 bank.append(t.reshape(-1, t.shape[-1]))
-        self._banks = [torch.cat(b) for b in per_stage]
+        self._banks = [F.normalize(torch.cat(b), dim=-1) for b in per_stage]  # unit rows, normalised once
         self._k = int(refs.shape[0])
 
     def reset_references(self) -> None:
@@ -347,38 +392,51 @@ class AprilGan(Detector):
 
     def predict(self, images: Images) -> AprilGanPrediction:
         if self.text_embeddings is None:
-            raise NotReadyError("APRIL-GAN predict() called before setup(class_name)",
-                                "call setup() with the object class name first")
+            raise NotReadyError(
+                "APRIL-GAN predict() called before setup(class_name)",
+                "call setup() with the object class name first",
+            )
         batch = to_model_input(images, self.backbone)
-        parts = [self._predict_batch(batch[i:i + self.batch_size]) for i in range(0, batch.shape[0], self.batch_size)]
+        parts = [
+            self._predict_batch(batch[i : i + self.batch_size])
+            for i in range(0, batch.shape[0], self.batch_size)
+        ]
         if not parts:
             s = self.image_size
             empty = torch.empty(0)
             return AprilGanPrediction(empty, torch.empty(0, s, s), empty.clone(), empty.clone())
         return AprilGanPrediction(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
-    def normalize_scores_transductive(self, predictions: Prediction | Sequence[Prediction]) -> AprilGanPrediction:
+    def normalize_scores_transductive(
+        self, predictions: Prediction | Sequence[Prediction]
+    ) -> AprilGanPrediction:
         """The reference's few-shot image score over a class's *whole* test set (transductive).
 
-        ``score = 0.5 * (CLS probability + minmax(map maxima over all given images))``; pass every test prediction
-        of one class (one Prediction or a list of batches, in order). Zero-shot predictions are returned unchanged
-        (the reference's zero-shot image score is the CLS probability alone). If all maxima are equal the normalised
-        term is 0 (the reference would divide by zero). Only allowed on a detector created with
-        ``transductive=True``, so that ``info()`` labels every result that uses it.
+        ``score = 0.5 * (CLS probability + minmax(map maxima over all given images))``; pass every test
+        prediction of one class (one Prediction or a list of batches, in order). Zero-shot predictions are
+        returned unchanged (the reference's zero-shot image score is the CLS probability alone). If all maxima
+        are equal the normalised term is 0 (the reference would divide by zero). Only allowed on a detector
+        created with ``transductive=True``, so that ``info()`` labels every result that uses it.
         """
         if not self.transductive:
             raise VlmadError(
                 "transductive score normalisation uses statistics of the whole test set",
-                "create the detector with transductive=True (recorded in info() and in every result) to use it",
+                "create the detector with transductive=True (recorded in info() and every result) to use it",
             )
         preds = [predictions] if isinstance(predictions, Prediction) else list(predictions)
         if not preds:
             raise VlmadError("normalize_scores_transductive() got no predictions")
         scores = torch.cat([p.image_scores for p in preds]).float()
         maps = torch.cat([p.anomaly_maps for p in preds])
-        map_max = torch.cat([_get(p, "map_max", lambda p: p.anomaly_maps.flatten(1).amax(1)) for p in preds]).float()
-        cls = torch.cat([_get(p, "cls_scores", lambda p: 2 * p.image_scores - p.anomaly_maps.flatten(1).amax(1))
-                         for p in preds]).float()
+        map_max = torch.cat(
+            [_get(p, "map_max", lambda p: p.anomaly_maps.flatten(1).amax(1)) for p in preds]
+        ).float()
+        cls = torch.cat(
+            [
+                _get(p, "cls_scores", lambda p: 2 * p.image_scores - p.anomaly_maps.flatten(1).amax(1))
+                for p in preds
+            ]
+        ).float()
         if self._k == 0:
             return AprilGanPrediction(scores, maps, cls, map_max)
         lo, hi = map_max.min(), map_max.max()
@@ -397,8 +455,10 @@ class AprilGan(Detector):
         maps = torch.stack(stage_probabilities(projected, text, self.grid, size)).sum(0)
         scores = cls
         if self._k:
-            dist = sum(min_cosine_distance(t, bank, self.assoc_max_elems) for t, bank in zip(tokens, self._banks,
-                                                                                            strict=True))
+            dist = sum(
+                min_cosine_distance(t, bank, self.assoc_max_elems, bank_normalized=True)
+                for t, bank in zip(tokens, self._banks, strict=True)
+            )
             maps = maps + upsample_grid(dist, self.grid, size)
         map_max = maps.flatten(1).amax(1)
         if self._k:
@@ -418,8 +478,9 @@ def backbone_activation(backbone: ClipBackbone) -> str:
     return type(act).__name__
 
 
-def class_text_embeddings(backbone: ClipBackbone, prompt_set: PromptSet, name: str,
-                          cache: TextEmbeddingCache | None = None) -> torch.Tensor:
+def class_text_embeddings(
+    backbone: ClipBackbone, prompt_set: PromptSet, name: str, cache: TextEmbeddingCache | None = None
+) -> torch.Tensor:
     """(2, E) normalised ensemble text embeddings of one object name (through the on-disk cache)."""
     normal, anomalous = prompt_set.build(name)
     emb = (cache or TextEmbeddingCache()).embed(backbone, normal + anomalous)
@@ -442,7 +503,9 @@ def backbone_kwargs_from_heads(heads: str | Path, kwargs: dict[str, Any]) -> dic
         out.setdefault("image_size", bb.get("image_size"))
         if bb.get("activation"):
             out.setdefault("quick_gelu", bb["activation"] == "QuickGELU")
-        weights_given = any(out.get(k) not in (None, False) for k in ("pretrained", "checkpoint", "random_weights"))
+        weights_given = any(
+            out.get(k) not in (None, False) for k in ("pretrained", "checkpoint", "random_weights")
+        )
         if not weights_given and bb.get("weights_kind") == "pretrained" and bb.get("pretrained"):
             out["pretrained"] = bb["pretrained"]
     return out

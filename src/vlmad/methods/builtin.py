@@ -48,7 +48,10 @@ def _winclip(backbone: ClipBackbone | None = None, **kwargs: Any):
 @register_method("aprilgan", default_model="ViT-L-14-336", default_pretrained="openai", image_size=518,
                  quick_gelu=True)
 def _aprilgan(backbone: ClipBackbone | None = None, **kwargs: Any):
-    """APRIL-GAN; ``heads=PATH`` also supplies the backbone options the heads were trained with (explicit ones win)."""
+    """APRIL-GAN; ``heads=PATH`` also supplies the backbone options the heads were trained with.
+
+    Explicit options win (a mismatch with the heads is then reported when they are loaded).
+    """
     from vlmad.methods.aprilgan import AprilGan, backbone_kwargs_from_heads
 
     if backbone is None and kwargs.get("heads") is not None and not hasattr(kwargs["heads"], "heads"):

@@ -170,7 +170,7 @@ class WinClip(Detector):
         bb = self.backbone
         gh, gw = bb.grid_size
         text = self.text_embeddings.to(bb.device)
-        feats = bb.encode_image(batch)
+        feats = bb.encode_image(batch, need_patch_tokens=bool(self._k))
         window_emb = {s: bb.window_embeddings(feats.embedded, self.windows[s]).float() for s in self.scales}
         image_scores = class_scores(feats.pooled.float(), text, self.temperature)
 

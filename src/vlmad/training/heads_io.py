@@ -1,0 +1,343 @@
+"""APRIL-GAN heads as artefacts: safetensors weights + a JSON sidecar, compatibility checks, the leakage
+guard.
+
+A heads file ``NAME.safetensors`` always travels with ``NAME.json``, which records what the heads only make
+sense with (backbone architecture, weights, activation, input size, stages, prompt set) and what they were
+trained on (dataset kind, root folder name, categories, regime, epochs, seed, metrics). The sidecar also holds
+the sha256 of the weights file, so a swapped or corrupted file is detected.
+
+Weights identity: a tag like ``openai`` and a local checkpoint of the same weights have different
+``weights_id``s, so the sidecar also stores a *probe* — a few dozen parameter values of the vision tower
+sampled at fixed positions. Heads load onto any backbone whose probe matches (hub tag or checkpoint, fp32 or
+fp16), and are refused on different weights (e.g. random init vs OpenAI) with a clear hint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vlmad.errors import CheckpointMismatchError, VlmadError
+
+HEADS_FORMAT = "vlmad-aprilgan-heads"
+FORMAT_VERSION = 1
+PROBE_PER_TENSOR = 8
+PROBE_RTOL = 2e-2
+PROBE_ATOL = 1e-3
+
+
+class DataLeakageError(VlmadError):
+    """Heads trained on a category's images would be evaluated on that category as if zero-shot."""
+
+
+class HeadsFileError(VlmadError):
+    """A heads file or its sidecar is missing, unreadable or inconsistent."""
+
+
+# ---------------------------------------------------------------------------------------------- paths
+def heads_paths(path: str | Path) -> tuple[Path, Path]:
+    """(weights .safetensors, sidecar .json) for either of the two paths (or the stem)."""
+    p = Path(path).expanduser()
+    if p.suffix in (".safetensors", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _vlmad_version() -> str:
+    try:
+        from vlmad import __version__
+
+        return __version__
+    except Exception:  # pragma: no cover - partially installed package
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------- backbone identity
+def weights_probe(backbone) -> list[float]:
+    """Vision-tower parameter values at fixed positions (independent of input size and weights source)."""
+    v = backbone.visual
+    tensors = [
+        v.conv1.weight,
+        v.class_embedding,
+        v.transformer.resblocks[0].attn.in_proj_weight,
+        v.transformer.resblocks[-1].mlp.c_proj.weight,
+    ]
+    if v.proj is not None:
+        tensors.append(v.proj)
+    out: list[float] = []
+    for t in tensors:
+        flat = t.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, PROBE_PER_TENSOR).round().long().to(flat.device)
+        out.extend(float(x) for x in flat[idx].float().cpu())
+    return out
+
+
+def backbone_meta(backbone) -> dict[str, Any]:
+    """What heads depend on: architecture, weights, activation, input size, dims, stages."""
+    from vlmad.methods.aprilgan import backbone_activation
+
+    src = backbone.source
+    pretrained = None
+    if src.kind == "pretrained" and "/" in src.weights_id:
+        pretrained = src.weights_id.split("/", 1)[1]
+    return {
+        "arch": backbone.arch,
+        "weights_kind": src.kind,
+        "weights_id": src.weights_id,
+        "pretrained": pretrained,
+        "activation": backbone_activation(backbone),
+        "image_size": int(backbone.image_size),
+        "patch_size": int(backbone.patch_size),
+        "grid": list(backbone.grid_size),
+        "width": int(backbone.width),
+        "embed_dim": int(backbone.embed_dim),
+        "num_layers": int(backbone.num_layers),
+        "precision": backbone.precision,
+        "weights_probe": weights_probe(backbone),
+    }
+
+
+def check_compatible(meta: Mapping[str, Any], backbone, check_weights: bool = True) -> None:
+    """Raise :class:`CheckpointMismatchError` when heads trained per ``meta`` do not fit ``backbone``."""
+    bb = meta.get("backbone", {})
+    hint_bb = (
+        f"load the backbone the heads were trained on (--model {bb.get('arch')} --image-size "
+        f"{bb.get('image_size')}{' --pretrained ' + bb['pretrained'] if bb.get('pretrained') else ''}), "
+        "or train heads for this backbone with `vlmad train aprilgan`"
+    )
+    problems = []
+    if bb.get("arch") != backbone.arch:
+        problems.append(f"architecture {bb.get('arch')} vs {backbone.arch}")
+    if int(bb.get("image_size", -1)) != backbone.image_size:
+        problems.append(f"input size {bb.get('image_size')} vs {backbone.image_size} px")
+    if (bb.get("width"), bb.get("embed_dim")) != (backbone.width, backbone.embed_dim):
+        problems.append(
+            f"dims {bb.get('width')}->{bb.get('embed_dim')} vs {backbone.width}->{backbone.embed_dim}"
+        )
+    stages = [int(s) for s in meta.get("stages", [])]
+    if any(not 1 <= s <= backbone.num_layers for s in stages):
+        problems.append(f"stages {stages} vs {backbone.num_layers} blocks")
+    if problems:
+        raise CheckpointMismatchError(
+            "APRIL-GAN heads do not fit this backbone: " + "; ".join(problems), hint_bb
+        )
+    from vlmad.methods.aprilgan import backbone_activation
+
+    act = backbone_activation(backbone)
+    if bb.get("activation") and bb["activation"] != act:
+        quick = bb["activation"] == "QuickGELU"
+        raise CheckpointMismatchError(
+            f"APRIL-GAN heads were trained with {bb['activation']} activations but the backbone uses {act}",
+            f"pass quick_gelu={quick} (CLI: --{'' if quick else 'no-'}quick-gelu) to match the heads",
+        )
+    if check_weights and bb.get("weights_probe") is not None:
+        want = torch.tensor(bb["weights_probe"], dtype=torch.float64)
+        have = torch.tensor(weights_probe(backbone), dtype=torch.float64)
+        if want.shape != have.shape or not torch.allclose(have, want, rtol=PROBE_RTOL, atol=PROBE_ATOL):
+            raise CheckpointMismatchError(
+                f"APRIL-GAN heads were trained on backbone weights {bb.get('weights_id')!r}, which differ "
+                f"from the loaded weights {backbone.source.weights_id!r}",
+                "load the same weights (hub tag or a checkpoint of them); check_weights=False skips this "
+                "check (results are then meaningless unless the weights are equivalent)",
+            )
+
+
+# ---------------------------------------------------------------------------------------------- save / load
+def save_heads(heads, path: str | Path, meta: Mapping[str, Any]) -> Path:
+    """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically; returns the weights path.
+
+    ``meta`` must hold at least ``backbone`` (see :func:`backbone_meta`) and ``stages``; ``format``, the
+    weights' sha256, the parameter count, the vlmad version and a timestamp are added here.
+    """
+    from safetensors.torch import save_file
+
+    weights, sidecar = heads_paths(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().float().cpu().contiguous() for k, v in heads.state_dict().items()}
+    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
+    save_file(state, str(tmp), metadata={"format": HEADS_FORMAT, "format_version": str(FORMAT_VERSION)})
+    os.replace(tmp, weights)
+    full = {
+        "format": HEADS_FORMAT,
+        "format_version": FORMAT_VERSION,
+        **dict(meta),
+        "n_parameters": int(sum(v.numel() for v in state.values())),
+        "sha256": _sha256(weights),
+        "vlmad_version": _vlmad_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp_json = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
+    tmp_json.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp_json, sidecar)
+    return weights
+
+
+def read_heads_meta(path: str | Path) -> dict[str, Any]:
+    """The sidecar of a heads file, validated (format, version)."""
+    weights, sidecar = heads_paths(path)
+    if not sidecar.exists():
+        raise HeadsFileError(
+            f"heads sidecar {sidecar} not found" + ("" if weights.exists() else f" (nor {weights})"),
+            "heads are written by `vlmad train aprilgan` as NAME.safetensors + NAME.json; keep both files "
+            "together (reference .pth checkpoints: convert with vlmad.training.import_reference_heads)",
+        )
+    try:
+        meta = json.loads(sidecar.read_text())
+    except (OSError, ValueError) as err:
+        raise HeadsFileError(f"cannot read heads sidecar {sidecar}: {err}", "re-save the heads") from err
+    if not isinstance(meta, dict) or meta.get("format") != HEADS_FORMAT:
+        raise HeadsFileError(f"{sidecar} is not an APRIL-GAN heads sidecar (format {HEADS_FORMAT!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise HeadsFileError(
+            f"{sidecar} has format version {meta.get('format_version')}, newer than this vlmad "
+            f"supports ({FORMAT_VERSION})",
+            "upgrade vlmad",
+        )
+    for key in ("backbone", "stages"):
+        if key not in meta:
+            raise HeadsFileError(f"heads sidecar {sidecar} lacks {key!r}", "re-save the heads with vlmad")
+    return meta
+
+
+def load_heads(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, sidecar) of a heads file; the weights must match the sidecar's sha256 and shapes."""
+    from safetensors.torch import load_file
+
+    weights, sidecar = heads_paths(path)
+    meta = read_heads_meta(path)
+    if not weights.exists():
+        raise HeadsFileError(
+            f"heads weights {weights} not found (sidecar {sidecar} exists)",
+            "keep NAME.safetensors next to NAME.json",
+        )
+    sha = _sha256(weights)
+    if meta.get("sha256") and meta["sha256"] != sha:
+        raise HeadsFileError(
+            f"heads weights {weights} do not match their sidecar "
+            f"(sha256 {sha[:12]} vs {str(meta['sha256'])[:12]})",
+            "the file was modified or the pair was mixed up; use the files written together by training",
+        )
+    try:
+        state = load_file(str(weights))
+    except Exception as err:
+        raise HeadsFileError(f"cannot read heads weights {weights}: {err}") from err
+    bb = meta["backbone"]
+    n = len(meta["stages"])
+    expected = {}
+    for i in range(n):
+        expected[f"heads.{i}.weight"] = (int(bb["embed_dim"]), int(bb["width"]))
+        expected[f"heads.{i}.bias"] = (int(bb["embed_dim"]),)
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if got != expected:
+        raise HeadsFileError(
+            f"heads weights {weights} do not have the shapes its sidecar describes",
+            "the file was modified or the pair was mixed up",
+        )
+    return state, meta
+
+
+def import_reference_heads(
+    pth: str | Path,
+    out: str | Path,
+    backbone,
+    stages=(6, 12, 18, 24),
+    trained_on: Mapping[str, Any] | None = None,
+    prompt_set: str = "aprilgan",
+) -> Path:
+    """Convert a VAND-APRIL-GAN checkpoint (``{'trainable_linearlayer': {'fc.i.weight', ...}}``) to vlmad
+    heads.
+
+    ``backbone`` is the vlmad backbone the reference ran (ViT-L-14-336 at 518 px with the OpenAI weights; note
+    that the reference at 518 px builds the model *without* QuickGELU — load with quick_gelu=False for
+    parity). ``trained_on``: e.g. ``{"kind": "visa", "root_name": "visa", "categories": [...], "regime":
+    "cross-dataset"}`` (the reference's visa_pretrained.pth was trained on VisA's test split,
+    mvtec_pretrained.pth on MVTec AD's).
+    """
+    from vlmad.methods.aprilgan import ProjectionHeads
+
+    try:
+        obj = torch.load(str(pth), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise HeadsFileError(f"cannot read reference checkpoint {pth}: {err}") from err
+    sd = obj.get("trainable_linearlayer", obj) if isinstance(obj, dict) else obj
+    state = {k.replace("fc.", "heads.", 1): v for k, v in sd.items()}
+    heads = ProjectionHeads(backbone.width, backbone.embed_dim, len(stages))
+    try:
+        heads.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointMismatchError(
+            f"reference checkpoint {pth} does not fit {backbone.arch}: {err}"
+        ) from err
+    data = dict(trained_on or {})
+    meta = {
+        "backbone": backbone_meta(backbone),
+        "stages": [int(s) for s in stages],
+        "prompt_set": prompt_set,
+        "class_name_style": "raw",
+        "training": {"data": data or None, "source": f"imported from {Path(pth).name} (VAND-APRIL-GAN)"},
+    }
+    return save_heads(heads, out, meta)
+
+
+# ---------------------------------------------------------------------------------------------- leakage guard
+def check_leakage(
+    heads_meta: Mapping[str, Any] | str | Path | None,
+    dataset_name: str,
+    category: str,
+    force: bool = False,
+    dataset_root: str | Path | None = None,
+) -> str | None:
+    """Refuse to call an evaluation "zero-shot" when the heads were trained on images of that category.
+
+    ``heads_meta``: a sidecar dict (``detector.heads_meta``) or a heads path; None (untrained heads) is clean.
+    Same dataset = same kind (``dataset_name``: "mvtec", "visa", "folder"); for "folder" datasets the root
+    folder names must also agree when both are known. A category counts as seen when it is in the training
+    categories — in the cross-dataset regime its test images (with masks) were the training data, in the
+    synthetic regime its normal train images were.
+
+    Returns None when clean. When leaky: raises :class:`DataLeakageError`, or with ``force=True`` returns a
+    label (e.g. ``"not-zero-shot: heads trained on mvtec/bottle test images"``) that must be stored with the
+    result.
+    """
+    if heads_meta is None:
+        return None
+    meta = read_heads_meta(heads_meta) if isinstance(heads_meta, (str, Path)) else heads_meta
+    training = meta.get("training") or {}
+    data = training.get("data") or {}
+    if not data:
+        return None
+    kind = str(data.get("kind", "")).lower()
+    if kind != str(dataset_name).lower():
+        return None
+    root_name = data.get("root_name")
+    if kind == "folder" and root_name and dataset_root is not None and Path(dataset_root).name != root_name:
+        return None
+    categories = data.get("categories") or []
+    if category not in categories:
+        return None
+    regime = data.get("regime", "cross-dataset")
+    what = "normal train images" if regime == "synthetic" else "test images (with masks)"
+    label = f"not-zero-shot: heads trained on {kind}/{category} {what}"
+    if force:
+        return label
+    raise DataLeakageError(
+        f"the APRIL-GAN heads were trained on {kind} category {category!r} ({what}, regime {regime}); "
+        f"evaluating them on {dataset_name}/{category} is not zero-shot",
+        "use heads trained on another dataset (the paper trains on VisA to test MVTec AD and vice versa), or "
+        "force the run (force=True); the result must then carry the label: " + label,
+    )
