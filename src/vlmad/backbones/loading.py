@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -138,14 +139,28 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
+class _DropRandomInitNotice(logging.Filter):
+    """open_clip warns "Model initialized randomly" when built without weights; vlmad assigns the weights right
+    after (or says itself, louder, that they are random), so the notice would only mislead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
 def _build_skeleton(arch: str, quick_gelu: bool, image_size: int | None, device: str) -> nn.Module:
     import open_clip
 
     kwargs = {"force_quick_gelu": quick_gelu}
     if image_size is not None:
         kwargs["force_image_size"] = image_size
-    with torch.device(device):
-        return open_clip.create_model(arch, pretrained=None, device=device, **kwargs)
+    notice = _DropRandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice)
+    try:
+        with torch.device(device):
+            return open_clip.create_model(arch, pretrained=None, device=device, **kwargs)
+    finally:
+        root.removeFilter(notice)
 
 
 def _materialise_meta_buffers(model: nn.Module) -> None:

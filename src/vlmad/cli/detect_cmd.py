@@ -55,6 +55,9 @@ def detect(
         Path | None, typer.Option("--deploy", help="deploy.json with a calibrated threshold -> decisions.")
     ] = None,
     on_error: Annotated[str, typer.Option("--on-error", help="skip (record) or stop on unreadable images.")] = "skip",
+    allow_untrained: Annotated[
+        bool, typer.Option("--allow-untrained", help="APRIL-GAN without --heads: random heads (smoke test only).")
+    ] = False,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
     from vlmad.jobs import expand_images, run_detection
@@ -63,7 +66,8 @@ def detect(
     refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))
     threshold = _load_threshold(deploy) if deploy else None
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
-                              prompt_set, no_cache, heads, batch_size)
+                              prompt_set, no_cache, heads, batch_size,
+                              extra={"allow_untrained": True} if allow_untrained else None)
     with console.status(f"text embeddings for {class_name!r}"):
         detector.setup(class_name)
     if refs:

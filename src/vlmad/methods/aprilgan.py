@@ -407,6 +407,21 @@ class AprilGan(Detector):
             return AprilGanPrediction(empty, torch.empty(0, s, s), empty.clone(), empty.clone())
         return AprilGanPrediction(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
+    def check_protocol(self, dataset_kind: str, dataset_root: str, category: str, force: bool = False
+                       ) -> dict[str, Any]:
+        """The harness's leakage guard: heads trained on this category's images make a result not zero-shot."""
+        from vlmad.training.heads_io import check_leakage
+
+        label = check_leakage(self.heads_meta, dataset_kind, category, force=force, dataset_root=dataset_root)
+        return {"leakage": label} if label else {}
+
+    def finalize(self, image_scores: torch.Tensor, anomaly_maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole-category post-processing: the reference's transductive score normalisation when declared."""
+        if not self.transductive:
+            return image_scores, anomaly_maps
+        out = self.normalize_scores_transductive(Prediction(image_scores, anomaly_maps))
+        return out.image_scores, out.anomaly_maps
+
     def normalize_scores_transductive(
         self, predictions: Prediction | Sequence[Prediction]
     ) -> AprilGanPrediction:
