@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlmad.backbones.cpu import tune_cpu_allocator
 from vlmad.backbones.fast import FastBlock, is_standard_block
 from vlmad.backbones.loading import WeightsSource, resolve_model
 from vlmad.errors import VlmadError
 
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
-DEFAULT_CHUNK_TOKENS = 16384
+DEFAULT_CHUNK_TOKENS = 2048  # ~fits L2 per chunk: measured fastest on CPU and keeps peak memory low
 
 
 @dataclass
@@ -63,6 +64,8 @@ class ClipBackbone:
             raise VlmadError("fp16 is only supported on CUDA", "use --precision fp32 or int8 on CPU")
         if precision == "int8" and self.device.type != "cpu":
             raise VlmadError("int8 dynamic quantisation runs on CPU only", "use fp16 or bf16 on GPU")
+        if self.device.type == "cpu":
+            tune_cpu_allocator()
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.arch = arch
         self.source = source

@@ -1,3 +1,11 @@
 """Import every command module so its commands register on :data:`vlmad.cli.app`."""
 
-from vlmad.cli import bench_cmd, data_cmd, demo_cmd, detect_cmd, models_cmd, train_cmd  # noqa: F401
+from vlmad.cli import (  # noqa: F401
+    bench_cmd,
+    data_cmd,
+    demo_cmd,
+    detect_cmd,
+    models_cmd,
+    study_cmd,
+    train_cmd,
+)

@@ -1,0 +1,294 @@
+"""`vlmad study`, `vlmad report` and `vlmad calibrate`: evaluation campaigns, their report, deployment thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vlmad.cli import app
+from vlmad.errors import VlmadError
+
+_PRESET_BLURBS = {"seed-full": "the papers' full protocol", "prompt-ablation": "prompt-ensemble ablation",
+                  "quick": "everything, small, in minutes"}
+
+
+def _preset_help() -> str:
+    try:
+        from vlmad.study.spec import list_presets
+
+        names = list(list_presets())
+    except Exception:  # pragma: no cover - never break the CLI on a bad preset file
+        names = list(_PRESET_BLURBS)
+    return ", ".join(f"{n} ({_PRESET_BLURBS[n]})" if n in _PRESET_BLURBS else n for n in names)
+
+
+STUDY_HELP = (
+    "Run (or resume) a study: the main grid, its ablations, threshold calibration and the report.\n\n"
+    "SPEC is a preset name or a YAML file. Presets: " + _preset_help() + ".\n\n"
+    "Writes into OUT: results.jsonl + scores/ (as `vlmad benchmark`), deploy/<dataset>/<class>/<method>-<K>shot.json "
+    "(calibrated thresholds for `vlmad detect --deploy`), report.html (one self-contained file), report.md and "
+    "study.json. Rerunning resumes; a finished study recomputes nothing.\n\n"
+    "Example: vlmad study quick --root mvtec=/data/mvtec --root visa=/data/visa --out runs/quick\n\n"
+    "Tiny smoke run: vlmad study quick --root mvtec=D1 --root visa=D2 --model vlmad-tiny-vit --random-weights --out R"
+)
+
+
+def _parse_roots(values: list[str] | None) -> dict[str, Path] | list[Path]:
+    named: dict[str, Path] = {}
+    plain: list[Path] = []
+    for raw in values or []:
+        kind, sep, path = str(raw).partition("=")
+        if sep and kind and "/" not in kind and "\\" not in kind:
+            if kind in named:
+                raise VlmadError(f"--root {kind}= given twice")
+            named[kind.lower()] = Path(path).expanduser()
+        else:
+            plain.append(Path(raw).expanduser())
+    if named and plain:
+        raise VlmadError("mix of --root KIND=PATH and plain --root PATH", "write every root as KIND=PATH")
+    return named if named or not plain else plain
+
+
+@app.command(help=STUDY_HELP)
+def study(
+    ctx: typer.Context,
+    spec: Annotated[str, typer.Argument(help="Preset name (seed-full, prompt-ablation, quick) or a YAML spec file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; reused to resume).")],
+    root: Annotated[list[str] | None, typer.Option(
+        "--root", help="Dataset folder as KIND=PATH, e.g. --root mvtec=/data/mvtec --root visa=/data/visa.")] = None,
+    datasets: Annotated[str | None, typer.Option(
+        "--datasets", help="Comma-separated subset of the spec's datasets (the others need no --root).")] = None,
+    categories: Annotated[str | None, typer.Option(
+        "--categories", "-c", help="Comma-separated categories; 'kind:name' to target one dataset.")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="open_clip architecture, for all methods or as method=ARCH.")] = None,
+    pretrained: Annotated[list[str] | None, typer.Option(
+        "--pretrained", help="Pretrained tag, for all methods or as method=TAG.")] = None,
+    checkpoint: Annotated[list[str] | None, typer.Option(
+        "--checkpoint", help="Local .safetensors weights, for all methods or as method=PATH.")] = None,
+    random_weights: Annotated[bool, typer.Option(
+        "--random-weights", help="Random init for every method: a smoke test, scores are meaningless.")] = False,
+    heads: Annotated[list[Path] | None, typer.Option(
+        "--heads", help="APRIL-GAN heads file (repeat: one configuration per file, e.g. trained on VisA and on "
+        "MVTec AD).")] = None,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Method option method.key=value (or key=value for all), e.g. winclip.prompt_set=winclip-paper."
+    )] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32 (default), int8, fp16, bf16.")] = None,
+    shots: Annotated[str | None, typer.Option("--shots", help="Override the spec's main-grid shots, e.g. 0,1.")
+                     ] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Override the spec's reference seeds.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Override the spec's test images per category (balanced).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per predict call.")] = 8,
+    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")
+                           ] = 2,
+    force_protocol: Annotated[bool, typer.Option(
+        "--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="Recompute rows recorded as refused or failed.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
+    no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
+    no_report: Annotated[bool, typer.Option("--no-report", help="Do not write the report at the end.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
+) -> None:
+    from vlmad.bench.protocol import parse_int_list
+    from vlmad.bench.specs import split_names
+    from vlmad.cli.bench_cmd import command_line
+    from vlmad.cli.common import console
+    from vlmad.study import StudyOptions, load_study_spec, run_study
+
+    study_spec = load_study_spec(spec)
+    roots = _parse_roots(root)
+    if isinstance(roots, list):
+        wanted = split_names(datasets) or study_spec.dataset_kinds()
+        if len(roots) != 1 or len(wanted) != 1:
+            raise VlmadError("--root PATH without KIND= is only accepted for a single dataset",
+                             f"write --root {study_spec.dataset_kinds()[0]}=PATH")
+        roots = {wanted[0]: roots[0]}
+    options = StudyOptions(
+        out=out, roots=roots, datasets=split_names(datasets) or None, categories=split_names(categories) or None,
+        model=model, pretrained=pretrained, checkpoint=checkpoint, random_weights=random_weights,
+        precision=precision, sets=sets, heads=[str(h) for h in heads or []],
+        shots=parse_int_list(shots, "shots") if shots else None,
+        seeds=parse_int_list(seeds, "seeds") if seeds else None, limit=limit, device=device,
+        batch_size=batch_size, num_workers=num_workers, force_protocol=force_protocol, retry_failed=retry_failed,
+        use_cache=not no_cache, flops=not no_flops, progress=not quiet, report=not no_report,
+        argv=command_line(ctx))
+    log = (lambda m: None) if quiet else (lambda m: console.print(m, highlight=False))
+    run_dir = run_study(study_spec, options, log=log)
+    console.print(f"results: {run_dir / 'results.jsonl'}")
+    if not no_report:
+        console.print(f"report: {run_dir / 'report.html'} (+ report.md)")
+    if (run_dir / "deploy").is_dir():
+        console.print(f"deploy files: {run_dir / 'deploy'}")
+
+
+@app.command(help="Write report.html (self-contained) and report.md for a study or benchmark run folder.")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Folder written by `vlmad study` or `vlmad benchmark`.")],
+    no_gallery: Annotated[bool, typer.Option(
+        "--no-gallery", help="Skip the heatmap gallery (it rebuilds detectors to recompute a few maps).")] = False,
+    device: Annotated[str | None, typer.Option(
+        "--device", help="Device for recomputing gallery maps (default: the study's).")] = None,
+) -> None:
+    from vlmad.bench.results import RESULTS_FILE
+    from vlmad.cli.common import console
+    from vlmad.report.build import build_report
+
+    if not (run_dir / RESULTS_FILE).is_file():
+        raise VlmadError(f"no {RESULTS_FILE} in {run_dir}",
+                         "pass the --out folder of `vlmad study` or `vlmad benchmark`")
+    paths = build_report(run_dir, gallery=not no_gallery, device=device,
+                         log=lambda m: console.print(m, highlight=False))
+    console.print(f"report: {paths['html']} (+ {paths['markdown'].name})")
+
+
+CALIBRATE_HELP = (
+    "Pick a deployment threshold and write deploy.json (for `vlmad detect --deploy` and the service).\n\n"
+    "From normal images only: --normal-dir DIR (held-out normals, not the references) -> the --quantile of their "
+    "scores; the expected false-alarm rate is the split-conformal bound (n + 1 - k) / (n + 1).\n\n"
+    "From a labelled split: --dataset KIND --root PATH --category C [--split test] -> the F1-optimal threshold "
+    "(--mode normal-quantile uses the split's normal images instead; default split then: train).\n\n"
+    "Few-shot: pass the references the deployment will use (--reference / --reference-dir), or with --dataset draw "
+    "them from the train split with --shots K --seed S (as the benchmark does); they are never calibration images.\n\n"
+    "Example: vlmad calibrate --class-name bottle --normal-dir held_out_good/ --quantile 0.99 "
+    "--checkpoint w.safetensors --out deploy.json"
+)
+
+
+@app.command(help=CALIBRATE_HELP)
+def calibrate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="deploy.json to write.")],
+    class_name: Annotated[str | None, typer.Option(
+        "--class-name", help="Object class used in the prompts (default: --category).")] = None,
+    normal_dir: Annotated[Path | None, typer.Option(
+        "--normal-dir", help="Folder of held-out normal images (normal-quantile calibration).")] = None,
+    quantile: Annotated[float, typer.Option("--quantile", help="Share of normal images below the threshold.")
+                        ] = 0.99,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset kind: mvtec, visa or folder.")
+                       ] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="Dataset folder (with --dataset).")] = None,
+    category: Annotated[str | None, typer.Option("--category", help="Category of the dataset.")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Dataset split (default: test for f1-optimal, train "
+                                              "for normal-quantile).")] = None,
+    mode: Annotated[str | None, typer.Option(
+        "--mode", help="f1-optimal (default with --dataset) or normal-quantile.")] = None,
+    shots: Annotated[int, typer.Option("--shots", min=0, help="With --dataset: draw K references from the train "
+                                       "split (seeded, as the benchmark).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Reference draw seed (with --shots).")] = 0,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use at most N calibration images.")] = None,
+    method: Annotated[str, typer.Option("--method", "-m", help="Detection method (see `vlmad models`).")] = "winclip",
+    reference: Annotated[list[Path] | None, typer.Option(
+        "--reference", "-r", help="Normal reference image (repeat for K-shot).")] = None,
+    reference_dir: Annotated[Path | None, typer.Option(
+        "--reference-dir", help="Directory of normal reference images (K-shot).")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="open_clip architecture; default per method.")] = None,
+    pretrained: Annotated[str | None, typer.Option("--pretrained", help="Pretrained tag.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Local .safetensors weights.")] = None,
+    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random init (smoke test).")] = False,
+    heads: Annotated[Path | None, typer.Option("--heads", help="APRIL-GAN trained heads (.safetensors).")] = None,
+    prompt_set: Annotated[str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")
+                          ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+    precision: Annotated[str, typer.Option("--precision", help="fp32, int8 (CPU), fp16/bf16 (GPU).")] = "fp32",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
+) -> None:
+    from vlmad.cli.common import build_detector, console
+    from vlmad.jobs import expand_images
+    from vlmad.study.calibration import (
+        deploy_record,
+        f1_optimal_threshold,
+        normal_quantile_threshold,
+        score_images,
+        write_deploy,
+    )
+
+    if (normal_dir is None) == (dataset is None):
+        raise VlmadError("give either --normal-dir DIR or --dataset KIND --root PATH --category C",
+                         "--normal-dir: held-out normal images; --dataset: a labelled validation split")
+    refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))
+    extra: dict = {}
+    labels: list[bool] | None = None
+    if normal_dir is not None:
+        if mode not in (None, "normal-quantile"):
+            raise VlmadError("--normal-dir only supports --mode normal-quantile", "use --dataset for f1-optimal")
+        if not class_name:
+            raise VlmadError("--class-name is required with --normal-dir", "e.g. --class-name bottle")
+        if shots:
+            raise VlmadError("--shots draws references from a dataset", "with --normal-dir pass --reference-dir")
+        chosen_mode = "normal-quantile"
+        ref_set = {p.resolve() for p in refs}
+        all_images = expand_images([normal_dir])
+        images = [p for p in all_images if p.resolve() not in ref_set]
+        extra.update(source=f"normal images in {normal_dir.resolve()}",
+                     excluded_references=len(all_images) - len(images))
+    else:
+        from vlmad.bench.protocol import limit_samples, select_references
+        from vlmad.data import load_dataset
+
+        if root is None or category is None:
+            raise VlmadError("--dataset needs --root PATH and --category C")
+        chosen_mode = mode or "f1-optimal"
+        if chosen_mode not in ("f1-optimal", "normal-quantile"):
+            raise VlmadError(f"unknown --mode {chosen_mode!r}", "use f1-optimal or normal-quantile")
+        reader = load_dataset(dataset, root, [category])
+        use_split = split or ("test" if chosen_mode == "f1-optimal" else "train")
+        samples = reader.samples(category, use_split)
+        if shots:
+            if refs:
+                raise VlmadError("--shots and --reference both given", "choose one way to pick references")
+            order = select_references(reader.samples(category, "train"), shots, seed)
+            refs = [s.image_path for s in order[:shots]]
+            extra.update(reference_draw={"shots": shots, "seed": seed, "policy": "vlmad.bench reference policy"})
+        ref_set = {p.resolve() for p in refs}
+        samples = [s for s in samples if s.image_path.resolve() not in ref_set]
+        if chosen_mode == "normal-quantile":
+            samples = [s for s in samples if not s.is_anomalous]
+        samples = limit_samples(samples, limit) if chosen_mode == "f1-optimal" else samples[:limit]
+        images = [s.image_path for s in samples]
+        labels = [s.is_anomalous for s in samples]
+        extra.update(source=f"{dataset} {Path(root).resolve()} / {category} / {use_split} split", dataset=dataset,
+                     root=str(Path(root).resolve()), category=category, split=use_split)
+        class_name = class_name or category
+    if limit and normal_dir is not None:
+        images = images[:limit]
+    if not images:
+        raise VlmadError("no calibration image left (after removing the references)", "add held-out images")
+    detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision, prompt_set,
+                              no_cache, heads, batch_size)
+    with console.status(f"text embeddings for {class_name!r}"):
+        detector.setup(class_name)
+    if refs:
+        with console.status(f"{len(refs)}-shot reference memory"):
+            detector.fit(refs)
+    with console.status(f"scoring {len(images)} calibration image(s)"):
+        scores, errors = score_images(detector, images, batch_size)
+    failed = [(str(p), e) for p, e in zip(images, errors, strict=True) if e]
+    keep = [i for i, s in enumerate(scores) if s is not None]
+    if chosen_mode == "normal-quantile":
+        cal = normal_quantile_threshold([scores[i] for i in keep], quantile)
+    else:
+        cal = f1_optimal_threshold([scores[i] for i in keep], [labels[i] for i in keep])
+    extra.update(references=[str(p.resolve()) for p in refs], unreadable=[{"path": p, "reason": e} for p, e in failed])
+    if detector.info().random_weights:
+        from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+
+        extra["warning"] = RANDOM_WEIGHTS_STAMP
+    record = deploy_record(cal, method, class_name, detector.info().as_dict(), extra)
+    write_deploy(out, record)
+    far = record["expected_false_alarm_rate"]
+    console.print(f"threshold {record['threshold']:.6g} ({chosen_mode}, {cal.details['n_images']} image(s)); expected "
+                  f"false-alarm rate {'n/a' if far is None else f'{100 * far:.2f} %'} -> {out}")
+    if cal.details.get("note"):
+        console.print(f"[yellow]note:[/] {cal.details['note']}")
+    for p, e in failed:
+        console.print(f"[yellow]skipped[/] {p}: {e}")
+    if detector.info().random_weights:
+        from vlmad.cli.common import warn_random_weights
+
+        warn_random_weights()
