@@ -7,7 +7,7 @@ ORACLE := .venv-oracle
 PY     := $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup oracle-env demo test test-fast lint bench clean
+.PHONY: setup oracle-env browser demo test test-fast lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -29,12 +29,18 @@ $(ORACLE)/.installed:
 	$(ORACLE)/bin/python -m pip install -q 'anomalib[clip]==2.7.0' safetensors
 	touch $@
 
+# headless Chromium for the web-page test (Debian package; needs root to install, else the test says it skipped)
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium not installed (not root): the browser test will be skipped"
+
 demo: setup
 	@echo "vlmad demo: tries the pretrained weights; if they cannot be fetched it says so and, as asked here"
 	@echo "with --fallback-random-weights, runs on random weights (every output stamped: scores are meaningless)."
 	HF_HUB_OFFLINE=0 $(VENV)/bin/vlmad demo --out demo-out --fallback-random-weights
 
-test: setup oracle-env
+test: setup oracle-env browser
 	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python VLMAD_REQUIRE_ORACLE=1 $(PY) -m pytest
 
 test-fast: setup

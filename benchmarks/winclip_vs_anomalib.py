@@ -35,6 +35,33 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def reference_flops(bb, scales) -> float:
+    """FLOPs of one image as the reference computes it (every window through every block), counted from the
+    architecture: GEMMs of q/k/v, output projection and MLP, attention products, patch embedding, projections."""
+    d = bb.width
+    blk = bb.visual.transformer.resblocks[0]
+    hidden = blk.mlp.c_fc.out_features
+    gh, gw = bb.grid_size
+    lengths = [1 + gh * gw] + [1 + s * s for s in scales for _ in range((gh - s + 1) * (gw - s + 1))]
+    per_layer = sum(2 * n * (4 * d * d + 2 * d * hidden) + 4 * n * n * d for n in lengths)
+    patch = 2 * gh * gw * 3 * bb.patch_size**2 * d
+    return float(bb.num_layers * per_layer + patch + 2 * len(lengths) * d * bb.embed_dim)
+
+
+def skipped_flops(bb, scales, zero_shot: bool = True) -> float:
+    """What vlmad's fast path does not compute of :func:`reference_flops`, by the same count: in the last block
+    the non-[CLS] rows' query, output projection, MLP and attention rows (windows; the image too in zero-shot),
+    and in the first block the q/k/v projections of window tokens (computed once per image token instead)."""
+    d = bb.width
+    hidden = bb.visual.transformer.resblocks[0].mlp.c_fc.out_features
+    gh, gw = bb.grid_size
+    windows = [1 + s * s for s in scales for _ in range((gh - s + 1) * (gw - s + 1))]
+    last = windows + ([1 + gh * gw] if zero_shot else [])
+    skipped = sum((n - 1) * (4 * d * d + 4 * d * hidden) + 4 * (n - 1) * n * d for n in last)
+    skipped += sum(2 * n * 3 * d * d for n in windows) - 2 * (1 + gh * gw) * 3 * d * d
+    return float(skipped)
+
+
 # --------------------------------------------------------------------------- worker (vlmad side)
 def vlmad_worker(args: argparse.Namespace) -> None:
     import torch
@@ -78,17 +105,8 @@ def vlmad_worker(args: argparse.Namespace) -> None:
     np.save(Path(args.workdir) / f"vlmad-{args.precision}-scores.npy", pred.image_scores.numpy())
 
     if args.count_flops and device == "cpu" and args.precision == "fp32":
-        from torch.utils.flop_counter import FlopCounterMode
-
-        one = batch[:1]
-        with FlopCounterMode(display=False) as counter:
-            det.predict(one)
-        out["flops_per_image_vlmad"] = counter.get_total_flops()
-        ref = WinClip(ClipBackbone(bb.model, bb.arch, bb.source, fast=False), cache=TextEmbeddingCache(enabled=False))
-        ref.text_embeddings = det.text_embeddings
-        with FlopCounterMode(display=False) as counter:
-            ref.predict(one)
-        out["flops_per_image_reference"] = counter.get_total_flops()
+        out["flops_per_image_reference"] = reference_flops(bb, det.scales)
+        out["flops_per_image_vlmad"] = out["flops_per_image_reference"] - skipped_flops(bb, det.scales)
         a = torch.randn(2048, 2048)
         b = torch.randn(2048, 2048)
         torch.mm(a, b)
@@ -121,6 +139,9 @@ def main() -> None:
     ap.add_argument("--arch", default="ViT-B-16-plus-240")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="alternate anomalib and vlmad this many times; the fastest round of each side counts "
+                         "(robust to other load on a shared machine)")
     default_oracle = os.environ.get("VLMAD_ORACLE_PYTHON") or str(ROOT / ".venv-oracle" / "bin" / "python")
     ap.add_argument("--oracle-python", default=default_oracle)
     ap.add_argument("--no-int8", action="store_true")
@@ -152,37 +173,48 @@ def main() -> None:
     images = bb.preprocess_tensor(random_images(args.batch_size, bb.image_size, seed=1)).numpy()
     del bb
     np.save(work / "images.npy", images)
-    print(f"arch {args.arch}, batch {args.batch_size}, repeat {args.repeat}, torch threads "
+    print(f"arch {args.arch}, batch {args.batch_size}, repeat {args.repeat}, rounds {args.rounds}, torch threads "
           f"{torch.get_num_threads()}, workdir {work}", flush=True)
 
-    print("anomalib 2.7.0 (oracle env) ...", flush=True)
-    run([args.oracle_python, str(ORACLE_SCRIPT), "--arch", args.arch, "--config-dir", str(CONFIG_DIR),
-         "--weights", str(weights), "--images", str(work / "images.npy"), "--class-name", CLASS_NAME,
-         "--repeat", str(args.repeat), "--batch-size", str(args.batch_size), "--out", str(work / "anomalib.npz")])
-    with np.load(work / "anomalib.npz") as d:
-        ref = {k: d[k] for k in d.files}
-
-    results = {}
+    results: dict = {}
     variants = [("fp32", "cpu")] + ([] if args.no_int8 else [("int8", "cpu")])
     if torch.cuda.is_available():
         variants += [("fp32", "cuda"), ("fp16", "cuda"), ("bf16", "cuda")]
-    for precision, device in variants:
-        print(f"vlmad {precision} on {device} ...", flush=True)
-        res_file = work / f"vlmad-{precision}-{device}.json"
-        cmd = [sys.executable, __file__, "--worker", "--arch", args.arch, "--weights", str(weights), "--images",
-               str(work / "images.npy"), "--result", str(res_file), "--precision", precision, "--device", device,
-               "--batch-size", str(args.batch_size), "--repeat", str(args.repeat), "--workdir", str(work)]
-        if precision == "fp32" and device == "cpu":
-            cmd.append("--count-flops")
-        run(cmd)
-        results[(precision, device)] = json.loads(res_file.read_text())
-        os.replace(work / f"vlmad-{precision}-maps.npy", work / f"vlmad-{precision}-{device}-maps.npy")
-        os.replace(work / f"vlmad-{precision}-scores.npy", work / f"vlmad-{precision}-{device}-scores.npy")
+    ref: dict = {}
+    for rnd in range(args.rounds):
+        print(f"round {rnd + 1}/{args.rounds}: anomalib 2.7.0 (oracle env) ...", flush=True)
+        run([args.oracle_python, str(ORACLE_SCRIPT), "--arch", args.arch, "--config-dir", str(CONFIG_DIR),
+             "--weights", str(weights), "--images", str(work / "images.npy"), "--class-name", CLASS_NAME,
+             "--repeat", str(args.repeat), "--batch-size", str(args.batch_size), "--out", str(work / "anomalib.npz")])
+        with np.load(work / "anomalib.npz") as d:
+            this = {k: d[k] for k in d.files}
+        ref = this if not ref else {**ref, "forward_s": np.minimum(ref["forward_s"].min(), this["forward_s"]),
+                                    "text_setup_s": np.minimum(ref["text_setup_s"], this["text_setup_s"])}
+        for precision, device in variants:
+            print(f"round {rnd + 1}/{args.rounds}: vlmad {precision} on {device} ...", flush=True)
+            res_file = work / f"vlmad-{precision}-{device}.json"
+            cmd = [sys.executable, __file__, "--worker", "--arch", args.arch, "--weights", str(weights), "--images",
+                   str(work / "images.npy"), "--result", str(res_file), "--precision", precision, "--device",
+                   device, "--batch-size", str(args.batch_size), "--repeat", str(args.repeat), "--workdir",
+                   str(work)]
+            if precision == "fp32" and device == "cpu" and rnd == 0:
+                cmd.append("--count-flops")
+            run(cmd)
+            this = json.loads(res_file.read_text())
+            prev = results.get((precision, device))
+            if prev is None:
+                results[(precision, device)] = this
+            else:
+                prev["forward_s"] = [min(min(prev["forward_s"]), min(this["forward_s"]))]
+                for key in ("text_setup_cold_s", "text_setup_warm_s"):
+                    prev[key] = min(prev[key], this[key])
+            os.replace(work / f"vlmad-{precision}-maps.npy", work / f"vlmad-{precision}-{device}-maps.npy")
+            os.replace(work / f"vlmad-{precision}-scores.npy", work / f"vlmad-{precision}-{device}-scores.npy")
 
     bs = args.batch_size
-    a_ips = bs / float(np.mean(ref["forward_s"]))
+    a_ips = bs / float(np.min(ref["forward_s"]))
     v = results[("fp32", "cpu")]
-    v_ips = bs / float(np.mean(v["forward_s"]))
+    v_ips = bs / float(np.min(v["forward_s"]))
     ref_flops = v["flops_per_image_reference"]
     our_flops = v["flops_per_image_vlmad"]
     v_maps = np.load(work / "vlmad-fp32-cpu-maps.npy")
@@ -207,8 +239,7 @@ def main() -> None:
           f"{'':>11}  plain fp32 GEMM here: {v['gemm_gflops']:.1f} GFLOP/s")
     print(f"{'GFLOP/s (FLOPs actually executed)':<34}{ref_flops * a_ips / 1e9:>14.1f}{our_flops * v_ips / 1e9:>14.1f}")
     print(f"FLOPs per image: reference {ref_flops / 1e12:.3f} TFLOP, vlmad executes {our_flops / 1e12:.3f} TFLOP "
-          f"({100 * (1 - our_flops / ref_flops):.1f}% skipped: last-block non-CLS rows, shared block-1 q/k/v, "
-          "duplicate prompts and text padding are not computed)")
+          f"({100 * (1 - our_flops / ref_flops):.1f}% skipped: last-block non-CLS rows, shared block-1 q/k/v)")
     print(f"parity vs anomalib: max|score diff| {score_gap:.2e}, max|map diff| {map_gap:.2e} "
           f"(oracle map range {map_range:.3f})")
     print(f"targets: speed {'PASS' if r_speed >= 1.15 else 'FAIL'} ({r_speed:.2f}x), cold setup "
@@ -221,9 +252,9 @@ def main() -> None:
     print(f"{'reduced precision':<22}{'device':>8}{'img/s':>10}{'speed-up':>10}{'max|map diff|':>15}"
           f"{'map rank corr':>15}{'max|score diff|':>17}")
     for (precision, device), res in results.items():
-        ips = bs / float(np.mean(res["forward_s"]))
+        ips = bs / float(np.min(res["forward_s"]))
         base = results.get(("fp32", device), v)
-        base_ips = bs / float(np.mean(base["forward_s"]))
+        base_ips = bs / float(np.min(base["forward_s"]))
         maps = np.load(work / f"vlmad-{precision}-{device}-maps.npy")
         scores = np.load(work / f"vlmad-{precision}-{device}-scores.npy")
         base_maps = np.load(work / f"vlmad-fp32-{device}-maps.npy")

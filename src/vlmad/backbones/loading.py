@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from vlmad.errors import CheckpointMismatchError, UnknownNameError, WeightsUnavailableError
+from vlmad.fileio import atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 HUB_HOST = "huggingface.co"
@@ -104,10 +105,7 @@ def file_fingerprint(path: Path) -> str:
     value = digest.hexdigest()
     index[key] = value
     try:
-        index_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index_path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(index))
-        os.replace(tmp, index_path)
+        atomic_write_text(index_path, json.dumps(index), durable=False)
     except OSError:
         pass  # a read-only cache only costs a re-hash next time
     return value

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from vlmad.backbones.loading import cache_dir
+from vlmad.fileio import atomic_save
 
 CACHE_VERSION = "1"
 
@@ -58,12 +58,10 @@ class TextEmbeddingCache:
         from safetensors.torch import save_file
 
         path = self.path_for(cache_key(fingerprint, prompts))
+        tensors = {"embeddings": embeddings.detach().float().cpu().contiguous()}
+        meta = {"backbone": fingerprint, "n_prompts": str(len(prompts))}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            save_file({"embeddings": embeddings.detach().float().cpu().contiguous()}, str(tmp),
-                      metadata={"backbone": fingerprint, "n_prompts": str(len(prompts))})
-            os.replace(tmp, path)
+            atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), durable=False)
         except OSError:
             pass  # an unwritable cache only costs recomputation
 

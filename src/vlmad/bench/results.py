@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmad.errors import VlmadError
+from vlmad.fileio import atomic_write_text
 
 RESULTS_FILE = "results.jsonl"
 SCORES_DIR = "scores"
@@ -29,19 +30,6 @@ def results_path(path: str | Path) -> Path:
     """Accept a run folder or the results file itself."""
     p = Path(path).expanduser()
     return p / RESULTS_FILE if p.is_dir() or p.suffix != ".jsonl" else p
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class ResultsStore:
@@ -117,17 +105,6 @@ def load_results(path: str | Path) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # side files
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def write_scores(path: Path, records: Iterable[Mapping[str, Any]]) -> None:

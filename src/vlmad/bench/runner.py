@@ -305,7 +305,7 @@ def _now() -> str:
 def _replace_last_invocation(path: Path, record: dict[str, Any]) -> None:
     import json
 
-    from vlmad.bench.results import atomic_write_text
+    from vlmad.fileio import atomic_write_text
 
     try:
         data = json.loads(path.read_text())

@@ -26,7 +26,8 @@ from typing import Any
 
 from vlmad.bench.protocol import canonical, hash_key
 from vlmad.bench.published import DATASET_NAMES, compare, entries_for
-from vlmad.bench.results import atomic_write_text, load_results
+from vlmad.bench.results import load_results
+from vlmad.fileio import atomic_write_text
 from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")

@@ -6,6 +6,7 @@ from vlmad.cli import (  # noqa: F401
     demo_cmd,
     detect_cmd,
     models_cmd,
+    serve_cmd,
     study_cmd,
     train_cmd,
 )

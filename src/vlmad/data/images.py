@@ -164,7 +164,13 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     Raises :class:`ImageLoadError` for missing, non-image, truncated, corrupt or oversized files.
     """
     with _open(path, max_pixels) as im:
-        return _to_rgb(_decode(im, path), path)
+        return decode_to_rgb(im, path)
+
+
+def decode_to_rgb(im: Image.Image, label: str | Path) -> Image.Image:
+    """Fully decode an opened image (files, uploads) and convert it to 8-bit RGB by the same rules as
+    :func:`load_image`; ``label`` names the source in errors. Check the size first: decoding allocates it."""
+    return _to_rgb(_decode(im, label), label)
 
 
 def load_mask(

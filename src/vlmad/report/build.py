@@ -30,7 +30,7 @@ import numpy as np
 
 from vlmad.bench.protocol import keyed_kwargs, relpath
 from vlmad.bench.published import DATASET_NAMES, compare
-from vlmad.bench.results import atomic_write_text, load_results, read_scores
+from vlmad.bench.results import load_results, read_scores
 from vlmad.bench.tables import (
     IMAGE_METRICS,
     METRIC_NAMES,
@@ -43,6 +43,7 @@ from vlmad.bench.tables import (
     group_configs,
     macro_stat,
 )
+from vlmad.fileio import atomic_write_text
 from vlmad.report import figures as F
 from vlmad.report.html import Cell, Doc, render_html, render_markdown
 from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP

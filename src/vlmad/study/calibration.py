@@ -162,7 +162,7 @@ def write_deploy(path: str | Path, record: Mapping[str, Any]) -> bool:
     """Write ``deploy.json`` atomically; an existing file with the same content (but its date) is left alone.
 
     Returns True when the file was (re)written."""
-    from vlmad.bench.results import atomic_write_text
+    from vlmad.fileio import atomic_write_text
 
     validate_deploy(record)
     p = Path(path)

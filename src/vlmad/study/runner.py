@@ -39,8 +39,9 @@ import numpy as np
 
 from vlmad.bench import BenchmarkConfig, DatasetSpec, method_spec, plan_grid, run_benchmark
 from vlmad.bench.protocol import canonical, hash_key, relpath
-from vlmad.bench.results import RESULTS_FILE, ResultsStore, atomic_write_text, load_results, read_scores
+from vlmad.bench.results import RESULTS_FILE, ResultsStore, load_results, read_scores
 from vlmad.errors import VlmadError
+from vlmad.fileio import atomic_write_text
 from vlmad.study.axes import AXES, STAGE_SUBSET_KEY
 from vlmad.study.calibration import (
     deploy_record,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,6 +39,7 @@ import torch
 from PIL import Image
 
 from vlmad.errors import VlmadError
+from vlmad.fileio import atomic_write_text
 from vlmad.methods.aprilgan import (
     ProjectionHeads,
     check_stages,
@@ -530,9 +530,7 @@ def _best_epoch(history: Sequence[dict[str, Any]]) -> int | None:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(obj):

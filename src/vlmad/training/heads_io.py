@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from vlmad.errors import CheckpointMismatchError, VlmadError
+from vlmad.fileio import atomic_save, atomic_write_text
 
 HEADS_FORMAT = "vlmad-aprilgan-heads"
 FORMAT_VERSION = 1
@@ -169,9 +169,8 @@ def save_heads(heads, path: str | Path, meta: Mapping[str, Any]) -> Path:
     weights, sidecar = heads_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().float().cpu().contiguous() for k, v in heads.state_dict().items()}
-    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
-    save_file(state, str(tmp), metadata={"format": HEADS_FORMAT, "format_version": str(FORMAT_VERSION)})
-    os.replace(tmp, weights)
+    file_meta = {"format": HEADS_FORMAT, "format_version": str(FORMAT_VERSION)}
+    atomic_save(weights, lambda tmp: save_file(state, str(tmp), metadata=file_meta))
     full = {
         "format": HEADS_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -181,9 +180,7 @@ def save_heads(heads, path: str | Path, meta: Mapping[str, Any]) -> Path:
         "vlmad_version": _vlmad_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp_json = sidecar.with_name(f".{sidecar.name}.{os.getpid()}.tmp")
-    tmp_json.write_text(json.dumps(full, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp_json, sidecar)
+    atomic_write_text(sidecar, json.dumps(full, indent=2, sort_keys=False) + "\n")
     return weights
 
 

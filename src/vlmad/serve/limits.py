@@ -1,0 +1,250 @@
+"""What the service accepts, and how it says no.
+
+Everything a request can get wrong ends as an :class:`ApiError`: an HTTP status, a stable machine-readable
+``code``, a message saying what was wrong and a hint saying what to do. Uploads are read into memory under a byte
+cap (never spooled to disk), multipart bodies are parsed here with python-multipart, and images are decoded with a
+header-first pixel check so that decompression bombs are refused before any pixel is allocated.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from vlmad.errors import ImageLoadError
+
+#: reference-set names: also the file name on disk, so nothing but these characters ever reaches a path
+SET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+MiB = 1024 * 1024
+
+#: PIL format names accepted by default (what industrial cameras and export tools write)
+DEFAULT_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-service limits (CLI: ``--max-upload-mb``, ``--max-megapixels``, ``--request-timeout``...)."""
+
+    #: bytes of one encoded image (multipart file part, raw body, or decoded base64)
+    max_upload_bytes: int = 20 * MiB
+    #: decoded width * height of one image; larger is refused as a possible decompression bomb
+    max_pixels: int = 40_000_000
+    #: PIL format names (``Image.format``) accepted
+    allowed_formats: tuple[str, ...] = DEFAULT_FORMATS
+    #: seconds from the start of reading a request body to the response (detect and reference uploads)
+    request_timeout_s: float = 30.0
+    #: images in one reference set
+    max_reference_images: int = 32
+    #: bytes of one reference-set upload request (all images together)
+    max_reference_request_bytes: int = 128 * MiB
+    #: reference sets kept on disk
+    max_reference_sets: int = 256
+    #: requests waiting for the model worker; beyond this /v1/detect answers 503 (retry later)
+    max_queue: int = 512
+    #: images decoded at the same time (each decode holds the full-resolution image in memory)
+    max_concurrent_decodes: int = 4
+    #: longest side of a server-rendered overlay PNG (the original image is downscaled to it)
+    overlay_max_side: int = 1024
+
+    @property
+    def max_detect_request_bytes(self) -> int:
+        """Body cap of /v1/detect: one image, base64 inflation (4/3) and form/JSON overhead."""
+        return self.max_upload_bytes * 4 // 3 + 64 * 1024
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["allowed_formats"] = list(self.allowed_formats)
+        return out
+
+
+@dataclass
+class ApiError(Exception):
+    """A 4xx/5xx answer: ``{"error": {"code", "message", "hint"}, "request_id"}``."""
+
+    status: int
+    code: str
+    message: str
+    hint: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.hint:
+            err["hint"] = self.hint
+        return {"error": err, "request_id": request_id}
+
+
+def validate_set_name(name: str) -> str:
+    """A reference-set name, checked strictly (it becomes a file name under the data dir)."""
+    if not isinstance(name, str) or not SET_NAME_RE.fullmatch(name):
+        shown = name if isinstance(name, str) and len(name) <= 80 else f"{str(name)[:80]}..."
+        raise ApiError(400, "invalid_reference_set_name",
+                       f"invalid reference set name {shown!r}",
+                       "use 1-64 characters from A-Z, a-z, 0-9, '_' and '-'")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- images
+def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[Image.Image, str]:
+    """Encoded bytes -> (8-bit RGB PIL image in display orientation, PIL format name), the way
+    :func:`vlmad.data.images.load_image` reads files (same 16-bit, alpha, EXIF and truncation rules), with the
+    service's byte, pixel and format limits.
+    """
+    from vlmad.data.images import decode_to_rgb  # the file loader's conversion rules, shared on purpose
+
+    if not data:
+        raise ApiError(400, "empty_image", f"{label} is empty (0 bytes)", "send the bytes of a PNG/JPEG image")
+    if len(data) > limits.max_upload_bytes:
+        raise ApiError(413, "image_too_large",
+                       f"{label} is {len(data)} bytes; the limit is {limits.max_upload_bytes} bytes",
+                       "downscale or re-compress the image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ApiError(400, "invalid_image", f"{label} is not a recognisable image (unknown format or corrupt header)",
+                       f"send one of: {', '.join(limits.allowed_formats)}") from None
+    except Image.DecompressionBombError as err:
+        raise ApiError(413, "too_many_pixels", f"{label} refused as a possible decompression bomb ({err})",
+                       f"images may have at most {limits.max_pixels} pixels") from None
+    except Exception as err:  # PIL raises many types on hostile headers
+        raise ApiError(400, "invalid_image", f"{label} cannot be opened: {err or type(err).__name__}",
+                       "re-export the image") from None
+    with im:
+        fmt = (im.format or "").upper()
+        if fmt not in limits.allowed_formats:
+            raise ApiError(415, "unsupported_image_format",
+                           f"{label} is a {fmt or 'unknown'} image; accepted formats: "
+                           f"{', '.join(limits.allowed_formats)}",
+                           "convert the image to PNG or JPEG")
+        w, h = im.size
+        if w <= 0 or h <= 0:
+            raise ApiError(400, "invalid_image", f"{label} has an empty size {w}x{h}")
+        if w * h > limits.max_pixels:
+            raise ApiError(413, "too_many_pixels",
+                           f"{label} is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels} "
+                           "(possible decompression bomb)",
+                           "downscale the image before sending it")
+        try:
+            return decode_to_rgb(im, label), fmt
+        except ImageLoadError as err:
+            raise ApiError(400, "invalid_image", f"{label} cannot be decoded: {err.reason}",
+                           "the file may be truncated or corrupt; re-export or re-send it") from None
+        except Exception as err:  # belt and braces: no decoder failure becomes a 500
+            raise ApiError(400, "invalid_image", f"{label} cannot be decoded: {err or type(err).__name__}",
+                           "re-export the image") from None
+
+
+def decode_base64(value: Any, field_name: str, limits: Limits) -> bytes:
+    """A base64 string (optionally a ``data:image/...;base64,`` URL) -> bytes, under the upload byte cap."""
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_field", f"field {field_name!r} must be a base64 string, "
+                       f"got {type(value).__name__}")
+    if value.startswith("data:"):
+        head, sep, value = value.partition(",")
+        if not sep or ";base64" not in head:
+            raise ApiError(400, "invalid_base64", f"field {field_name!r} is a data URL without ';base64,'")
+    if len(value) > limits.max_upload_bytes * 4 // 3 + 8:
+        raise ApiError(413, "image_too_large", f"field {field_name!r} decodes to more than "
+                       f"{limits.max_upload_bytes} bytes", "downscale or re-compress the image")
+    try:
+        return base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_base64", f"field {field_name!r} is not valid base64",
+                       "encode the image file bytes with standard base64 (RFC 4648)") from None
+
+
+# ---------------------------------------------------------------------------------------------- request bodies
+@dataclass
+class Part:
+    """One multipart part: form field or file."""
+
+    name: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part]:
+    """Parse a complete multipart/form-data body held in memory (nothing is written to disk)."""
+    from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "invalid_multipart", "multipart/form-data body without a boundary parameter",
+                       "let your HTTP client build the multipart body (e.g. curl -F image=@file.png)")
+    parts: list[Part] = []
+    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "data": [], "ended": False}
+
+    def on_part_begin() -> None:
+        if len(parts) >= max_parts:
+            raise ApiError(400, "too_many_parts", f"multipart body has more than {max_parts} parts")
+        state["headers"], state["data"] = {}, []
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        state["headers"][state["field"].lower().decode("latin-1")] = state["value"].decode("latin-1")
+        state["field"], state["value"] = b"", b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        state["data"].append(data[start:end])
+
+    def on_part_end() -> None:
+        disposition = state["headers"].get("content-disposition")
+        if disposition is None:
+            raise ApiError(400, "invalid_multipart", "a multipart part has no Content-Disposition header")
+        _, opts = parse_options_header(disposition)
+        name = opts.get(b"name", b"").decode("utf-8", "replace")
+        filename = opts.get(b"filename")
+        parts.append(Part(name=name, filename=None if filename is None else filename.decode("utf-8", "replace"),
+                          content_type=state["headers"].get("content-type"), data=b"".join(state["data"])))
+
+    def on_end() -> None:
+        state["ended"] = True
+
+    callbacks = {"on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
+                 "on_header_field": on_header_field, "on_header_value": on_header_value,
+                 "on_header_end": on_header_end, "on_end": on_end}
+    try:
+        parser = MultipartParser(boundary, callbacks)
+        parser.write(body)
+        parser.finalize()
+    except ApiError:
+        raise
+    except MultipartParseError as err:
+        raise ApiError(400, "invalid_multipart", f"malformed multipart body: {err}") from None
+    except Exception as err:  # the parser's own errors are not all MultipartParseError
+        raise ApiError(400, "invalid_multipart", f"malformed multipart body: {err or type(err).__name__}") from None
+    if not state["ended"]:
+        raise ApiError(400, "invalid_multipart", "multipart body is truncated (no closing boundary)")
+    return parts
+
+
+def check_file_part(part: Part) -> None:
+    """A file part must say it is an image (or generic bytes)."""
+    mt = media_type(part.content_type)
+    if mt and not (mt.startswith("image/") or mt == "application/octet-stream"):
+        raise ApiError(415, "unsupported_media_type",
+                       f"part {part.name!r} has content type {mt!r}; expected image/* or application/octet-stream")

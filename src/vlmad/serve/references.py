@@ -1,0 +1,310 @@
+"""Named reference sets (few-shot memories) on disk, and the per-set detector memories computed from them.
+
+On disk (``<data-dir>/references/``) a set is one zip file ``<name>.zip`` holding ``manifest.json`` and the images
+as PNG (exactly the RGB pixels that were validated on upload: EXIF rotation applied, metadata dropped). A set is
+written to a temporary file in the same directory, fsynced and moved over the old one with ``os.replace``, so a
+crash leaves either the old or the new set, never half of one; a restart sees every completed upload. Names are
+checked against ``^[A-Za-z0-9_-]{1,64}$`` and the resolved path must lie inside the directory, so no request can
+name a file anywhere else.
+
+In memory, a detector holds one few-shot memory at a time (``fit``/``reset_references``). The model worker fits a
+set once and keeps the resulting memory in a byte-bounded LRU (:class:`MemoryCache`): switching sets is then a few
+attribute assignments. :func:`capture_memory` / :func:`restore_memory` work for any detector: they use the
+detector's ``export_references()`` / ``load_references(state)`` when it has them, and otherwise record which
+attributes ``fit`` rebinds (WinCLIP: ``_window_bank``, ``_patch_bank``, ``_k``; APRIL-GAN: ``_banks``, ``_k``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+import zipfile
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from vlmad.fileio import fsync_dir
+from vlmad.serve.limits import SET_NAME_RE, ApiError, validate_set_name
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ReferenceSetInfo:
+    """What ``GET /v1/references/{name}`` shows."""
+
+    name: str
+    version: str
+    created: str
+    count: int
+    images: list[dict[str, Any]] = field(default_factory=list)  # per image: file, width, height, original name
+    bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ReferenceSetNotFoundError(ApiError):
+    def __init__(self, name: str) -> None:
+        super().__init__(404, "unknown_reference_set", f"reference set {name!r} does not exist",
+                         "create it with POST /v1/references/{name} (K normal images), or list the existing sets "
+                         "with GET /v1/references")
+
+
+class ReferenceStore:
+    """Reference sets under ``root`` (one zip file each); thread-safe."""
+
+    def __init__(self, data_dir: str | Path, max_sets: int = 256) -> None:
+        self.root = (Path(data_dir).expanduser() / "references").resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_sets = int(max_sets)
+        self._lock = threading.Lock()
+        self._index: dict[str, ReferenceSetInfo] = {}
+        self.problems: list[str] = []  # sets that could not be read at start (reported by /v1/info)
+        self._load_index()
+
+    # ------------------------------------------------------------------ paths
+    def _path(self, name: str) -> Path:
+        validate_set_name(name)
+        path = (self.root / f"{name}.zip").resolve()
+        if path.parent != self.root:  # cannot happen with the name pattern; never trust one check alone
+            raise ApiError(400, "invalid_reference_set_name", f"invalid reference set name {name!r}")
+        return path
+
+    def _load_index(self) -> None:
+        for stale in self.root.glob(".tmp-*"):  # interrupted writes
+            try:
+                stale.unlink()
+            except OSError:
+                pass
+        for path in sorted(self.root.glob("*.zip")):
+            name = path.stem
+            if not SET_NAME_RE.fullmatch(name):
+                continue
+            try:
+                self._index[name] = self._read_manifest(path)
+            except Exception as err:  # a damaged file must not stop the service
+                self.problems.append(f"{path.name}: {err}")
+
+    @staticmethod
+    def _read_manifest(path: Path) -> ReferenceSetInfo:
+        with zipfile.ZipFile(path) as zf:
+            data = json.loads(zf.read(MANIFEST))
+        data.pop("format", None)
+        return ReferenceSetInfo(**data)
+
+    # ------------------------------------------------------------------ queries
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._index)
+
+    def list(self) -> list[ReferenceSetInfo]:
+        with self._lock:
+            return [self._index[n] for n in sorted(self._index)]
+
+    def get(self, name: str) -> ReferenceSetInfo:
+        validate_set_name(name)
+        with self._lock:
+            info = self._index.get(name)
+        if info is None:
+            raise ReferenceSetNotFoundError(name)
+        return info
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def load_images(self, name: str) -> tuple[ReferenceSetInfo, list[Image.Image]]:
+        """The current version of a set and its images (RGB)."""
+        path = self._path(name)
+        with self._lock:
+            if name not in self._index:
+                raise ReferenceSetNotFoundError(name)
+            try:
+                zf = zipfile.ZipFile(path)
+            except FileNotFoundError:
+                raise ReferenceSetNotFoundError(name) from None
+        with zf:
+            info_data = json.loads(zf.read(MANIFEST))
+            info_data.pop("format", None)
+            info = ReferenceSetInfo(**info_data)
+            images = []
+            for item in info.images:
+                with Image.open(io.BytesIO(zf.read(item["file"]))) as im:
+                    images.append(im.convert("RGB"))
+        return info, images
+
+    # ------------------------------------------------------------------ changes
+    def put(self, name: str, images: Sequence[Image.Image], original_names: Sequence[str | None] = (),
+            replace: bool = False) -> tuple[ReferenceSetInfo, bool]:
+        """Store ``images`` as set ``name`` atomically; returns (info, created)."""
+        path = self._path(name)
+        if not images:
+            raise ApiError(400, "no_images", "a reference set needs at least one image")
+        with self._lock:
+            exists = name in self._index
+            if exists and not replace:
+                raise ApiError(409, "reference_set_exists", f"reference set {name!r} already exists",
+                               "DELETE it first, or POST with ?replace=true to overwrite it")
+            if not exists and len(self._index) >= self.max_sets:
+                raise ApiError(507, "too_many_reference_sets",
+                               f"the service already holds {len(self._index)} reference sets (limit {self.max_sets})",
+                               "delete sets that are no longer used")
+        names = list(original_names) + [None] * (len(images) - len(original_names))
+        entries, blobs = [], []
+        for i, (img, orig) in enumerate(zip(images, names, strict=False)):
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, format="PNG", compress_level=1)
+            blobs.append((f"{i:03d}.png", buf.getvalue()))
+            entries.append({"file": f"{i:03d}.png", "width": img.width, "height": img.height,
+                            "original_name": (orig or "")[:200]})
+        info = ReferenceSetInfo(name=name, version=uuid.uuid4().hex, created=time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                time.gmtime()), count=len(images), images=entries,
+                                bytes=sum(len(b) for _, b in blobs))
+        manifest = dict(info.as_dict(), format=FORMAT_VERSION)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+                    zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
+                    for fname, blob in blobs:
+                        zf.writestr(fname, blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+            with self._lock:
+                created = name not in self._index
+                if not created and not replace:  # created concurrently since the check above
+                    raise ApiError(409, "reference_set_exists", f"reference set {name!r} already exists",
+                                   "DELETE it first, or POST with ?replace=true to overwrite it")
+                os.replace(tmp, path)
+                self._index[name] = info
+            fsync_dir(self.root)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return info, created
+
+    def delete(self, name: str) -> ReferenceSetInfo:
+        path = self._path(name)
+        with self._lock:
+            info = self._index.pop(name, None)
+            if info is None:
+                raise ReferenceSetNotFoundError(name)
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        fsync_dir(self.root)
+        return info
+
+
+@dataclass
+class ReferenceMemory:
+    """One reference set's few-shot memory as ``fit`` left it in the detector, ready to be re-activated.
+
+    ``state``: the detector's ``export_references()`` result when ``exported``, else the attributes ``fit``
+    rebound; ``shots``: K; ``nbytes``: tensor bytes held (for the cache budget).
+    """
+
+    state: dict[str, Any]
+    shots: int
+    exported: bool
+    nbytes: int
+
+
+def _nbytes(obj: Any) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.nelement()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _has_export(detector: Any) -> bool:
+    return callable(getattr(detector, "export_references", None)) and callable(
+        getattr(detector, "load_references", None))
+
+
+def capture_memory(detector: Any, images: Sequence[Image.Image]) -> ReferenceMemory:
+    """``fit`` the detector on ``images`` (it keeps that memory active) and return the memory for later reuse."""
+    detector.reset_references()
+    if _has_export(detector):
+        detector.fit(list(images))
+        state = detector.export_references()
+        return ReferenceMemory(state, int(detector.shots), True, _nbytes(state))
+    before = dict(vars(detector))
+    detector.fit(list(images))
+    after = vars(detector)
+    state = {k: v for k, v in after.items() if k not in before or before[k] is not v}
+    return ReferenceMemory(state, int(detector.shots), False, _nbytes(state))
+
+
+def restore_memory(detector: Any, memory: ReferenceMemory | None) -> None:
+    """Make ``memory`` the detector's active few-shot memory (``None``: zero-shot)."""
+    detector.reset_references()
+    if memory is None:
+        return
+    if memory.exported:
+        detector.load_references(memory.state)
+    else:
+        for k, v in memory.state.items():
+            setattr(detector, k, v)
+    if int(detector.shots) != memory.shots:
+        raise RuntimeError(f"restoring a {memory.shots}-shot reference memory left the detector at "
+                           f"{detector.shots} shots")
+
+
+class MemoryCache:
+    """LRU of :class:`ReferenceMemory` keyed by (set name, version), bounded in bytes (always keeps the newest)."""
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[tuple[str, str], ReferenceMemory] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> ReferenceMemory | None:
+        with self._lock:
+            mem = self._items.get(key)
+            if mem is not None:
+                self._items.move_to_end(key)
+            return mem
+
+    def put(self, key: tuple[str, str], memory: ReferenceMemory) -> None:
+        with self._lock:
+            for old in [k for k in self._items if k[0] == key[0] and k != key]:  # older versions of the set
+                del self._items[old]
+            self._items[key] = memory
+            self._items.move_to_end(key)
+            while len(self._items) > 1 and self.nbytes > self.max_bytes:
+                self._items.popitem(last=False)
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            for k in [k for k in self._items if k[0] == name]:
+                del self._items[k]
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.nbytes for m in self._items.values())

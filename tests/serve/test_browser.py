@@ -1,0 +1,178 @@
+"""The web page in headless Chromium (Playwright): load it, upload an image, see score, decision and heatmap.
+
+Needs Debian's chromium (``apt-get install -y chromium``; another binary via ``VLMAD_CHROMIUM``) and the
+``playwright`` Python package (``pip install playwright``; no ``playwright install``: the system chromium is used).
+Skips, saying which is missing, when either is absent, unless ``VLMAD_REQUIRE_BROWSER=1`` (then it fails).
+The screenshot is written to the test's tmp dir and, when ``VLMAD_TEST_ARTIFACTS`` is set, copied there.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is "
+                    "not installed")
+
+CHROMIUM = os.environ.get("VLMAD_CHROMIUM", "/usr/bin/chromium")
+
+
+def require_browser() -> str:
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("the playwright Python package (pip install playwright)")
+    exe = CHROMIUM if Path(CHROMIUM).exists() else shutil.which(CHROMIUM)
+    if not exe:
+        missing.append(f"a chromium binary at {CHROMIUM} (apt-get install -y chromium, or set VLMAD_CHROMIUM)")
+    if missing:
+        reason = "browser test needs " + " and ".join(missing)
+        if os.environ.get("VLMAD_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + " (VLMAD_REQUIRE_BROWSER=1)")
+        pytest.skip(reason)
+    return str(exe)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def part_image(defect: bool, size: int = 160) -> bytes:
+    """A grey 'bottle' seen from above on a dark background, optionally with a bright scratch."""
+    from vlmad.data.synthetic import normal_image, paste_anomaly
+
+    arr = normal_image("bottle", size, seed=3, index=1)
+    if defect:
+        arr, _ = paste_anomaly(arr, np.random.default_rng(5), kind="scratch")
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def browser_exe() -> str:
+    return require_browser()
+
+
+@pytest.fixture
+def live_server(browser_exe, make_app, make_detector):
+    import uvicorn
+
+    app = make_app(detector=make_detector(random=True), threshold=0.5)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    import httpx
+
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise AssertionError("test server did not become ready")
+        time.sleep(0.1)
+    yield url, app
+    server.should_exit = True
+    thread.join(15)
+
+
+def test_page_upload_shows_score_decision_and_heatmap(browser_exe, live_server, tmp_path):
+    exe = browser_exe
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = live_server
+    import httpx
+
+    good = [part_image(False, 160)]
+    assert httpx.post(url + "/v1/references/bottle-good", files=[("images", ("good.png", good[0], "image/png"))],
+                      timeout=30).status_code == 201
+    images = {}
+    for name, defect in (("normal.png", False), ("scratched.png", True)):
+        images[name] = tmp_path / name
+        images[name].write_bytes(part_image(defect))
+
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1100})
+            page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+            page.on("request", lambda r: errors.append(f"external request {r.url}")
+                    if not r.url.startswith(url) and not r.url.startswith(("data:", "blob:")) else None)
+            page.goto(url + "/")
+            expect(page.locator("#status")).to_contain_text("ready", timeout=20_000)
+            banner = page.locator("#random-banner")
+            expect(banner).to_be_visible()
+            expect(banner).to_contain_text(RANDOM_WEIGHTS_STAMP)
+            expect(page.locator("#model-info")).to_contain_text("vlmad-tiny-vit")
+            expect(page.locator("#threshold-info")).to_contain_text("threshold 0.5")
+
+            # zero-shot upload
+            page.set_input_files("#file", str(images["normal.png"]))
+            expect(page.locator("#score")).to_have_text(re.compile(r"^\d+\.\d{4}$"), timeout=20_000)
+            expect(page.locator("#decision")).to_have_text(re.compile(r"^(anomalous|normal)$"))
+            page.wait_for_function("document.getElementById('heat').naturalWidth > 0", timeout=10_000)
+            assert page.eval_on_selector("#heat", "e => e.naturalWidth") == 64  # the model-resolution map
+            assert page.eval_on_selector("#img-original", "e => e.naturalWidth") == 160
+            expect(page.locator("#result-warning")).to_contain_text(RANDOM_WEIGHTS_STAMP)
+            expect(page.locator("#result-meta")).to_contain_text("zero-shot")
+
+            # few-shot with the reference set, and the opacity slider
+            page.select_option("#refset", "bottle-good")
+            page.set_input_files("#file", str(images["scratched.png"]))
+            expect(page.locator("#result-meta")).to_contain_text('references "bottle-good" (1-shot)',
+                                                                  timeout=20_000)
+            expect(page.locator("#history li")).to_have_count(2)
+            page.locator("#opacity").fill("0.8")
+            assert page.eval_on_selector("#heat", "e => e.style.opacity") == "0.8"
+            expect(page.locator("#opacity-value")).to_have_text("0.80")
+
+            # clicking an older history entry shows it again
+            page.locator("#history li").nth(1).click()
+            expect(page.locator("#result-meta")).to_contain_text("normal.png")
+            page.locator("#history li").nth(0).click()
+            expect(page.locator("#result-meta")).to_contain_text("scratched.png")
+
+            shot = tmp_path / "serve-page.png"
+            page.screenshot(path=str(shot), full_page=True)
+
+            # a non-image upload shows the server's error message, and the page keeps working
+            bad = tmp_path / "notes.png"
+            bad.write_bytes(b"these are notes, not an image")
+            page.set_input_files("#file", str(bad))
+            expect(page.locator("#status")).to_contain_text("not a recognisable image", timeout=20_000)
+            expect(page.locator("#history li")).to_have_count(2)
+            page.set_input_files("#file", str(images["normal.png"]))
+            expect(page.locator("#history li")).to_have_count(3, timeout=20_000)
+        finally:
+            browser.close()
+    assert shot.stat().st_size > 10_000
+    artefacts = os.environ.get("VLMAD_TEST_ARTIFACTS")
+    if artefacts:
+        Path(artefacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(artefacts) / shot.name)
+    print(f"screenshot: {shot}")
+    # the only console errors allowed are the 400 of the deliberate bad upload
+    unexpected = [e for e in errors if "400" not in e]
+    assert not unexpected, unexpected

@@ -1,0 +1,96 @@
+"""`vlmad serve` as a user starts it: a real uvicorn process on a loopback port."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is "
+                    "not installed")
+
+# works whether or not vlmad.cli.commands already imports the serve command module
+LAUNCH = "import vlmad.cli.serve_cmd; from vlmad.cli import main; main()"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def vlmad(*args, env_extra=None, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
+    import httpx
+
+    deploy = tmp_path / "deploy.json"
+    deploy.write_text(json.dumps({"threshold": 0.25, "method": "winclip", "class_name": "screw",
+                                  "expected_false_alarm_rate": 0.01, "calibration": {}, "detector": {}}))
+    port = free_port()
+    proc = vlmad("serve", "--class-name", "bottle", "--model", "vlmad-tiny-vit", "--random-weights",
+                 "--deploy", deploy, "--port", port, "--data-dir", tmp_path / "data", "--max-batch-size", "4",
+                 "--max-wait-ms", "5", "--log-level", "warning", env_extra={"VLMAD_API_KEY": "k-123"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out, err = proc.communicate(timeout=10) if proc.poll() is not None else ("", "")
+                raise AssertionError(f"server did not start (rc={proc.poll()}):\n{err[-3000:]}")
+            time.sleep(0.2)
+        assert httpx.get(url + "/v1/info").status_code == 401
+        info = httpx.get(url + "/v1/info", headers={"X-API-Key": "k-123"}).json()
+        assert info["threshold"] == 0.25 and info["random_weights"] is True
+        assert info["batching"] == {"max_batch_size": 4, "max_wait_ms": 5.0}
+        assert any("class 'screw'" in w for w in info["warnings"])
+        buf = io.BytesIO()
+        Image.new("RGB", (50, 40), (120, 80, 40)).save(buf, "PNG")
+        res = httpx.post(url + "/v1/detect", files={"image": ("a.png", buf.getvalue(), "image/png")},
+                         headers={"Authorization": "Bearer k-123"}, timeout=30)
+        assert res.status_code == 200, res.text
+        body = res.json()
+        assert body["decision"] in ("anomalous", "normal") and body["warning"].startswith("random weights")
+        assert "server" not in {k.lower() for k in res.headers}  # no server banner
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    assert "calibrated for class 'screw'" in err and "random weights - scores are meaningless" in err
+    assert "k-123" not in out + err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"method": "winclip"}', 'has no "threshold"'),
+    ("{oops", "is not valid JSON"),
+])
+def test_serve_cli_refuses_a_bad_deploy_file(tmp_path, content, message):
+    deploy = tmp_path / "deploy.json"
+    deploy.write_text(content)
+    proc = vlmad("serve", "--class-name", "bottle", "--model", "vlmad-tiny-vit", "--random-weights",
+                 "--deploy", deploy, "--port", free_port(), "--data-dir", tmp_path / "data")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert message in err and "hint:" in err and "Traceback" not in err
