@@ -20,6 +20,38 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VLMAD_CACHE_DIR", str(tmp_path_factory.mktemp("vlmad-cache")))
 
 
+_SHARED_CACHE: Path | None = None
+
+
+@pytest.fixture
+def shared_text_cache(tmp_path_factory, monkeypatch) -> Path:
+    """One text-embedding cache for every test that asks (the tiny models embed the same prompts again and again);
+    harness/study/report packages make it their default by overriding ``_isolated_cache``."""
+    global _SHARED_CACHE
+    if _SHARED_CACHE is None:
+        _SHARED_CACHE = tmp_path_factory.mktemp("vlmad-cache-shared")
+    monkeypatch.setenv("VLMAD_CACHE_DIR", str(_SHARED_CACHE))
+    return _SHARED_CACHE
+
+
+@pytest.fixture(scope="session")
+def mvtec_root(tmp_path_factory) -> Path:
+    """A small generated MVTec-layout dataset (2 categories, masks)."""
+    from vlmad.data import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data") / "mvtec", layout="mvtec",
+                        categories="demo_texture,demo_object", n_train=4, n_test_good=3, n_test_bad=3, size=64)
+
+
+@pytest.fixture(scope="session")
+def visa_root(tmp_path_factory) -> Path:
+    """A small generated VisA-layout dataset (raw layout with split_csv, 2 categories, masks)."""
+    from vlmad.data import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("data") / "visa", layout="visa",
+                        categories="demo_grid,demo_object", n_train=4, n_test_good=3, n_test_bad=3, size=64)
+
+
 @pytest.fixture(scope="session")
 def oracle_python() -> str:
     """Python of the anomalib 2.7.0 environment (see Makefile `oracle-env`).

@@ -46,22 +46,16 @@ def make_config(tmp_path, tiny_spec):
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Overrides the per-test text cache of tests/conftest.py: the harness tests share one cache (the tiny random
-    model embeds the same prompts every time) to keep the suite fast; cache behaviour is tested elsewhere."""
-    global _SHARED_CACHE
-    if _SHARED_CACHE is None:
-        _SHARED_CACHE = tmp_path_factory.mktemp("vlmad-cache-bench")
-    monkeypatch.setenv("VLMAD_CACHE_DIR", str(_SHARED_CACHE))
-
-
-_SHARED_CACHE: Path | None = None
+def _isolated_cache(shared_text_cache):
+    """The harness tests share one text cache (the tiny random model embeds the same prompts every time) to keep
+    the suite fast; cache behaviour itself is tested in tests/backbones."""
+    return shared_text_cache
 
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_torch_thread():
-    """The build machines share 2 cores between several jobs; with 2 intra-op threads each, tiny models spend
-    most of their time spinning (10x slower). One thread keeps these tests fast; restored afterwards."""
+    """2 shared cores: one intra-op thread keeps the tiny models fast (two spin against other jobs); restored
+    after this package, so the real-architecture tests elsewhere keep all threads."""
     import torch
 
     before = torch.get_num_threads()

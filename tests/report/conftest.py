@@ -1,43 +1,20 @@
-"""Tiny generated datasets (MVTec and VisA layouts), one shared text cache, one torch thread."""
+"""Report tests: generated datasets (tests/conftest.py), one shared text cache, one torch thread."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
-from vlmad.data import make_dataset
-
-TINY = ["--model", "vlmad-tiny-vit", "--random-weights"]
-
-
-@pytest.fixture(scope="session")
-def mvtec_root(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("report-data") / "mvtec", layout="mvtec",
-                        categories="demo_texture,demo_object", n_train=4, n_test_good=3, n_test_bad=3, size=64)
-
-
-@pytest.fixture(scope="session")
-def visa_root(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("report-data") / "visa", layout="visa",
-                        categories="demo_grid,demo_object", n_train=4, n_test_good=3, n_test_bad=3, size=64)
-
-
-_SHARED_CACHE: Path | None = None
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """One text-embedding cache for the whole package (the tiny model embeds the same prompts every time)."""
-    global _SHARED_CACHE
-    if _SHARED_CACHE is None:
-        _SHARED_CACHE = tmp_path_factory.mktemp("vlmad-cache-report")
-    monkeypatch.setenv("VLMAD_CACHE_DIR", str(_SHARED_CACHE))
+def _isolated_cache(shared_text_cache):
+    """Overrides the per-test cache: this package shares one (see tests/conftest.py)."""
+    return shared_text_cache
 
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_torch_thread():
-    """2 shared cores: one intra-op thread keeps tiny models fast (see tests/bench/conftest.py)."""
+    """2 shared cores: one intra-op thread keeps the tiny models fast (two spin against other jobs); restored
+    after this package, so the real-architecture tests elsewhere keep all threads."""
     import torch
 
     before = torch.get_num_threads()

@@ -132,8 +132,9 @@ class RunLock:
     The kernel drops the lock when the process dies (even by SIGKILL), so a crashed run never blocks its resume.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / ".lock"
+    def __init__(self, folder: Path, name: str = ".lock", holder: str = "vlmad benchmark") -> None:
+        self.path = folder / name
+        self.holder = holder
         self._fh = None
 
     def __enter__(self) -> RunLock:
@@ -148,7 +149,7 @@ class RunLock:
         except OSError:
             self._fh.close()
             self._fh = None
-            raise VlmadError(f"another vlmad benchmark is writing to {self.path.parent}",
+            raise VlmadError(f"another {self.holder} is writing to {self.path.parent}",
                              "wait for it to finish, or pass another --out folder") from None
         return self
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from vlmad.bench import BenchmarkConfig, DatasetSpec, method_spec, plan_grid, run_benchmark
 from vlmad.bench.protocol import canonical, hash_key, relpath
-from vlmad.bench.results import RESULTS_FILE, ResultsStore, load_results, read_scores
+from vlmad.bench.results import RESULTS_FILE, ResultsStore, RunLock, load_results, read_scores
 from vlmad.errors import VlmadError
 from vlmad.fileio import atomic_write_text
 from vlmad.study.axes import AXES, STAGE_SUBSET_KEY
@@ -323,35 +323,6 @@ def restrict_stages(detector: Any, stages: Sequence[int]) -> None:
 # running
 
 
-class _StudyLock:
-    """One study process per run folder (the harness's own lock is per phase)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / ".study.lock"
-        self._fh = None
-
-    def __enter__(self) -> _StudyLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
-        try:
-            import fcntl
-
-            fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # pragma: no cover
-            pass
-        except OSError:
-            self._fh.close()
-            self._fh = None
-            raise VlmadError(f"another vlmad study is running in {self.path.parent}",
-                             "wait for it to finish, or pass another --out folder") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
 def _final_statuses(options: StudyOptions) -> set[str]:
     if options.retry_failed:
         return {"ok"}
@@ -395,7 +366,7 @@ def run_study(spec: StudySpec, options: StudyOptions, log: Log | None = None) ->
     say = log or (lambda _msg: None)
     out = Path(options.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    with _StudyLock(out):
+    with RunLock(out, ".study.lock", "vlmad study"):
         plan = plan_study(spec, options)
         factory = StudyDetectorFactory()
         invocation: dict[str, Any] = {"started": _now(), "argv": options.argv if options.argv is not None
