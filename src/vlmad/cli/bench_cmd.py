@@ -8,6 +8,14 @@ from typing import Annotated
 import typer
 
 from vlmad.cli import app
+from vlmad.cli.common import (
+    GridCheckpointOpt,
+    GridModelOpt,
+    GridPrecisionOpt,
+    GridPretrainedOpt,
+    GridRandomOpt,
+    GridSetOpt,
+)
 from vlmad.errors import VlmadError
 
 HELP = (
@@ -39,19 +47,13 @@ def benchmark(
     categories: Annotated[str | None, typer.Option(
         "--categories", "-c", help="Comma-separated categories (all by default); 'kind:name' to target one "
         "dataset.")] = None,
-    model: Annotated[list[str] | None, typer.Option(
-        "--model", help="open_clip architecture, for all methods or as method=ARCH.")] = None,
-    pretrained: Annotated[list[str] | None, typer.Option(
-        "--pretrained", help="Pretrained tag, for all methods or as method=TAG.")] = None,
-    checkpoint: Annotated[list[str] | None, typer.Option(
-        "--checkpoint", help="Local .safetensors weights, for all methods or as method=PATH.")] = None,
-    random_weights: Annotated[bool, typer.Option(
-        "--random-weights", help="Random init for every method: a smoke test, scores are meaningless.")] = False,
-    sets: Annotated[list[str] | None, typer.Option(
-        "--set", help="Method option method.key=value (or key=value for all), e.g. winclip.prompt_set=winclip-paper."
-    )] = None,
+    model: GridModelOpt = None,
+    pretrained: GridPretrainedOpt = None,
+    checkpoint: GridCheckpointOpt = None,
+    random_weights: GridRandomOpt = False,
+    sets: GridSetOpt = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
-    precision: Annotated[str | None, typer.Option("--precision", help="fp32 (default), int8, fp16, bf16.")] = None,
+    precision: GridPrecisionOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per predict call.")] = 8,
     num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")
                            ] = 2,

@@ -31,6 +31,20 @@ HeadsOpt = Annotated[Path | None, typer.Option("--heads", help="APRIL-GAN traine
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 
 
+# options of the grid commands (benchmark, study): a value for all methods, or method=VALUE for one
+GridModelOpt = Annotated[list[str] | None, typer.Option(
+    "--model", help="open_clip architecture, for all methods or as method=ARCH.")]
+GridPretrainedOpt = Annotated[list[str] | None, typer.Option(
+    "--pretrained", help="Pretrained tag, for all methods or as method=TAG.")]
+GridCheckpointOpt = Annotated[list[str] | None, typer.Option(
+    "--checkpoint", help="Local .safetensors weights, for all methods or as method=PATH.")]
+GridRandomOpt = Annotated[bool, typer.Option(
+    "--random-weights", help="Random init for every method: a smoke test, scores are meaningless.")]
+GridSetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="Method option method.key=value (or key=value for all), e.g. winclip.prompt_set=winclip-paper.")]
+GridPrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32 (default), int8, fp16, bf16.")]
+
+
 def build_detector(
     method: str,
     model: str | None = None,

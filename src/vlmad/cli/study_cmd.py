@@ -8,6 +8,14 @@ from typing import Annotated
 import typer
 
 from vlmad.cli import app
+from vlmad.cli.common import (
+    GridCheckpointOpt,
+    GridModelOpt,
+    GridPrecisionOpt,
+    GridPretrainedOpt,
+    GridRandomOpt,
+    GridSetOpt,
+)
 from vlmad.errors import VlmadError
 
 _PRESET_BLURBS = {"seed-full": "the papers' full protocol", "prompt-ablation": "prompt-ensemble ablation",
@@ -62,21 +70,15 @@ def study(
         "--datasets", help="Comma-separated subset of the spec's datasets (the others need no --root).")] = None,
     categories: Annotated[str | None, typer.Option(
         "--categories", "-c", help="Comma-separated categories; 'kind:name' to target one dataset.")] = None,
-    model: Annotated[list[str] | None, typer.Option(
-        "--model", help="open_clip architecture, for all methods or as method=ARCH.")] = None,
-    pretrained: Annotated[list[str] | None, typer.Option(
-        "--pretrained", help="Pretrained tag, for all methods or as method=TAG.")] = None,
-    checkpoint: Annotated[list[str] | None, typer.Option(
-        "--checkpoint", help="Local .safetensors weights, for all methods or as method=PATH.")] = None,
-    random_weights: Annotated[bool, typer.Option(
-        "--random-weights", help="Random init for every method: a smoke test, scores are meaningless.")] = False,
+    model: GridModelOpt = None,
+    pretrained: GridPretrainedOpt = None,
+    checkpoint: GridCheckpointOpt = None,
+    random_weights: GridRandomOpt = False,
     heads: Annotated[list[Path] | None, typer.Option(
         "--heads", help="APRIL-GAN heads file (repeat: one configuration per file, e.g. trained on VisA and on "
         "MVTec AD).")] = None,
-    sets: Annotated[list[str] | None, typer.Option(
-        "--set", help="Method option method.key=value (or key=value for all), e.g. winclip.prompt_set=winclip-paper."
-    )] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="fp32 (default), int8, fp16, bf16.")] = None,
+    sets: GridSetOpt = None,
+    precision: GridPrecisionOpt = None,
     shots: Annotated[str | None, typer.Option("--shots", help="Override the spec's main-grid shots, e.g. 0,1.")
                      ] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Override the spec's reference seeds.")] = None,
