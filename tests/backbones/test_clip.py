@@ -100,3 +100,19 @@ def test_int8_runs_and_stays_close(weights_file):
     cos = torch.nn.functional.cosine_similarity(a.pooled, b.pooled, dim=-1)
     assert torch.isfinite(b.pooled).all() and cos.min() > 0.95
     assert int8.fingerprint != fp32.fingerprint  # never shares a text cache entry with fp32
+
+
+def test_bf16_runs_on_the_cast_weights_and_stays_close(weights_file):
+    """Reduced precision must reach the fast blocks too (they hold the model's parameters themselves)."""
+    from vlmad.methods.winclip import WinClip
+
+    path = str(weights_file("vlmad-tiny-vit"))
+    maps = {}
+    for precision in ("fp32", "bf16"):
+        bb = ClipBackbone.load("vlmad-tiny-vit", checkpoint=path, precision=precision)
+        assert all(p.dtype == bb.compute_dtype for p in bb.fast_blocks.parameters())
+        det = WinClip(bb)
+        det.setup("bottle")
+        maps[precision] = det.predict(bb.preprocess_tensor(random_images(2, 64, seed=13))).anomaly_maps
+    assert maps["bf16"].dtype == torch.float32 and torch.isfinite(maps["bf16"]).all()
+    assert (maps["bf16"] - maps["fp32"]).abs().max() < 0.05

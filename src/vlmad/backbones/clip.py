@@ -89,6 +89,10 @@ class ClipBackbone:
         self.mean = tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)))
         self.std = tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)))
 
+        # cast before the fast blocks are built: they hold the model's parameter tensors themselves
+        self.compute_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        if self.compute_dtype != torch.float32:
+            self.model.to(self.compute_dtype)
         blocks = list(visual.transformer.resblocks)
         self.fast = fast and all(is_standard_block(b) for b in blocks) and getattr(visual, "attn_pool", None) is None
         self.fast_blocks = (
@@ -96,12 +100,8 @@ class ClipBackbone:
             if self.fast else None
         )
         self.text_fast_blocks = self._build_text_fast_blocks(fast)
-        self.compute_dtype = torch.float32
         if precision == "int8":
             self._quantize_int8()
-        elif precision in ("fp16", "bf16"):
-            self.compute_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-            self.model.to(self.compute_dtype)
 
     # ------------------------------------------------------------------ construction helpers
     def _build_text_fast_blocks(self, fast: bool) -> nn.ModuleList | None:
