@@ -33,6 +33,14 @@ CLASS_NAME = "bottle"
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS. ``ru_maxrss`` is not: Linux carries it over fork and exec, so a worker would
+    report its parent's peak when that is higher; ``VmHWM`` belongs to the process's own address space."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

@@ -17,6 +17,18 @@ import numpy as np
 import torch
 
 
+def peak_rss_mb() -> float:
+    """Own peak RSS (VmHWM): ru_maxrss survives fork+exec and could report the parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", required=True)
@@ -86,7 +98,7 @@ def main() -> None:
                 for i, w in enumerate(win_emb):
                     out[f"window_embeddings_{scales[i]}"] = w.numpy()
                 out["patch_embeddings"] = patch_emb.numpy()
-    out["peak_rss_mb"] = np.array(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
+    out["peak_rss_mb"] = np.array(peak_rss_mb())
     np.savez(args.out, **out)
 
 

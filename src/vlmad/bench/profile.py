@@ -51,7 +51,15 @@ def current_rss() -> int | None:
 
 
 def process_peak_rss() -> int | None:
-    """Lifetime peak RSS of this process in bytes (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    """Lifetime peak RSS of this process in bytes: ``VmHWM`` on Linux (its own address space; ``ru_maxrss``
+    carries a parent's peak over fork+exec), else ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows
