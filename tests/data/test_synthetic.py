@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import time
 from pathlib import Path
 
@@ -160,19 +159,10 @@ def test_mvtec_file_names(tmp_path):
 
 
 def _cli_app():
-    """The shared Typer app with our command registered.
+    """The shared Typer app; every command module registers on import of ``vlmad.cli``."""
+    from vlmad.cli import app
 
-    Skips only while another command module of ``vlmad.cli`` is still missing (parallel development);
-    an import error in ``data_cmd`` itself fails.
-    """
-    try:
-        cli = importlib.import_module("vlmad.cli")
-    except ImportError as err:
-        if "data_cmd" not in str(err) and "vlmad.cli" in str(err):
-            pytest.skip(f"vlmad.cli is not importable yet ({err})")
-        raise
-    importlib.import_module("vlmad.cli.data_cmd")
-    return cli.app
+    return app
 
 
 def test_make_dataset_command(tmp_path):
