@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -22,6 +23,8 @@ def test_demo_with_a_checkpoint_writes_summary_and_heatmaps(tmp_path, weights_fi
     assert "zero-shot" in md and "2-shot" in md and "random weights" not in md
     html = res.summary_html.read_text()
     assert html.count("<img") == 8 and "image AUROC" in html
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert len(set(sources)) == 8 and all((tmp_path / "demo" / src).is_file() for src in sources)
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["random_weights"] is False
 
 

@@ -102,6 +102,7 @@ def run_demo(
     detector.setup(DEMO_CATEGORY)
     setup_s = time.perf_counter() - t0
     runs: dict[str, dict[str, float]] = {}
+    overlays: dict[str, dict[str, str]] = {}  # run -> image path -> overlay file (relative to the run folder)
     for k in (0, shots) if shots else (0,):
         name = "zero-shot" if k == 0 else f"{k}-shot"
         if k:
@@ -112,15 +113,16 @@ def run_demo(
         _say(f"running WinCLIP {name} on {len(paths)} images ...")
         rows = run_detection(detector, paths, out_dir / name, save_maps=True, overlay=True)
         elapsed = time.perf_counter() - t0
+        overlays[name] = {r.path: r.overlay_file for r in rows}
         scores = np.array([r.score for r in rows])
         maps = np.stack([np.load(out_dir / name / r.map_file) for r in rows])
         runs[name] = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps),
                       "s_per_image": elapsed / len(paths)}
-    md, page = _write_summary(out_dir, runs, test, random_weights, model, detector, load_s, setup_s)
+    md, page = _write_summary(out_dir, runs, overlays, test, random_weights, model, detector, load_s, setup_s)
     return DemoResult(out_dir, random_weights, md, page, runs)
 
 
-def _write_summary(out_dir, runs, test, random_weights, model, detector, load_s, setup_s):
+def _write_summary(out_dir, runs, overlays, test, random_weights, model, detector, load_s, setup_s):
     info = detector.info()
     stamp = f"**{RANDOM_WEIGHTS_STAMP.upper()}**\n\n" if random_weights else ""
     lines = ["# vlmad demo — WinCLIP on a generated dataset\n", stamp,
@@ -134,9 +136,8 @@ def _write_summary(out_dir, runs, test, random_weights, model, detector, load_s,
     md.write_text("\n".join(lines) + "\n")
     cells = []
     for s in test:
-        name = s.image_path.stem if s.defect_type == "good" else s.image_path.stem
         imgs = "".join(
-            f'<figure><img src="{html.escape(run)}/overlays/{html.escape(name)}.png" width="200">'
+            f'<figure><img src="{html.escape(run)}/{html.escape(overlays[run][str(s.image_path)])}" width="200">'
             f"<figcaption>{html.escape(run)}</figcaption></figure>" for run in runs)
         cells.append(f"<div class='row'><h3>{html.escape(s.defect_type)} / {html.escape(s.image_path.name)}</h3>"
                      f"{imgs}</div>")
