@@ -43,8 +43,9 @@ demo: setup
 test: setup oracle-env browser
 	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python VLMAD_REQUIRE_ORACLE=1 $(PY) -m pytest
 
+# the inner loop: slow tests skipped; the parity tests run when the oracle env exists (make oracle-env)
 test-fast: setup
-	$(PY) -m pytest -m "not slow"
+	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) -m pytest -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
