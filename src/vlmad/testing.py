@@ -8,6 +8,8 @@ makes parity comparisons meaningful.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -54,3 +56,15 @@ def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
         y, x = rng.integers(0, size - s, 2)
         imgs[i, :, y:y + s, x:x + s] = 1.0
     return imgs.clamp(0, 1)
+
+
+@contextmanager
+def single_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread, restored afterwards: on small shared machines tiny models run several times
+    faster than with threads spinning against other jobs (used by the harness/study/report test packages)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -13,11 +13,9 @@ def _isolated_cache(shared_text_cache):
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_torch_thread():
-    """2 shared cores: one intra-op thread keeps the tiny models fast (two spin against other jobs); restored
-    after this package, so the real-architecture tests elsewhere keep all threads."""
-    import torch
+    """2 shared cores: one intra-op thread for this package's tiny models; restored after it, so the
+    real-architecture tests elsewhere keep all threads."""
+    from vlmad.testing import single_torch_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_torch_thread():
+        yield

@@ -24,7 +24,6 @@ from vlmad.cli.common import (
     build_detector,
     console,
 )
-from vlmad.errors import VlmadError
 
 
 @app.command()
@@ -60,11 +59,12 @@ def detect(
     ] = False,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
+    from vlmad.deploy import load_deploy
     from vlmad.jobs import expand_images, run_detection
 
     paths = expand_images(images)
     refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))
-    threshold = _load_threshold(deploy) if deploy else None
+    threshold = load_deploy(deploy)["threshold"] if deploy else None
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
                               prompt_set, no_cache, heads, batch_size,
                               extra={"allow_untrained": True} if allow_untrained else None)
@@ -86,13 +86,3 @@ def detect(
     if detector.info().random_weights:
         console.print("[bold red]random weights - scores are meaningless[/]")
 
-
-def _load_threshold(path: Path) -> float:
-    import json
-
-    try:
-        data = json.loads(path.read_text())
-        return float(data["threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise VlmadError(f"cannot read a threshold from {path}: {err}",
-                         "a deploy.json holds at least {\"threshold\": <float>}") from err

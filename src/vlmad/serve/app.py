@@ -43,7 +43,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from vlmad.errors import VlmadError
+from vlmad.deploy import load_deploy
 from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP, colorize, overlay_heatmap
 from vlmad.serve.batching import BatcherClosedError, QueueFullError
 from vlmad.serve.limits import (
@@ -87,29 +87,6 @@ class ServeConfig:
     max_wait_ms: float = 10.0
     limits: Limits = field(default_factory=Limits)
     memory_cache_bytes: int = 1 << 30
-
-
-def load_deploy(path: str | Path) -> dict[str, Any]:
-    """Read a deploy.json (``vlmad calibrate``); only ``threshold`` is required."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as err:
-        raise VlmadError(f"cannot read {path}: {err.strerror or err}", "pass the deploy.json written by "
-                         "`vlmad calibrate`") from None
-    except ValueError as err:
-        raise VlmadError(f"{path} is not valid JSON: {err}", "pass the deploy.json written by `vlmad calibrate`"
-                         ) from None
-    if not isinstance(data, dict) or "threshold" not in data:
-        raise VlmadError(f"{path} has no \"threshold\"", "a deploy.json holds at least {\"threshold\": <float>}")
-    try:
-        threshold = float(data["threshold"])
-    except (TypeError, ValueError):
-        raise VlmadError(f"{path}: threshold {data['threshold']!r} is not a number") from None
-    if not np.isfinite(threshold):
-        raise VlmadError(f"{path}: threshold {threshold} is not finite")
-    data["threshold"] = threshold
-    return data
 
 
 def deploy_warnings(deploy: dict[str, Any] | None, info: dict[str, Any], class_name: str) -> list[str]:
