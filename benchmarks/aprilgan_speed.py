@@ -5,6 +5,7 @@ Usage::
     python benchmarks/aprilgan_speed.py                 # 2 test images, 4 shots, both methods
     python benchmarks/aprilgan_speed.py --images 4 --shots 4 --threads 2
     python benchmarks/aprilgan_speed.py --no-winclip    # APRIL-GAN + association only
+    python benchmarks/aprilgan_speed.py --no-models --assoc-device cuda   # association, vlmad side on a GPU
 
 What is measured (random-init weights: the cost does not depend on the weight values; no download needed):
 
@@ -18,7 +19,13 @@ What is measured (random-init weights: the cost does not depend on the weight va
   few-shot map (+ bilinear upsampling to 518 and the sum over stages). Both are checked to agree (<= 1e-5).
   Target: >= 5x. Both sides are dominated by the same fp32 GEMM (K*P x P x width per image and stage); vlmad
   saves sklearn's per-call validation and normalisation copies, the full (1 - cos) matrix, the column-wise
-  min and per-stage upsampling, which bounds an exact fp32 speed-up at roughly 1.5-2x on CPU.
+  min and per-stage upsampling, which bounds an exact fp32 speed-up at roughly 1.5-2x on CPU;
+* the exact-arithmetic ceiling on this CPU, measured in the same run: GFLOP/s of one association-sized GEMM in
+  fp32, bf16 and int8 (the only faster arithmetic, usable only as a screen whose survivors are re-checked in
+  fp32), and, from the proven rounding-error bounds of such a screen, how many bank tokens per query it would
+  have to re-check on these very tokens;
+* ``--assoc-device cuda``: vlmad's association on the GPU the tokens came from (sklearn stays on the host and
+  copies them there per call, as the reference does).
 
 Timing: ``time.perf_counter`` around each call (after one warm-up call per method on one image, so one-off
 initialisation is excluded). Memory: peak resident set size sampled every 5 ms during the call (psutil),
@@ -198,12 +205,13 @@ def sklearn_few_shot(queries, banks, grid, size, upsample: bool):
 
 
 def vlmad_few_shot(queries, banks, grid, size, upsample: bool):
+    """Runs where the tokens are (CPU, or the GPU the model ran on); the maps come back to the host."""
     from vlmad.methods.aprilgan import min_cosine_distance, upsample_grid
 
     dist = sum(min_cosine_distance(q, bank) for q, bank in zip(queries, banks, strict=True))
     if upsample:
-        return upsample_grid(dist, (grid, grid), size)
-    return dist.reshape(-1, 1, 1, grid, grid)
+        return upsample_grid(dist, (grid, grid), size).cpu()
+    return dist.reshape(-1, 1, 1, grid, grid).cpu()
 
 
 def bench_association(args, banks, queries, rows_assoc):
@@ -220,11 +228,17 @@ def bench_association(args, banks, queries, rows_assoc):
             for bank in banks
         ]
         source = "synthetic Gaussian tokens"
+    device = torch.device(args.assoc_device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--assoc-device cuda: no CUDA device visible to torch")
+    # tokens live where the model ran; the sklearn side copies them to the host per call, as the reference does
+    queries, banks = [q.to(device) for q in queries], [b.to(device) for b in banks]
     n_q = queries[0].shape[0]
     flops = n_stage * n_q * bank_rows(banks) * p * width * 2
     print(
         f"\nfew-shot association: {n_q} images x {n_stage} stages, {p} patches, width {width}, "
-        f"bank {banks[0].shape[0]} tokens/stage ({flops / 1e9:.0f} GFLOP of cosine similarities); {source}"
+        f"bank {banks[0].shape[0]} tokens/stage ({flops / 1e9:.0f} GFLOP of cosine similarities); {source}; "
+        f"vlmad on {device}"
     )
     for upsample in (False, True):
         what = "map (distances + upsample + sum)" if upsample else "distances only"
@@ -238,7 +252,7 @@ def bench_association(args, banks, queries, rows_assoc):
                 out = fn(queries, banks, grid, size, upsample)
                 best = min(best, time.perf_counter() - t0)
             times[name] = best
-            out = torch.as_tensor(np.asarray(out)).reshape(ref.shape)
+            out = torch.as_tensor(np.asarray(out.cpu() if torch.is_tensor(out) else out)).reshape(ref.shape)
             diff = float((out - ref).abs().max())
             print(
                 f"  {what:<34} {name:<8} {1000 * best:9.1f} ms  ({flops / best / 1e9:5.0f} GFLOP/s)  "
@@ -249,6 +263,100 @@ def bench_association(args, banks, queries, rows_assoc):
         ratio = times["sklearn"] / times["vlmad"]
         rows_assoc.append((what, times["sklearn"], times["vlmad"], ratio))
         print(f"  {what:<34} speed-up {ratio:.2f}x (target >= 5x)")
+        if not upsample:
+            distances_times = dict(times)
+    if device.type == "cpu":
+        print_ceiling(args, queries, banks, distances_times)
+
+
+def gemm_ceiling(p: int, m: int, width: int, repeat: int) -> dict[str, float]:
+    """GFLOP/s of one association-sized GEMM (p x width @ width x m) per arithmetic this CPU offers.
+
+    fp32 is what an exact answer costs; bf16 (torch matmul) and int8 (oneDNN AMX/VNNI with a pre-packed bank,
+    ``torch.ops.onednn.qlinear_pointwise``, fp32 output) are the only faster paths, usable only as a screen.
+    """
+    g = torch.Generator().manual_seed(1)
+    q, b = torch.randn(p, width, generator=g), torch.randn(m, width, generator=g)
+    flops = 2.0 * p * m * width
+
+    def best_of(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(max(2, repeat)):
+            t0 = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - t0)
+        return flops / best / 1e9
+
+    out = {"fp32": best_of(lambda: q @ b.T)}
+    qb, bb = q.bfloat16(), b.bfloat16()
+    out["bf16"] = best_of(lambda: qb @ bb.T)
+    try:
+        qi = torch.randint(-127, 128, (p, width), dtype=torch.int8, generator=g)
+        wi = torch.randint(-127, 128, (m, width), dtype=torch.int8, generator=g)
+        packed = torch.ops.onednn.qlinear_prepack(wi, None)
+        scales, zeros = torch.full((m,), 1e-3), torch.zeros(m, dtype=torch.int64)
+        out["int8"] = best_of(
+            lambda: torch.ops.onednn.qlinear_pointwise(
+                qi, 1e-2, 0, packed, scales, zeros, None, 1.0, 0, torch.float32, "none", [], ""
+            )
+        )
+    except (AttributeError, RuntimeError) as exc:  # op missing or no int8 kernel on this CPU
+        print(f"  (int8 GEMM unavailable: {type(exc).__name__})")
+    return out
+
+
+def screen_headroom(queries, banks) -> list[tuple[int, float, float, float, float]]:
+    """Why an exact low-precision screen cannot reach 5x on these tokens: how many bank tokens it must re-check.
+
+    An exact screen computes every cosine in bf16 or int8, then must recompute in fp32 every bank token whose
+    screened cosine is within 2 x (proven error bound) of the row's screened maximum. The bounds use the actual
+    rounding residuals (Cauchy-Schwarz): bf16 ``|q~|*max|e_b| + |e_q|*max|b| + 2^-8*|q~|*max|b~|`` (bf16 output),
+    int8 (per-row scales, exact int32 sums) ``|q~|*max|e_b| + |e_q|*max|b|``. Counted on the first test image.
+    """
+    rows = []
+    for stage, (q, bank) in enumerate(zip(queries, banks, strict=True)):
+        qn = F.normalize(q[0].float(), dim=-1).double()
+        bn = F.normalize(bank.float(), dim=-1).double()
+        cos = qn @ bn.T
+        best = cos.amax(1, keepdim=True)
+        b_norm = bn.norm(dim=1).max()
+        # bf16
+        qb, bb = qn.bfloat16().double(), bn.bfloat16().double()
+        bound_bf16 = (
+            qb.norm(dim=1) * (bn - bb).norm(dim=1).max()
+            + (qn - qb).norm(dim=1) * b_norm
+            + 2.0**-8 * qb.norm(dim=1) * bb.norm(dim=1).max()
+        )
+        # int8, symmetric per-row scales
+        def int8(x: torch.Tensor) -> torch.Tensor:
+            scale = x.abs().amax(1, keepdim=True) / 127
+            return torch.round(x / scale).clamp(-127, 127) * scale
+
+        qi, bi = int8(qn), int8(bn)
+        bound_int8 = qi.norm(dim=1) * (bn - bi).norm(dim=1).max() + (qn - qi).norm(dim=1) * b_norm
+        counts = []
+        for bound in (bound_bf16, bound_int8):
+            n = (cos >= best - 2 * bound[:, None]).sum(1).double()
+            counts += [float(n.mean()), float((n == 1).double().mean())]
+        rows.append((stage, float(bound_bf16.mean()), float(bound_int8.mean()), *counts))
+    return rows
+
+
+def print_ceiling(args, queries, banks, times: dict[str, float]) -> None:
+    p, (m, width) = queries[0].shape[1], banks[0].shape
+    print(f"\nexact-arithmetic ceiling (one {p} x {width} @ {width} x {m} GEMM, best of {max(2, args.repeat)})")
+    n_calls = queries[0].shape[0] * len(banks)
+    sk_rate = n_calls * 2.0 * p * m * width / times["sklearn"] / 1e9
+    rates = gemm_ceiling(p, m, width, args.repeat)
+    print(f"  sklearn association as measured above: {sk_rate:6.0f} GFLOP/s")
+    for kind, rate in rates.items():
+        print(f"  {kind:<5} GEMM: {rate:6.0f} GFLOP/s -> at most {rate / sk_rate:4.1f}x over sklearn (GEMM alone)")
+    print("  screen + fp32 re-check (exact): bank tokens to re-check per query, from the proven error bounds")
+    print(f"  {'stage':>5} {'bf16 bound':>11} {'int8 bound':>11} {'bf16 cands':>11} {'1-cand rows':>12} "
+          f"{'int8 cands':>11} {'1-cand rows':>12}")
+    for stage, eb, ei, nb, ob, ni, oi in screen_headroom(queries, banks):
+        print(f"  {stage:>5} {eb:11.4f} {ei:11.4f} {nb:11.1f} {ob:12.3f} {ni:11.1f} {oi:12.3f}")
 
 
 def bank_rows(banks) -> int:
@@ -265,6 +373,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-winclip", action="store_true")
     ap.add_argument("--no-models", action="store_true", help="association benchmark only")
+    ap.add_argument(
+        "--assoc-device", default="cpu", help="where vlmad's association runs (cuda: tokens on the GPU, as after "
+        "a GPU forward; sklearn always runs on the host)"
+    )
     args = ap.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -312,6 +424,13 @@ def main() -> int:
     for what, t_sk, t_v, ratio in assoc:
         print(
             f"  association {what}: sklearn {1000 * t_sk:.0f} ms vs vlmad {1000 * t_v:.0f} ms -> {ratio:.2f}x"
+        )
+    if f"aprilgan {k}-shot predict" in by and assoc:
+        per_image = 1000 * assoc[0][2] / queries[0].shape[0]
+        share = per_image / by[f"aprilgan {k}-shot predict"]["ms_per_image"]
+        print(
+            f"  vlmad association {per_image:.0f} ms/image = {100 * share:.1f} % of the {k}-shot predict time "
+            "(the rest is the ViT forward)"
         )
     return 0
 
