@@ -306,6 +306,12 @@ def gemm_ceiling(p: int, m: int, width: int, repeat: int) -> dict[str, float]:
     return out
 
 
+def int8_rows(x: torch.Tensor) -> torch.Tensor:
+    """The values an int8 GEMM with symmetric per-row scales sees (dequantised, same dtype as ``x``)."""
+    scale = x.abs().amax(1, keepdim=True) / 127
+    return torch.round(x / scale).clamp(-127, 127) * scale
+
+
 def screen_headroom(queries, banks) -> list[tuple[int, float, float, float, float]]:
     """Why an exact low-precision screen cannot reach 5x on these tokens: how many bank tokens it must re-check.
 
@@ -328,12 +334,7 @@ def screen_headroom(queries, banks) -> list[tuple[int, float, float, float, floa
             + (qn - qb).norm(dim=1) * b_norm
             + 2.0**-8 * qb.norm(dim=1) * bb.norm(dim=1).max()
         )
-        # int8, symmetric per-row scales
-        def int8(x: torch.Tensor) -> torch.Tensor:
-            scale = x.abs().amax(1, keepdim=True) / 127
-            return torch.round(x / scale).clamp(-127, 127) * scale
-
-        qi, bi = int8(qn), int8(bn)
+        qi, bi = int8_rows(qn), int8_rows(bn)
         bound_int8 = qi.norm(dim=1) * (bn - bi).norm(dim=1).max() + (qn - qi).norm(dim=1) * b_norm
         counts = []
         for bound in (bound_bf16, bound_int8):
