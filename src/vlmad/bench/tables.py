@@ -224,10 +224,11 @@ def macro_stat(config: Config, metric: str) -> Stat:
     return st
 
 
-def fmt(st: Stat) -> str:
+def fmt(st: Stat, signed: bool = False) -> str:
+    """Mean ± std in points; ``signed`` for differences (always shows + or -)."""
     if st.mean is None:
         return "—"
-    text = f"{100 * st.mean:.1f}"
+    text = f"{100 * st.mean:+.1f}" if signed else f"{100 * st.mean:.1f}"
     if st.std is not None:
         text += f" ± {100 * st.std:.1f}"
     return text

@@ -119,15 +119,6 @@ def delta_stat(variant: Config, default: Config, metric: str) -> Stat:
     return Stat(mean, statistics.stdev(diffs) if len(diffs) > 1 else None, len(diffs), values=diffs)
 
 
-def fmt_delta(st: Stat) -> str:
-    if st.mean is None:
-        return "—"
-    text = f"{100 * st.mean:+.1f}"
-    if st.std is not None:
-        text += f" ± {100 * st.std:.1f}"
-    return text
-
-
 def _run_invocations(run_dir: Path) -> list[dict[str, Any]]:
     try:
         return list(json.loads((run_dir / "run.json").read_text()).get("invocations") or [])
@@ -536,7 +527,7 @@ def _ablation_table(sec: Doc, ctx: ReportContext, axis: str, title: str) -> bool
                 st = macro_stat(c, m)
                 d = delta_stat(c, default, m) if default is not None else Stat(None)
                 line += [_value_cell(c, ds, m, "macro", st),
-                         Cell(fmt_delta(d), {"data-delta": repr(d.mean), "data-metric": m, "data-config": c.key},
+                         Cell(fmt(d, signed=True), {"data-delta": repr(d.mean), "data-metric": m, "data-config": c.key},
                               num=True)]
                 record[m] = st.mean
                 record[f"delta_{m}"] = d.mean
