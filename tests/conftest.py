@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,37 @@ def shared_text_cache(tmp_path_factory, monkeypatch) -> Path:
         _SHARED_CACHE = tmp_path_factory.mktemp("vlmad-cache-shared")
     monkeypatch.setenv("VLMAD_CACHE_DIR", str(_SHARED_CACHE))
     return _SHARED_CACHE
+
+
+class CrashRun:
+    """Crash-safety tests of the append-only runs (benchmark, study): start a CLI, SIGKILL it once its first result
+    row is on disk, then inspect what survived."""
+
+    @staticmethod
+    def lines(path: Path) -> list[bytes]:
+        """Non-empty lines of a JSONL file (none if it does not exist yet)."""
+        if not path.exists():
+            return []
+        return [line for line in path.read_bytes().split(b"\n") if line.strip()]
+
+    def kill_after_first_row(
+        self, cmd: list[str], env: dict[str, str], results: Path, timeout: float = 120
+    ) -> list[bytes]:
+        """Runs ``cmd``, SIGKILLs it as soon as ``results`` has a row; returns the rows that survived."""
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while not self.lines(results):
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert time.monotonic() < deadline, f"no row written within {timeout:.0f} s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return self.lines(results)
+
+
+@pytest.fixture
+def crash_run() -> CrashRun:
+    return CrashRun()
 
 
 @pytest.fixture(scope="session")

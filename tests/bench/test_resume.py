@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -16,14 +15,8 @@ from vlmad.bench import load_results
 CLI = "import vlmad.cli.bench_cmd; from vlmad.cli import main; main()"
 
 
-def _lines(path):
-    if not path.exists():
-        return []
-    return [line for line in path.read_bytes().split(b"\n") if line.strip()]
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, mvtec_root):
+def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, mvtec_root, crash_run):
     out = tmp_path / "run"
     results = out / "results.jsonl"
     cmd = [sys.executable, "-c", CLI, "benchmark", "--dataset", "mvtec", "--root", str(mvtec_root),
@@ -33,21 +26,13 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, mvtec_root):
            "VLMAD_CACHE_DIR": str(tmp_path / "cache")}
     total = 2 * (1 + 2 + 2)  # categories x (zero-shot once + 2 seeds x 2 few-shot counts)
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not _lines(results):
-        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-        assert time.monotonic() < deadline, "no row written within 120 s"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = _lines(results)
+    first = crash_run.kill_after_first_row(cmd, env, results)
     assert 1 <= len(first) < total, "the kill should land mid-grid"
     before = {json.loads(line)["row_key"]: json.loads(line) for line in first}
 
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    lines = _lines(results)
+    lines = crash_run.lines(results)
     keys = [json.loads(line)["row_key"] for line in lines]
     assert len(keys) == len(set(keys)) == total, "no duplicate and no lost row"
     assert lines[:len(first)] == first, "finished rows are kept byte for byte"

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -28,14 +27,8 @@ report: {gallery: false}
 """
 
 
-def _lines(path):
-    if not path.exists():
-        return []
-    return [line for line in path.read_bytes().split(b"\n") if line.strip()]
-
-
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_sigkill_then_resume_loses_nothing_and_rerun_computes_nothing(tmp_path, mvtec_root):
+def test_sigkill_then_resume_loses_nothing_and_rerun_computes_nothing(tmp_path, mvtec_root, crash_run):
     spec = tmp_path / "resume.yaml"
     spec.write_text(SPEC)
     out = tmp_path / "run"
@@ -45,21 +38,13 @@ def test_sigkill_then_resume_loses_nothing_and_rerun_computes_nothing(tmp_path, 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "VLMAD_CACHE_DIR": str(tmp_path / "cache")}
     total = 2 * (1 + 2 * 1) + 2  # classes x (zero-shot + 2 seeds x 1-shot) + the single-prompt variant (zero-shot)
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not _lines(results):
-        assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-        assert time.monotonic() < deadline, "no row written within 120 s"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    first = _lines(results)
+    first = crash_run.kill_after_first_row(cmd, env, results)
     assert 1 <= len(first) < total, "the kill should land mid-study"
     assert not (out / "report.html").exists()
 
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode()[-3000:]
-    lines = _lines(results)
+    lines = crash_run.lines(results)
     keys = [json.loads(line)["row_key"] for line in lines]
     assert len(keys) == len(set(keys)) == total, "no duplicate and no lost row"
     assert lines[:len(first)] == first, "finished rows are kept byte for byte"
