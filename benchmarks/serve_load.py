@@ -27,7 +27,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,12 +40,6 @@ from PIL import Image
 
 LAUNCH = "import vlmad.cli.serve_cmd; from vlmad.cli import main; main()"
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def png(seed: int, size: tuple[int, int]) -> bytes:
@@ -223,9 +216,10 @@ def main() -> int:
     except ImportError:
         print("needs httpx (pip install 'vlmad[serve]')", file=sys.stderr)
         return 2
+    from vlmad.serve.client import free_port, wait_until_ready
 
     images = [png(i, size) for i, size in enumerate([(64, 64), (120, 90), (200, 150), (96, 128)])]
-    port = free_port()
+    port = free_port(HOST)
     url = f"http://{HOST}:{port}"
     with tempfile.TemporaryDirectory(prefix="vlmad-serve-load-") as tmp:
         cmd = [sys.executable, "-c", LAUNCH, "serve", "--class-name", "bottle", "--model", args.model,
@@ -240,16 +234,9 @@ def main() -> int:
             server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             t0 = time.perf_counter()
-            while True:
-                try:
-                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if server.poll() is not None or time.perf_counter() - t0 > 180:
-                    print("server did not become ready:\n" + log_path.read_text()[-3000:], file=sys.stderr)
-                    return 1
-                time.sleep(0.2)
+            if not wait_until_ready(url, 180, alive=lambda: server.poll() is None):
+                print("server did not become ready:\n" + log_path.read_text()[-3000:], file=sys.stderr)
+                return 1
             print(f"vlmad serve ({args.model}, random weights) ready on {url} after {time.perf_counter() - t0:.1f} s; "
                   f"max batch {args.max_batch_size}, max wait {args.max_wait_ms} ms; "
                   f"{args.clients} clients x {args.requests} requests per phase; cpu count {os.cpu_count()}")

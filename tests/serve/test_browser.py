@@ -12,9 +12,7 @@ import io
 import os
 import re
 import shutil
-import socket
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ import pytest
 from PIL import Image
 
 from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+from vlmad.serve.client import free_port, wait_until_ready
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is "
                     "not installed")
@@ -44,12 +43,6 @@ def require_browser() -> str:
             pytest.fail(reason + " (VLMAD_REQUIRE_BROWSER=1)")
         pytest.skip(reason)
     return str(exe)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def part_image(defect: bool, size: int = 160) -> bytes:
@@ -78,19 +71,9 @@ def live_server(browser_exe, make_app, make_detector):
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    import httpx
-
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise AssertionError("test server did not become ready")
-        time.sleep(0.1)
+    if not wait_until_ready(url, 60, alive=thread.is_alive, poll_s=0.1):
+        raise AssertionError("test server did not become ready")
     yield url, app
     server.should_exit = True
     thread.join(15)

@@ -6,25 +6,19 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 from PIL import Image
+
+from vlmad.serve.client import free_port, wait_until_ready
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is "
                     "not installed")
 
 # works whether or not vlmad.cli.commands already imports the serve command module
 LAUNCH = "import vlmad.cli.serve_cmd; from vlmad.cli import main; main()"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def vlmad(*args, env_extra=None, **kw):
@@ -45,17 +39,9 @@ def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
                  "--max-wait-ms", "5", "--log-level", "warning", env_extra={"VLMAD_API_KEY": "k-123"})
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                out, err = proc.communicate(timeout=10) if proc.poll() is not None else ("", "")
-                raise AssertionError(f"server did not start (rc={proc.poll()}):\n{err[-3000:]}")
-            time.sleep(0.2)
+        if not wait_until_ready(url, 120, alive=lambda: proc.poll() is None):
+            out, err = proc.communicate(timeout=10) if proc.poll() is not None else ("", "")
+            raise AssertionError(f"server did not start (rc={proc.poll()}):\n{err[-3000:]}")
         assert httpx.get(url + "/v1/info").status_code == 401
         info = httpx.get(url + "/v1/info", headers={"X-API-Key": "k-123"}).json()
         assert info["threshold"] == 0.25 and info["random_weights"] is True
