@@ -12,10 +12,11 @@ export HF_HUB_OFFLINE ?= 1
 setup: $(VENV)/.installed
 
 # torch/torchvision first and unpinned: resolves to the build the machine provides (or the user's own)
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch torchvision
+	$(PY) -m pip install -q -e ./runtime
 	$(PY) -m pip install -q -e '.[test,serve]'
 	touch $@
 
@@ -48,7 +49,7 @@ test-fast: setup
 	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) -m pytest -m "not slow"
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks runtime
 
 bench: setup oracle-env
 	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) benchmarks/winclip_vs_anomalib.py

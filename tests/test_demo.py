@@ -8,7 +8,7 @@ import re
 import pytest
 
 from vlmad.demo import run_demo
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 
 def test_demo_with_a_checkpoint_writes_summary_and_heatmaps(tmp_path, weights_file):

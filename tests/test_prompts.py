@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from vlmad.errors import UnknownNameError, VlmadError
 from vlmad.prompts import PROMPT_SETS, ablate, class_display_name, load_prompt_set
+from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 
 def test_winclip_set_sizes_and_order():

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
+from vlmad_runtime.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Detector", "Prediction", "VlmadError", "__version__", "available_methods", "create_detector"]
 
 _LAZY = {"Detector", "Prediction", "available_methods", "create_detector"}

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlmad.errors import VlmadError, WeightsUnavailableError
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.errors import VlmadError, WeightsUnavailableError
 
 DEMO_CATEGORY = "demo_texture"
 
@@ -92,7 +92,7 @@ def run_demo(
     refs = [s.image_path for s in ds.samples(DEMO_CATEGORY, "train")[:shots]]
     paths = [s.image_path for s in test]
     labels = np.array([s.is_anomalous for s in test])
-    from vlmad.data.images import load_mask
+    from vlmad_runtime.images import load_mask
 
     size = detector.image_size
     masks = np.stack([load_mask(s.mask_path, (size, size)) if s.mask_path else np.zeros((size, size), bool)

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from vlmad.data.base import is_image_file, list_images
-from vlmad.errors import ImageLoadError, VlmadError
 from vlmad.methods.base import Detector
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP, overlay_heatmap
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP, overlay_heatmap
+from vlmad_runtime.errors import ImageLoadError, VlmadError
 
 CSV_FIELDS = ["path", "score", "decision", "width", "height", "map_file", "overlay_file", "error", "note"]
 
@@ -84,7 +84,7 @@ def run_detection(
     progress: Callable[[int], None] | None = None,
 ) -> list[DetectionRow]:
     """Score ``images`` with a ready detector (setup/fit done) and write the outputs under ``out_dir``."""
-    from vlmad.data.images import load_image
+    from vlmad_runtime.images import load_image
 
     if on_error not in ("skip", "stop"):
         raise VlmadError(f"on_error must be 'skip' or 'stop', got {on_error!r}")

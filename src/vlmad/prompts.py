@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from vlmad.errors import UnknownNameError, VlmadError
+from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 WINCLIP_NORMAL_STATES = (
     "{}",

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vlmad.backbones import ClipBackbone, resolve_model
-from vlmad.errors import CheckpointMismatchError, UnknownNameError, WeightsUnavailableError
+from vlmad_runtime.errors import CheckpointMismatchError, UnknownNameError, WeightsUnavailableError
 
 
 def test_safetensors_checkpoint_loads_exactly(weights_file):

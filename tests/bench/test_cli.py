@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import vlmad.cli.bench_cmd  # noqa: F401  (registers `benchmark` until vlmad.cli.commands imports it)
 from vlmad.bench import build_method_specs, load_results
 from vlmad.cli import app, main
-from vlmad.errors import UnknownNameError, VlmadError
+from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 TINY = ["--model", "vlmad-tiny-vit", "--random-weights"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from vlmad.bench import protocol as P
 from vlmad.data.sample import Sample
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 
 def _train(n: int) -> list[Sample]:

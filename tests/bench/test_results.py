@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from vlmad.bench.results import ResultsStore, RunLock, load_results, read_scores, write_scores
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 
 def test_append_and_load(tmp_path):

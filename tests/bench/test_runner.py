@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from vlmad.bench import build_detector_from_spec, load_results, read_scores, run_benchmark
-from vlmad.errors import VlmadError
 from vlmad.methods.base import Detector
+from vlmad_runtime.errors import VlmadError
 
 DETECTOR_FIELDS = ("method", "model", "weights_id", "image_size", "prompt_set", "shots", "transductive",
                    "random_weights")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vlmad.data import DatasetReader, FolderDataset, check_sample, load_dataset, make_dataset
-from vlmad.errors import DatasetLayoutError, UnknownNameError
+from vlmad_runtime.errors import DatasetLayoutError, UnknownNameError
 
 
 def _generated(tmp_path: Path, cats=("widget", "gadget_object"), **kw) -> Path:

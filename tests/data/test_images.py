@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from vlmad.data import Sample, check_sample, image_size, load_image, load_mask
-from vlmad.errors import DatasetLayoutError, ImageLoadError
+from vlmad_runtime.errors import DatasetLayoutError, ImageLoadError
 
 
 def _noise(h: int = 64, w: int = 64, c: int = 3, seed: int = 0) -> np.ndarray:

@@ -22,7 +22,7 @@ from vlmad.data import (
     paste_anomaly,
 )
 from vlmad.data.synthetic import category_style
-from vlmad.errors import UnknownNameError, VlmadError
+from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 READER = {"mvtec": "mvtec", "visa": "visa", "visa-converted": "visa", "folder": "folder"}
 

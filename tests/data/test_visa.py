@@ -19,7 +19,7 @@ from vlmad.data import (
     load_mask,
     make_dataset,
 )
-from vlmad.errors import DatasetLayoutError, UnknownNameError
+from vlmad_runtime.errors import DatasetLayoutError, UnknownNameError
 
 CATS = ("candle_object", "fryum")
 

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from vlmad.backbones import ClipBackbone
-from vlmad.errors import CheckpointMismatchError, NotReadyError, VlmadError
 from vlmad.methods.aprilgan import (
     AprilGan,
     AprilGanPrediction,
@@ -24,6 +23,7 @@ from vlmad.methods.aprilgan import (
 )
 from vlmad.prompts import load_prompt_set
 from vlmad.testing import random_images
+from vlmad_runtime.errors import CheckpointMismatchError, NotReadyError, VlmadError
 
 ARCH = "vlmad-tiny-vit-4l"
 

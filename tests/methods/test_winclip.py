@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from vlmad.errors import NotReadyError, VlmadError
 from vlmad.methods.winclip import (
     WinClip,
     association_scores,
@@ -16,6 +15,7 @@ from vlmad.methods.winclip import (
     window_incidence,
 )
 from vlmad.testing import random_images
+from vlmad_runtime.errors import NotReadyError, VlmadError
 
 
 def test_window_geometry_matches_brute_force():

@@ -14,7 +14,6 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import auc
 
-from vlmad.errors import UnknownNameError
 from vlmad.metrics import (
     MetricInputError,
     UndefinedMetricError,
@@ -22,6 +21,7 @@ from vlmad.metrics import (
     compute_pixel_metrics,
     ranking,
 )
+from vlmad_runtime.errors import UnknownNameError
 
 EIGHT = np.ones((3, 3), dtype=bool)
 FOUR = ndimage.generate_binary_structure(2, 1)

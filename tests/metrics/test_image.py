@@ -9,7 +9,6 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from vlmad.errors import VlmadError
 from vlmad.metrics import (
     IMAGE_METRICS,
     MetricInputError,
@@ -20,6 +19,7 @@ from vlmad.metrics import (
     image_f1_max,
     macro_mean,
 )
+from vlmad_runtime.errors import VlmadError
 
 
 def sklearn_f1_max(labels: np.ndarray, scores: np.ndarray) -> float:

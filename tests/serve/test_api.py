@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
 from vlmad.serve.limits import Limits
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is "
                     "not installed")
@@ -122,8 +122,8 @@ def test_threshold_gives_decisions_and_deploy_mismatch_warns(make_app, serve_hel
 
 
 def test_load_deploy_errors(tmp_path):
-    from vlmad.errors import VlmadError
     from vlmad.serve.app import load_deploy
+    from vlmad_runtime.errors import VlmadError
 
     cases = {"missing.json": None, "bad.json": "{not json", "nothr.json": '{"method": "winclip"}',
              "nan.json": '{"threshold": "abc"}'}
@@ -507,8 +507,8 @@ def test_aprilgan_detector_behind_the_service(make_app, make_detector, serve_hel
 
 def test_preprocessing_matches_the_file_loader(make_app, serve_helpers, tmp_path):
     """A 16-bit PNG and an EXIF-rotated JPEG score as `vlmad detect` reads them from disk."""
-    from vlmad.data.images import load_image
     from vlmad.methods.inputs import to_model_input
+    from vlmad_runtime.images import load_image
 
     arr16 = (np.random.default_rng(0).random((40, 50)) * 65535).astype(np.uint16)
     p16 = tmp_path / "gray16.png"

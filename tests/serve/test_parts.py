@@ -254,7 +254,7 @@ def test_memory_cache_is_lru_bounded_in_bytes_and_drops_old_versions():
 
 # ---------------------------------------------------------------------------------------------- limits
 def test_decode_image_converts_like_the_file_loader(tmp_path):
-    from vlmad.data.images import load_image
+    from vlmad_runtime.images import load_image
 
     limits = Limits()
     rgba = Image.fromarray((np.random.default_rng(1).random((20, 30, 4)) * 255).astype(np.uint8), "RGBA")

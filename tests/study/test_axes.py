@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from vlmad.bench import plan_grid
-from vlmad.errors import VlmadError
 from vlmad.prompts import PROMPT_SETS, ablate
 from vlmad.study import AXES, StudyOptions, load_study_spec, parse_study_spec, plan_study
 from vlmad.study.axes import STAGE_SUBSET_KEY, parse_scales
+from vlmad_runtime.errors import VlmadError
 
 TINY = {"model": "vlmad-tiny-vit", "random_weights": True}
 

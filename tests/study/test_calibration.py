@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from vlmad.errors import VlmadError
 from vlmad.metrics import image_f1_max
 from vlmad.study import (
     Deployment,
@@ -19,6 +18,7 @@ from vlmad.study import (
     validate_deploy,
     write_deploy,
 )
+from vlmad_runtime.errors import VlmadError
 
 
 def test_normal_quantile_threshold_and_its_bound():

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 import vlmad.cli.study_cmd  # noqa: F401  (registers the commands until vlmad.cli.commands imports the module)
 from vlmad.cli import app
-from vlmad.errors import VlmadError
 from vlmad.study import load_deploy
+from vlmad_runtime.errors import VlmadError
 
 TINY = ["--model", "vlmad-tiny-vit", "--random-weights"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vlmad.errors import UnknownNameError, VlmadError
 from vlmad.study import list_presets, load_study_spec, parse_study_spec
 from vlmad.study.spec import StudySpec
+from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 
 def test_presets_ship_and_parse():

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 import vlmad.cli.study_cmd  # noqa: F401  (registers study/report/calibrate until vlmad.cli.commands imports it)
 from vlmad.bench import load_results
 from vlmad.cli import app
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
 from vlmad.study import load_deploy
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 TINY = ["--model", "vlmad-tiny-vit", "--random-weights"]
 SECTIONS = ["overview", "recommend", "results", "shot-curves", "efficiency", "cross-domain", "prompt-ablation",

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from vlmad.backbones import ClipBackbone
-from vlmad.errors import CheckpointMismatchError, VlmadError
 from vlmad.methods.aprilgan import AprilGan, ProjectionHeads
 from vlmad.training import (
     DataLeakageError,
@@ -22,6 +21,7 @@ from vlmad.training import (
     read_heads_meta,
     save_heads,
 )
+from vlmad_runtime.errors import CheckpointMismatchError, VlmadError
 
 ARCH = "vlmad-tiny-vit"
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from vlmad.data import load_dataset, make_dataset
-from vlmad.errors import VlmadError
 from vlmad.methods.aprilgan import AprilGan
 from vlmad.training import DataLeakageError, TrainConfig, check_leakage, load_heads, train_aprilgan
+from vlmad_runtime.errors import VlmadError
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from torch import nn
 from vlmad.backbones.cpu import tune_cpu_allocator
 from vlmad.backbones.fast import FastBlock, is_standard_block
 from vlmad.backbones.loading import WeightsSource, resolve_model
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
 DEFAULT_CHUNK_TOKENS = 2048  # ~fits L2 per chunk: measured fastest on CPU and keeps peak memory low

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vlmad.errors import CheckpointMismatchError, UnknownNameError, WeightsUnavailableError
-from vlmad.fileio import atomic_write_text
+from vlmad_runtime.errors import CheckpointMismatchError, UnknownNameError, WeightsUnavailableError
+from vlmad_runtime.fileio import atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 HUB_HOST = "huggingface.co"

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from vlmad.backbones.loading import cache_dir
-from vlmad.fileio import atomic_save
+from vlmad_runtime.fileio import atomic_save
 
 CACHE_VERSION = "1"
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmad.data.images import load_image, load_mask
 from vlmad.data.sample import Sample
-from vlmad.errors import DatasetLayoutError, ImageLoadError, VlmadError
+from vlmad_runtime.errors import DatasetLayoutError, ImageLoadError, VlmadError
+from vlmad_runtime.images import load_image, load_mask
 
 Preprocess = Callable[[Image.Image], Any]
 

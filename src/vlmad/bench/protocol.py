@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from vlmad.data.sample import Sample
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 #: bump when the meaning of a row changes (reference policy, metric set, ...): old rows are then recomputed
 ROW_SCHEMA = 1

@@ -18,8 +18,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from vlmad.errors import VlmadError
-from vlmad.fileio import atomic_write_text
+from vlmad_runtime.errors import VlmadError
+from vlmad_runtime.fileio import atomic_write_text
 
 RESULTS_FILE = "results.jsonl"
 SCORES_DIR = "scores"

@@ -39,8 +39,8 @@ from vlmad.bench.profile import (
     sync,
 )
 from vlmad.bench.results import RESULTS_FILE, SCORES_DIR, ResultsStore, RunLock, append_invocation, write_scores
-from vlmad.errors import VlmadError
 from vlmad.methods.base import Detector
+from vlmad_runtime.errors import VlmadError
 
 DetectorFactory = Callable[[dict[str, Any]], Detector]
 
@@ -305,7 +305,7 @@ def _now() -> str:
 def _replace_last_invocation(path: Path, record: dict[str, Any]) -> None:
     import json
 
-    from vlmad.fileio import atomic_write_text
+    from vlmad_runtime.fileio import atomic_write_text
 
     try:
         data = json.loads(path.read_text())
@@ -350,7 +350,7 @@ class _Runner:
             detector = self.factory(full)
             model_load_s = time.perf_counter() - t0
             if detector.info().random_weights:
-                from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+                from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
                 self.ui.log(f"[bold red]WARNING: {spec['label']}: {RANDOM_WEIGHTS_STAMP}[/]")
             try:

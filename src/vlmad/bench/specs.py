@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from vlmad.bench.runner import method_spec
-from vlmad.errors import UnknownNameError, VlmadError
+from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 
 def split_names(text: str | Iterable[str] | None) -> list[str]:

@@ -27,8 +27,8 @@ from typing import Any
 from vlmad.bench.protocol import canonical, hash_key
 from vlmad.bench.published import DATASET_NAMES, compare, entries_for
 from vlmad.bench.results import load_results
-from vlmad.fileio import atomic_write_text
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.fileio import atomic_write_text
 
 IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "aupro_legacy200")

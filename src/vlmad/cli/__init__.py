@@ -23,7 +23,7 @@ def main() -> None:
     """Console-script entry: user errors are printed as message + hint, never as a traceback."""
     from rich.console import Console
 
-    from vlmad.errors import VlmadError
+    from vlmad_runtime.errors import VlmadError
 
     try:
         app()

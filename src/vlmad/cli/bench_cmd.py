@@ -16,7 +16,7 @@ from vlmad.cli.common import (
     GridRandomOpt,
     GridSetOpt,
 )
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 HELP = (
     "Evaluate METHODS on datasets, per category, for every number of SHOTS and reference SEED.\n\n"

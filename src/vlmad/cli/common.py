@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 console = Console(stderr=True, soft_wrap=True)
 

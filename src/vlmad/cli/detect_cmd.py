@@ -59,8 +59,8 @@ def detect(
     ] = False,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
-    from vlmad.deploy import load_deploy
     from vlmad.jobs import expand_images, run_detection
+    from vlmad_runtime.deploy import load_deploy
 
     paths = expand_images(images)
     refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))

@@ -23,7 +23,7 @@ from vlmad.cli.common import (
     build_detector,
     console,
 )
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 API_KEY_ENV = "VLMAD_API_KEY"
 

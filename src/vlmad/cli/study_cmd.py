@@ -16,7 +16,7 @@ from vlmad.cli.common import (
     GridRandomOpt,
     GridSetOpt,
 )
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 _PRESET_BLURBS = {"seed-full": "the papers' full protocol", "prompt-ablation": "prompt-ensemble ablation",
                   "quick": "everything, small, in minutes"}
@@ -278,7 +278,7 @@ def calibrate(
         cal = f1_optimal_threshold([scores[i] for i in keep], [labels[i] for i in keep])
     extra.update(references=[str(p.resolve()) for p in refs], unreadable=[{"path": p, "reason": e} for p, e in failed])
     if detector.info().random_weights:
-        from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
         extra["warning"] = RANDOM_WEIGHTS_STAMP
     record = deploy_record(cal, method, class_name, detector.info().as_dict(), extra)

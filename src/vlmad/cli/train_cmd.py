@@ -22,7 +22,7 @@ app.add_typer(train_app, name="train")
 def _parse_stages(text: str | None) -> tuple[int, ...] | None:
     if text is None or not text.strip():
         return None
-    from vlmad.errors import VlmadError
+    from vlmad_runtime.errors import VlmadError
 
     try:
         return tuple(int(s) for s in text.replace(" ", "").split(",") if s)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 from vlmad.data.base import IMAGE_EXTENSIONS, BaseDataset, DatasetReader
 from vlmad.data.folder import FolderDataset
-from vlmad.data.images import DEFAULT_MAX_PIXELS, check_sample, image_size, load_image, load_mask
 from vlmad.data.mvtec import MVTEC_CATEGORIES, MVTecAD
 from vlmad.data.sample import Sample
 from vlmad.data.synthetic import ANOMALY_KINDS, LAYOUTS, make_dataset, normal_image, paste_anomaly
 from vlmad.data.visa import VISA_CATEGORIES, VisA
-from vlmad.errors import UnknownNameError
+from vlmad_runtime.errors import UnknownNameError
+from vlmad_runtime.images import DEFAULT_MAX_PIXELS, check_sample, image_size, load_image, load_mask
 
 DATASET_KINDS: dict[str, type[BaseDataset]] = {"mvtec": MVTecAD, "visa": VisA, "folder": FolderDataset}
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from vlmad.data.sample import Sample
-from vlmad.errors import DatasetLayoutError, UnknownNameError
+from vlmad_runtime.errors import DatasetLayoutError, UnknownNameError
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from vlmad.data.base import BaseDataset, Split, list_images, list_subdirs, match_masks
 from vlmad.data.sample import Sample
-from vlmad.errors import DatasetLayoutError
+from vlmad_runtime.errors import DatasetLayoutError
 
 NORMAL_DIRS: tuple[str, ...] = ("normal", "good")
 ANOMALOUS_DIRS: tuple[str, ...] = ("anomalous", "bad")

@@ -3,7 +3,7 @@
 Layout: ``<root>/<category>/train/good/*``, ``test/good/*``, ``test/<defect>/*`` and
 ``ground_truth/<defect>/<stem>_mask.png``. Listing checks everything that can be checked from file names
 (missing masks, orphan masks, empty splits) so a broken copy fails before hours of inference, not after;
-image/mask size agreement is checked lazily by :func:`vlmad.data.images.check_sample`.
+image/mask size agreement is checked lazily by :func:`vlmad_runtime.images.check_sample`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vlmad.data.base import BaseDataset, Split, list_images, list_subdirs, match_masks, parse_names
 from vlmad.data.sample import Sample
-from vlmad.errors import DatasetLayoutError, UnknownNameError
+from vlmad_runtime.errors import DatasetLayoutError, UnknownNameError
 
 #: The 15 official MVTec AD categories.
 MVTEC_CATEGORIES: tuple[str, ...] = (

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from vlmad.data.base import parse_names
-from vlmad.errors import UnknownNameError, VlmadError
+from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 SyntheticLayout = Literal["mvtec", "visa", "visa-converted", "folder"]
 LAYOUTS: tuple[str, ...] = ("mvtec", "visa", "visa-converted", "folder")

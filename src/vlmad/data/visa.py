@@ -4,7 +4,7 @@
   ``object,split,label,image,mask`` (paths relative to root, label ``normal``/``anomaly``, mask empty for
   normal images); images under ``<object>/Data/Images/{Normal,Anomaly}/*.JPG``, masks
   ``<object>/Data/Masks/Anomaly/*.png`` whose defect pixels are non-zero label values
-  (:func:`vlmad.data.images.load_mask` binarises ``!= 0``).
+  (:func:`vlmad_runtime.images.load_mask` binarises ``!= 0``).
 * **converted** (MVTec-like, produced by the common preparation scripts): ``<object>/train/good``,
   ``test/good``, ``test/bad`` and ``ground_truth/bad/<stem>.png`` (no ``_mask`` suffix).
 
@@ -23,7 +23,7 @@ from typing import Literal
 from vlmad.data.base import BaseDataset, Split, list_subdirs
 from vlmad.data.mvtec import is_mvtec_style_category, scan_mvtec_style
 from vlmad.data.sample import Sample
-from vlmad.errors import DatasetLayoutError, UnknownNameError
+from vlmad_runtime.errors import DatasetLayoutError, UnknownNameError
 
 #: The 12 VisA objects.
 VISA_CATEGORIES: tuple[str, ...] = (

@@ -37,10 +37,10 @@ from torch import nn
 
 from vlmad.backbones.clip import ClipBackbone
 from vlmad.backbones.text_cache import TextEmbeddingCache
-from vlmad.errors import NotReadyError, VlmadError
 from vlmad.methods.base import Detector, DetectorInfo, Images, Prediction
 from vlmad.methods.inputs import to_model_input
 from vlmad.prompts import PromptSet, class_display_name, load_prompt_set
+from vlmad_runtime.errors import NotReadyError, VlmadError
 
 LOGIT_SCALE = 100.0
 DEFAULT_IMAGE_SIZE = 518

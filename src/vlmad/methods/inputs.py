@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -36,7 +36,7 @@ def to_model_input(images, backbone, size: int | None = None) -> torch.Tensor:
     if not isinstance(images, Sequence) or isinstance(images, (bytes, str)):
         raise VlmadError(f"cannot interpret {type(images).__name__} as images",
                          "pass a path, a PIL image, a list of them, or a (B,3,S,S) tensor")
-    from vlmad.data.images import load_image
+    from vlmad_runtime.images import load_image
 
     tensors = []
     for item in images:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vlmad.errors import UnknownNameError
 from vlmad.methods.base import Detector
+from vlmad_runtime.errors import UnknownNameError
 
 _FACTORIES: dict[str, Callable[..., Detector]] = {}
 DEFAULT_MODELS: dict[str, dict[str, Any]] = {}

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from vlmad.backbones.clip import ClipBackbone
 from vlmad.backbones.text_cache import TextEmbeddingCache
-from vlmad.errors import NotReadyError, VlmadError
 from vlmad.methods.base import Detector, DetectorInfo, Images, Prediction
 from vlmad.methods.inputs import to_model_input
 from vlmad.prompts import PromptSet, class_display_name, load_prompt_set
+from vlmad_runtime.errors import NotReadyError, VlmadError
 
 TEMPERATURE = 0.07
 

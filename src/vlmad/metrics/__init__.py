@@ -1,7 +1,7 @@
 """Evaluation metrics: image-level (AC) and pixel-level (AS) anomaly detection, one implementation for all.
 
 Policy for undefined metrics (no anomalous sample, no normal sample, no anomalous region): raise
-:class:`UndefinedMetricError` (a :class:`vlmad.errors.VlmadError` and a ``ValueError``); no metric returns
+:class:`UndefinedMetricError` (a :class:`vlmad_runtime.errors.VlmadError` and a ``ValueError``); no metric returns
 NaN. Inputs are numpy arrays or torch tensors; ground truth is bool or 0/1, scores are finite reals.
 """
 

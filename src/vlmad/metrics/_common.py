@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 __all__ = ["MetricInputError", "UndefinedMetricError"]
 

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from vlmad.errors import UnknownNameError
+from vlmad_runtime.errors import UnknownNameError
 
 from ._common import MetricInputError, UndefinedMetricError
 from .ranking import RankSums, pixel_inputs, scan

@@ -8,7 +8,7 @@
 
 from typing import Any
 
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP, colorize, overlay_heatmap, side_by_side, stamp_image
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP, colorize, overlay_heatmap, side_by_side, stamp_image
 
 _LAZY = {"build_report": "vlmad.report.build", "recommend": "vlmad.report.recommend"}
 

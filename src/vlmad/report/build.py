@@ -43,11 +43,11 @@ from vlmad.bench.tables import (
     group_configs,
     macro_stat,
 )
-from vlmad.fileio import atomic_write_text
 from vlmad.report import figures as F
 from vlmad.report.html import Cell, Doc, render_html, render_markdown
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
 from vlmad.report.recommend import Entry, recommend
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.fileio import atomic_write_text
 
 HTML_FILE = "report.html"
 MD_FILE = "report.md"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 DPI = 100
 #: inches: the report's content width (1224 px at 100 dpi)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlmad.report.overlay import overlay_heatmap, side_by_side, stamp_image
+from vlmad_runtime.drawing import overlay_heatmap, side_by_side, stamp_image
 
 KINDS = ("best detection", "highest-scored normal", "lowest-scored anomaly", "borderline")
 
@@ -99,7 +99,7 @@ def save_cache(path: Path, maps: Mapping[str, tuple[float, np.ndarray]]) -> None
 def recompute_maps(detector: Any, row: Mapping[str, Any], picks: Sequence[Pick], cache_path: Path
                    ) -> dict[str, tuple[float, np.ndarray]]:
     """Maps (model input resolution) and scores of the picked images, from the cache or recomputed."""
-    from vlmad.data.images import load_image
+    from vlmad_runtime.images import load_image
 
     cached = load_cache(cache_path)
     want = {_cache_key(p.path): p for p in picks}
@@ -127,7 +127,7 @@ def needs_recompute(row: Mapping[str, Any], picks: Sequence[Pick], cache_path: P
 def triptych(image_path: Path, mask_path: Path | None, amap: np.ndarray, vmin: float, vmax: float,
              height: int = 160, stamp: str | None = None) -> Image.Image:
     """image | ground-truth mask (white = defect; black for a normal image) | heatmap overlay."""
-    from vlmad.data.images import load_image, load_mask
+    from vlmad_runtime.images import load_image, load_mask
 
     image = load_image(image_path).convert("RGB")
     if mask_path is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 
 @dataclass

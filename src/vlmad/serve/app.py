@@ -43,8 +43,6 @@ from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from vlmad.deploy import load_deploy
-from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP, colorize, overlay_heatmap
 from vlmad.serve.batching import BatcherClosedError, QueueFullError
 from vlmad.serve.limits import (
     ApiError,
@@ -60,6 +58,8 @@ from vlmad.serve.limits import (
 from vlmad.serve.metrics import ServiceMetrics
 from vlmad.serve.references import ReferenceStore
 from vlmad.serve.worker import DetectResult, ModelWorker
+from vlmad_runtime.deploy import load_deploy
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP, colorize, overlay_heatmap
 
 log = logging.getLogger("vlmad.serve")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from vlmad.errors import ImageLoadError
+from vlmad_runtime.errors import ImageLoadError
 
 #: reference-set names: also the file name on disk, so nothing but these characters ever reaches a path
 SET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -98,10 +98,10 @@ def validate_set_name(name: str) -> str:
 # ---------------------------------------------------------------------------------------------- images
 def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[Image.Image, str]:
     """Encoded bytes -> (8-bit RGB PIL image in display orientation, PIL format name), the way
-    :func:`vlmad.data.images.load_image` reads files (same 16-bit, alpha, EXIF and truncation rules), with the
+    :func:`vlmad_runtime.images.load_image` reads files (same 16-bit, alpha, EXIF and truncation rules), with the
     service's byte, pixel and format limits.
     """
-    from vlmad.data.images import decode_to_rgb  # the file loader's conversion rules, shared on purpose
+    from vlmad_runtime.images import decode_to_rgb  # the file loader's conversion rules, shared on purpose
 
     if not data:
         raise ApiError(400, "empty_image", f"{label} is empty (0 bytes)", "send the bytes of a PNG/JPEG image")

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlmad.fileio import fsync_dir
 from vlmad.serve.limits import SET_NAME_RE, ApiError, validate_set_name
+from vlmad_runtime.fileio import fsync_dir
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

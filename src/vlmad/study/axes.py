@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 #: a study-only detector option: run APRIL-GAN with a subset of its stages (handled by the study's factory)
 STAGE_SUBSET_KEY = "stage_subset"

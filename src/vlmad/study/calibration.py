@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from vlmad.errors import ImageLoadError, VlmadError
+from vlmad_runtime.errors import ImageLoadError, VlmadError
 
 DEPLOY_KEYS = ("threshold", "method", "class_name", "expected_false_alarm_rate", "calibration", "detector",
                "created", "vlmad_version")
@@ -162,7 +162,7 @@ def write_deploy(path: str | Path, record: Mapping[str, Any]) -> bool:
     """Write ``deploy.json`` atomically; an existing file with the same content (but its date) is left alone.
 
     Returns True when the file was (re)written."""
-    from vlmad.fileio import atomic_write_text
+    from vlmad_runtime.fileio import atomic_write_text
 
     validate_deploy(record)
     p = Path(path)
@@ -231,7 +231,7 @@ def load_deploy(path: str | Path) -> Deployment:
 def score_images(detector: Any, paths: Sequence[Path], batch_size: int = 8
                  ) -> tuple[list[float | None], list[str]]:
     """Image scores of a ready detector (setup/fit done) for ``paths``; unreadable files give None + reason."""
-    from vlmad.data.images import load_image
+    from vlmad_runtime.images import load_image
 
     scores: list[float | None] = [None] * len(paths)
     errors = [""] * len(paths)

@@ -40,8 +40,6 @@ import numpy as np
 from vlmad.bench import BenchmarkConfig, DatasetSpec, method_spec, plan_grid, run_benchmark
 from vlmad.bench.protocol import canonical, hash_key, relpath
 from vlmad.bench.results import RESULTS_FILE, ResultsStore, RunLock, load_results, read_scores
-from vlmad.errors import VlmadError
-from vlmad.fileio import atomic_write_text
 from vlmad.study.axes import AXES, STAGE_SUBSET_KEY
 from vlmad.study.calibration import (
     deploy_record,
@@ -52,6 +50,8 @@ from vlmad.study.calibration import (
     write_deploy,
 )
 from vlmad.study.spec import StudySpec
+from vlmad_runtime.errors import VlmadError
+from vlmad_runtime.fileio import atomic_write_text
 
 STUDY_FILE = "study.json"
 CALIBRATION_DIR = "calibration"
@@ -558,7 +558,7 @@ def _deploy_for_row(out: Path, row: Mapping[str, Any], names: Mapping[tuple[str,
                  test_n_anomalous=test_rates["n_anomalous"])
     record = deploy_record(calib, row["method"], ds["category"], row.get("detector") or {}, extra)
     if row.get("random_weights"):
-        from vlmad.report.overlay import RANDOM_WEIGHTS_STAMP
+        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
         record["calibration"]["warning"] = RANDOM_WEIGHTS_STAMP
     path = deploy_path(out, names.get((ds["kind"], ds["root"]), ds["kind"]), ds["category"], row["method_label"],

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmad.errors import UnknownNameError, VlmadError
+from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 PRESET_DIR = Path(__file__).with_name("presets")
 CALIBRATION_MODES = ("normal-quantile", "f1-optimal-test", "none")

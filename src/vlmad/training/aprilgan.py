@@ -38,8 +38,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmad.errors import VlmadError
-from vlmad.fileio import atomic_write_text
 from vlmad.methods.aprilgan import (
     ProjectionHeads,
     check_stages,
@@ -50,6 +48,8 @@ from vlmad.methods.aprilgan import (
 )
 from vlmad.training.heads_io import backbone_meta, save_heads
 from vlmad.training.losses import aprilgan_loss
+from vlmad_runtime.errors import VlmadError
+from vlmad_runtime.fileio import atomic_write_text
 
 REGIMES = ("cross-dataset", "synthetic")
 LOSS_DESCRIPTION = "sum over stages of focal(gamma=2, softmax probabilities) + dice(anomalous channel)"
@@ -184,9 +184,9 @@ class ImageSource:
         self._checked: set[Path] = set()
 
     def load(self, item: TrainItem) -> tuple[Image.Image, np.ndarray]:
-        from vlmad.data.images import check_sample, load_image, load_mask
         from vlmad.data.sample import Sample
         from vlmad.data.synthetic import paste_anomaly
+        from vlmad_runtime.images import check_sample, load_image, load_mask
 
         img = load_image(item.image_path)
         if item.mask_path is not None:

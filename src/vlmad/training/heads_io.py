@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from vlmad.errors import CheckpointMismatchError, VlmadError
-from vlmad.fileio import atomic_save, atomic_write_text
+from vlmad_runtime.errors import CheckpointMismatchError, VlmadError
+from vlmad_runtime.fileio import atomic_save, atomic_write_text
 
 HEADS_FORMAT = "vlmad-aprilgan-heads"
 FORMAT_VERSION = 1

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vlmad.errors import VlmadError
+from vlmad_runtime.errors import VlmadError
 
 
 def load_deploy(path: str | Path) -> dict[str, Any]:

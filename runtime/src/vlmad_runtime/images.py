@@ -25,12 +25,15 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from vlmad.data.sample import Sample
-from vlmad.errors import DatasetLayoutError, ImageLoadError
+from vlmad_runtime.errors import DatasetLayoutError, ImageLoadError
+
+if TYPE_CHECKING:  # a dataset sample; the runtime never needs the class itself
+    from vlmad.data.sample import Sample
 
 #: Default limit on decoded pixels (width * height); larger files are refused as possible decompression bombs.
 DEFAULT_MAX_PIXELS = 100_000_000

@@ -1,0 +1,3 @@
+"""One version for both distributions: vlmad and vlmad-runtime are released together."""
+
+__version__ = "0.2.0"
