@@ -16,8 +16,8 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e ./runtime
-	$(PY) -m pip install -q -e '.[test,serve]'
+	$(PY) -m pip install -q -e './runtime[onnx,openvino]'
+	$(PY) -m pip install -q -e '.[test,serve,export]'
 	touch $@
 
 # the parity oracle: anomalib 2.7.0 pins open_clip_torch < 2.26.1, so it lives in its own environment

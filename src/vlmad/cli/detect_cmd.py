@@ -29,8 +29,11 @@ from vlmad.cli.common import (
 @app.command()
 def detect(
     images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
-    class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (scores.csv, maps/, overlays/).")],
+    class_name: Annotated[str | None, typer.Option("--class-name", "-c", help="Object class, e.g. bottle.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (scores.csv, maps/, overlays/).")] = ...,
+    bundle: Annotated[
+        Path | None, typer.Option("--bundle", help="Run an exported bundle (`vlmad export`) instead of a model.")
+    ] = None,
     method: MethodOpt = "winclip",
     reference: Annotated[
         list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
@@ -61,10 +64,18 @@ def detect(
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
     from vlmad.jobs import expand_images, run_detection
     from vlmad_runtime.deploy import load_deploy
+    from vlmad_runtime.errors import VlmadError
 
     paths = expand_images(images)
     refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))
     threshold = load_deploy(deploy)["threshold"] if deploy else None
+    if bundle is not None:
+        from vlmad.export.run import detect_with_bundle
+
+        return detect_with_bundle(bundle, paths, out, save_maps, overlay, batch_size, on_error, threshold,
+                                  given=[class_name, refs, model, pretrained, checkpoint, heads])
+    if class_name is None:
+        raise VlmadError("--class-name is required", "pass the object class, e.g. --class-name bottle")
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
                               prompt_set, no_cache, heads, batch_size,
                               extra={"allow_untrained": True} if allow_untrained else None)
