@@ -1,4 +1,5 @@
-"""Exported bundles against the torch detectors: parity per runtime x method x shots, bundle checks, CLIs.
+"""Exported bundles against the torch detectors: parity per runtime x method x shots, bundle checks, CLIs, and
+the runtime in a fresh virtualenv without torch.
 
 Parity (<= 1e-4 max-abs, scores and maps) is measured on preprocessed batches, so only the graph is compared;
 the CLI tests add the runtime's own preprocessing (PIL float resize) on files of other sizes.
@@ -6,11 +7,13 @@ the CLI tests add the runtime's own preprocessing (PIL float resize) on files of
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
 import subprocess
 import sys
+import venv
 from pathlib import Path
 
 import numpy as np
@@ -259,3 +262,90 @@ def test_runtime_cli_errors_are_short_and_clear(cli_export, tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+# ------------------------------------------------------------------------------------ without torch
+RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
+
+
+def test_runtime_sources_import_neither_torch_nor_vlmad():
+    """Static check over every runtime module, type-checking-only imports aside (the venv test below proves it at
+    run time for detect)."""
+    for path in (RUNTIME / "src" / "vlmad_runtime").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        typing_only = {
+            id(n)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+            for n in ast.walk(block)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for name in names:
+                assert name.split(".")[0] not in {"torch", "vlmad", "open_clip"}, f"{path.name} imports {name}"
+
+
+def read(out: Path) -> dict[str, tuple[float, str, str, str]]:
+    with open(out / "scores.csv", newline="") as fh:
+        return {
+            Path(r["path"]).name: (float(r["score"]), r["decision"], r["width"], r["height"])
+            for r in csv.DictReader(fh)
+        }
+
+
+@pytest.mark.slow
+def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weights_file):
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    pip = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", f"{RUNTIME}[onnx]"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True, env=env)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    print("fresh venv: `import torch` ->", no_torch.stderr.strip().splitlines()[-1])
+
+    imgs = write_images(tmp_path / "imgs", [(64, 64), (120, 90), (40, 56)], seed=4)
+    write_images(tmp_path / "refs", [(64, 64), (80, 80)], seed=5)
+    deploy = tmp_path / "deploy.json"
+    deploy.write_text('{"threshold": 0.5}')
+    common = [
+        "--class-name",
+        "bottle",
+        "--model",
+        "vlmad-tiny-vit",
+        "--checkpoint",
+        weights_file("vlmad-tiny-vit"),
+        "--reference-dir",
+        tmp_path / "refs",
+    ]
+    run([sys.executable, "-m", "vlmad", "export", *common, "--deploy", deploy, "--out", tmp_path / "bundle"])
+    run([sys.executable, "-m", "vlmad", "detect", *imgs, *common, "--deploy", deploy, "--out", tmp_path / "torch"])
+    res = subprocess.run(
+        [
+            str(env_dir / "bin" / "vlmad-runtime"),
+            "detect",
+            str(tmp_path / "bundle"),
+            *map(str, imgs),
+            "--out",
+            str(tmp_path / "rt"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref, got = read(tmp_path / "torch"), read(tmp_path / "rt")
+    assert got.keys() == ref.keys()
+    for name in ref:
+        print(f"{name}: vlmad detect {ref[name][0]:.7f}  vlmad-runtime detect {got[name][0]:.7f}")
+        assert abs(got[name][0] - ref[name][0]) <= TOL
+        assert got[name][1:] == ref[name][1:]  # decision from the bundle's threshold, original size
