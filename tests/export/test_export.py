@@ -75,6 +75,21 @@ def test_fp32_bundle_matches_torch(method, shots, fmt, tmp_path, weights_file):
     assert np.abs(load_bundle(tmp_path / "b").run(one.numpy())[1] - det.predict(one).numpy()[1]).max() <= TOL
 
 
+REAL = {"winclip": ("ViT-B-16-plus-240", None), "aprilgan": ("ViT-L-14-336", 518)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shots", [0, 2])
+@pytest.mark.parametrize("method", ["winclip", "aprilgan"])
+def test_fp32_bundles_match_torch_on_the_real_architectures(method, shots, tmp_path):
+    """ViT-B-16-plus-240 at 240 (WinCLIP) and ViT-L-14-336 at 518 (APRIL-GAN), random init, both runtimes."""
+    arch, size = REAL[method]
+    det = make_detector(method, None, shots, arch=arch, image_size=size)
+    batch = batch_for(det, 2)
+    for fmt in ("onnx", "openvino"):
+        assert_parity(det, tmp_path / fmt, fmt, batch)
+
+
 @pytest.fixture(scope="module")
 def onnx_bundle(weights_file, tmp_path_factory):
     det = make_detector("winclip", weights_file, 2)
