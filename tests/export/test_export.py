@@ -277,6 +277,24 @@ def test_runtime_cli_errors_are_short_and_clear(cli_export, tmp_path):
         text=True,
     )
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    both = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlmad",
+            "detect",
+            *imgs,
+            "--bundle",
+            root / "bundle",
+            "-c",
+            "bottle",
+            "--out",
+            tmp_path,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert both.returncode == 2 and "--bundle fixes the model" in both.stderr
 
 
 # ------------------------------------------------------------------------------------ without torch
