@@ -355,6 +355,7 @@ class AprilGan(Detector):
                 "class_name_style": self.class_name_style,
                 "precision": self.backbone.precision,
                 "activation": backbone_activation(self.backbone),
+                "prompt_hash": self.prompt_set.content_hash(),
             },
         )
 

@@ -123,7 +123,8 @@ class WinClip(Detector):
             shots=self._k,
             random_weights=self.backbone.source.is_random,
             extra={"scales": list(self.scales), "image_scale": self.use_image_scale,
-                   "precision": self.backbone.precision, "temperature": self.temperature},
+                   "precision": self.backbone.precision, "temperature": self.temperature,
+                   "prompt_hash": self.prompt_set.content_hash()},
         )
 
     def setup(self, class_name: str) -> None:
