@@ -70,7 +70,8 @@ class TrainConfig:
     synthetic_per_image: int = 1
     stages: tuple[int, ...] | None = None
     prompt_set: str = "aprilgan"
-    class_name_style: str = "display"
+    #: the reference's: raw folder names ("metal_nut") in the prompts
+    class_name_style: str = "raw"
     focal_gamma: float = 2.0
     #: memory for cached backbone features of unaugmented images (GiB, on the backbone's device); 0: no cache
     cache_gb: float = 4.0
