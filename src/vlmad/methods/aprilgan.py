@@ -40,7 +40,7 @@ from torch import nn
 from vlmad.backbones.clip import ClipBackbone
 from vlmad.backbones.text_cache import TextEmbeddingCache
 from vlmad.methods.base import Detector, DetectorInfo, Images, Prediction
-from vlmad.methods.inputs import to_model_input
+from vlmad.methods.inputs import PIL_BICUBIC, to_model_input
 from vlmad.prompts import PromptSet, class_display_name, load_prompt_set
 from vlmad_runtime.errors import NotReadyError, VlmadError
 
@@ -223,6 +223,8 @@ class AprilGan(Detector):
     """
 
     name = "aprilgan"
+    #: the reference's: PIL bicubic resize of the uint8 image, squashed to S x S
+    preprocessing = PIL_BICUBIC
 
     def __init__(
         self,
@@ -361,8 +363,14 @@ class AprilGan(Detector):
                 "class_name_style": self.class_name_style,
                 "precision": self.backbone.precision,
                 "activation": backbone_activation(self.backbone),
+                "preprocessing": self.preprocessing.name,
             },
         )
+
+    def preprocess(self, images: Images) -> torch.Tensor:
+        """Paths / PIL images -> model input through this method's reference pipeline (:attr:`preprocessing`);
+        preprocessed (B, 3, S, S) tensors pass through checked."""
+        return to_model_input(images, self.backbone, preprocessing=self.preprocessing)
 
     def prompt_class_name(self, class_name: str) -> str:
         return class_display_name(class_name) if self.class_name_style == "display" else class_name
@@ -380,7 +388,7 @@ class AprilGan(Detector):
 
         Rows are stored L2-normalised (only cosines are ever taken), so ``predict`` does not redo it.
         """
-        refs = to_model_input(reference_images, self.backbone)
+        refs = self.preprocess(reference_images)
         if refs.shape[0] == 0:
             raise VlmadError("fit() got no reference images", "pass at least one normal image")
         per_stage: list[list[torch.Tensor]] = [[] for _ in self.stages]
@@ -402,7 +410,7 @@ class AprilGan(Detector):
                 "APRIL-GAN predict() called before setup(class_name)",
                 "call setup() with the object class name first",
             )
-        batch = to_model_input(images, self.backbone)
+        batch = self.preprocess(images)
         parts = [
             self._predict_batch(batch[i : i + self.batch_size])
             for i in range(0, batch.shape[0], self.batch_size)

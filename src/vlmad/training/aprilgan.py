@@ -223,9 +223,10 @@ class ImageSource:
         return canvas, mask
 
     def tensors(self, img: Image.Image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        from vlmad.methods.inputs import pil_to_tensor
+        from vlmad.methods.aprilgan import AprilGan
 
-        x = self.backbone.preprocess_tensor(pil_to_tensor(img).unsqueeze(0), self.size)[0]
+        bb = self.backbone  # the reference trains on the same PIL pipeline it tests with
+        x = AprilGan.preprocessing(img, self.size, bb.mean, bb.std)[0]
         m = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize(
             (self.size, self.size), Image.Resampling.BILINEAR
         )
