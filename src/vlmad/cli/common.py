@@ -8,8 +8,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
-
 console = Console(stderr=True, soft_wrap=True)
 
 MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Detection method (see `vlmad models`).")]
@@ -85,4 +83,6 @@ def build_detector(
 
 
 def warn_random_weights() -> None:
+    from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
     console.print(f"[bold red]WARNING: {RANDOM_WEIGHTS_STAMP}[/] (smoke test of the pipeline only)")

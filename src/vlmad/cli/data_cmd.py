@@ -11,8 +11,11 @@ from pathlib import Path
 import typer
 
 from vlmad.cli import app
-from vlmad.data import load_dataset
-from vlmad.data.synthetic import DEFAULT_CATEGORIES, LAYOUTS, make_dataset
+
+# kept in step with vlmad.data.synthetic (checked by tests/cli/test_entry.py); not imported here so that
+# `vlmad --help` does not load numpy and PIL
+LAYOUTS = ("mvtec", "visa", "visa-converted", "folder")
+DEFAULT_CATEGORIES = ("demo_texture", "demo_object")
 
 #: which reader opens each synthetic layout
 READER_FOR_LAYOUT = {"mvtec": "mvtec", "visa": "visa", "visa-converted": "visa", "folder": "folder"}
@@ -30,6 +33,9 @@ def make_dataset_cmd(
     seed: int = typer.Option(0, "--seed", help="Same seed, same files."),
 ) -> None:
     """Write a synthetic anomaly-detection dataset (procedural images, pasted defects, exact masks)."""
+    from vlmad.data import load_dataset
+    from vlmad.data.synthetic import make_dataset
+
     root = make_dataset(
         out,
         layout=layout,  # type: ignore[arg-type]  # validated by make_dataset
