@@ -47,8 +47,8 @@ def time_command(args: list[str], repeat: int, repo: Path = REPO) -> dict:
         t0 = time.perf_counter()
         res = subprocess.run(args, capture_output=True, env=env, check=False)
         times.append(time.perf_counter() - t0)
-        if res.returncode != 0:
-            raise SystemExit(f"{' '.join(args)} failed:\n{res.stderr.decode()}")
+        if res.returncode != 0:  # e.g. a command an older checkout does not have
+            return {"error": res.stderr.decode().strip().splitlines()[-1][:120]}
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeat": repeat}
 
 
@@ -66,7 +66,10 @@ def main() -> None:
     width = max(map(len, rows))
     print(f"{'command':<{width}}  median s  (min - max), {repeat} run(s) each")
     for name, r in rows.items():
-        print(f"{name:<{width}}  {r['median_s']:8.3f}  ({r['min_s']:.3f} - {r['max_s']:.3f})")
+        if "error" in r:
+            print(f"{name:<{width}}  failed: {r['error']}")
+        else:
+            print(f"{name:<{width}}  {r['median_s']:8.3f}  ({r['min_s']:.3f} - {r['max_s']:.3f})")
     if not opts.smoke:
         record = {
             "machine": platform.platform(),
