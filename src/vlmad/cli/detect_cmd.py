@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vlmad.cli import app
+from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
     BatchOpt,
     CheckpointOpt,
+    ClassNameOpt,
     DeviceOpt,
     HeadsOpt,
     MethodOpt,
@@ -23,6 +23,7 @@ from vlmad.cli.common import (
     RandomOpt,
     build_detector,
     console,
+    progress,
 )
 from vlmad_runtime.deploy import NOT_CALIBRATED_NOTE
 from vlmad_runtime.errors import VlmadError
@@ -37,9 +38,11 @@ NON_FINITE = "non_finite_score"  # vlmad.jobs.NON_FINITE (not imported here: kee
 
 @app.command()
 def detect(
-    images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
-    class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
+    images: Annotated[list[str], typer.Argument(help="Image files, folders, quoted glob patterns ('parts/**/*.png')"
+                                                " or .txt files listing one image path per line.")],
+    class_name: ClassNameOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (scores.csv, maps/, overlays/).")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-R", help="Also score images in subfolders.")] = False,
     method: MethodOpt = "winclip",
     reference: Annotated[
         list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
@@ -77,11 +80,12 @@ def detect(
     ] = False,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
-    from vlmad.jobs import DetectionOptions, expand_images, run_detection
+    from vlmad.cli.inputs import collect_images
+    from vlmad.jobs import DetectionOptions, run_detection
     from vlmad_runtime.deploy import load_deploy
 
-    paths = expand_images(images)
-    refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))
+    paths = collect_images(images, recursive=recursive)
+    refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
     deployment = load_deploy(deploy) if deploy else None
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
                               prompt_set, no_cache, heads, batch_size,
@@ -94,17 +98,20 @@ def detect(
     forced = check_deploy(deployment, detector, class_name, refs, force_deploy)
     opts = DetectionOptions(save_maps=save_maps, overlay=overlay, save_masks=save_masks, batch_size=batch_size,
                             on_error=on_error, deployment=deployment, forced=forced)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("detect", total=len(paths))
-        rows = run_detection(detector, paths, out, opts, progress=lambda n: bar.advance(task, n))
-    report_rows(rows, out)
+    on_interrupt(f"the images scored so far are kept in {out / 'scores.csv'}; rerunning the same command scores "
+                 "them all again")
+    with progress(len(paths), "detect") as advance:
+        rows = run_detection(detector, paths, out, opts, progress=advance)
+    failed = report_rows(rows, out)
     if detector.info().random_weights:
         console.print("[bold red]random weights - scores are meaningless[/]")
     if any(r.error == NON_FINITE for r in rows):
         raise VlmadError(f"{sum(r.error == NON_FINITE for r in rows)} image(s) got a non-finite score (NaN/inf): "
                          "no decision for them (error non_finite_score in scores.csv)",
                          "the weights produce NaN/inf: check --checkpoint/--heads and --precision")
+    if len(failed) == len(rows):
+        raise VlmadError(f"no image could be scored ({len(failed)} unreadable)",
+                         "check the skipped files above; accepted formats: png, jpg, bmp, tif, webp")
 
 
 def check_deploy(deployment: Deployment | None, detector: Detector, class_name: str, refs: list[Path],
@@ -127,9 +134,11 @@ def check_deploy(deployment: Deployment | None, detector: Detector, class_name: 
     return bool(diffs)
 
 
-def report_rows(rows: list[DetectionRow], out: Path) -> None:
+def report_rows(rows: list[DetectionRow], out: Path) -> list[DetectionRow]:
+    """Print the summary and the rows without a result; returns those rows."""
     failed = [r for r in rows if r.error]
     console.print(f"scored {len(rows) - len(failed)} image(s) -> {out / 'scores.csv'}")
     for r in failed:
         console.print(f"[yellow]{'no decision' if r.error == NON_FINITE else 'skipped'}[/] {r.path}: {r.error}")
+    return failed
 
