@@ -185,4 +185,6 @@ def qc_panel(item: QcItem, scale: MapScale, height: int = 256) -> Image.Image:
     for n, line in enumerate(lines):
         colour = (200, 0, 0) if line == item.note else (0, 0, 0)
         draw.text((4, row.height + 4 + 14 * n), line, fill=colour)
+    if item.note:  # also on a dark band over the pictures: a cropped screenshot keeps the warning
+        stamp_image(out, item.note)
     return out
