@@ -14,19 +14,30 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from vlmad_runtime.deploy import normalize
-from vlmad_runtime.errors import VlmadError
 
 #: DetectorInfo fields that describe but do not change scores (derived from fields that are compared)
 DESCRIPTIVE_FIELDS = ("random_weights", "heads_training_data", "heads_epoch")
 
 
+#: fields that depend on the reference images in use (a service checks them per request, not at start)
+REFERENCE_FIELDS = ("shots", "reference_fingerprint", "method")
+
+
+def image_digest(image: Image.Image) -> str:
+    """sha256 of the decoded RGB pixels and size: the same picture as a PNG file, a JPEG-free re-encoding or an
+    upload to the service has the same digest (file names and containers do not matter)."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.width}x{rgb.height}:".encode() + rgb.tobytes()).hexdigest()
+
+
 def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (the same image under another name has the same digest)."""
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError as err:
-        raise VlmadError(f"cannot read reference {path}: {err.strerror or err}", "pass readable image files") from None
+    """:func:`image_digest` of an image file, decoded as the detector decodes it."""
+    from vlmad_runtime.images import load_image
+
+    return image_digest(load_image(path))
 
 
 def reference_fingerprint(digests: Iterable[str]) -> str | None:

@@ -58,8 +58,16 @@ from vlmad.serve.limits import (
 from vlmad.serve.metrics import ServiceMetrics
 from vlmad.serve.references import ReferenceStore
 from vlmad.serve.worker import DetectResult, ModelWorker
-from vlmad_runtime.deploy import load_deploy
-from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP, colorize, overlay_heatmap
+from vlmad_runtime.deploy import NOT_CALIBRATED_NOTE, Deployment, load_deploy
+from vlmad_runtime.drawing import (
+    RANDOM_WEIGHTS_STAMP,
+    MapScale,
+    colorize,
+    defect_mask,
+    draw_contour,
+    mask_contour,
+    overlay_heatmap,
+)
 
 log = logging.getLogger("vlmad.serve")
 
@@ -82,6 +90,8 @@ class ServeConfig:
     threshold: float | None = None
     deploy: dict[str, Any] | None = None  # the deploy.json content (for mismatch warnings)
     deploy_path: str | None = None
+    deployment: Deployment | None = None  # the checked deploy file: its fingerprint is matched per request
+    force_deploy: bool = False  # decide even where the fingerprint differs (labelled "not calibrated")
     api_key: str | None = None
     max_batch_size: int = 8
     max_wait_ms: float = 10.0
@@ -114,6 +124,41 @@ def deploy_warnings(deploy: dict[str, Any] | None, info: dict[str, Any], class_n
         out.append(f"deploy.json threshold was calibrated in {shots}-shot mode with specific reference images: its "
                    "decisions only hold for requests that use a reference set of those images")
     return out
+
+
+#: without a deploy file heatmaps are drawn on this absolute scale (scores are in [0, 1]), never per image
+UNCALIBRATED_SCALE = MapScale(0.0, 1.0, "absolute [0, 1], not calibrated: start the service with --deploy")
+
+
+def map_scale(config: ServeConfig) -> tuple[MapScale, float | None]:
+    """The heatmap scale and pixel threshold of the service (calibrated ones from the deploy file)."""
+    dep = config.deployment
+    if dep is not None and dep.pixel is not None:
+        n = dep.pixel.details.get("n_images", "?")
+        return MapScale(*dep.pixel.map_scale, f"calibrated on {n} normal image(s)"), dep.pixel.pixel_threshold
+    return UNCALIBRATED_SCALE, None
+
+
+def decide(config: ServeConfig, info: dict[str, Any], reference_fp: str | None, score: float) -> dict[str, Any]:
+    """Decision fields of a response: the deploy file's fingerprint must match the detector as used by this
+    request (its reference set included); otherwise no decision, or a labelled one under --force-deploy."""
+    from vlmad.fingerprint import detector_fingerprint
+
+    dep = config.deployment
+    if dep is None:
+        threshold = config.threshold
+        decision = None if threshold is None else ("anomalous" if score >= threshold else "normal")
+        return {"decision": decision, "threshold": threshold, "calibrated": None, "decision_note": None}
+    diffs = dep.mismatches(detector_fingerprint(info, config.class_name, reference_fp))
+    if not diffs:
+        return {"decision": dep.decide(score), "threshold": dep.threshold, "calibrated": True, "decision_note": None}
+    fields = ", ".join(d[0] for d in diffs)
+    if config.force_deploy:
+        return {"decision": dep.decide(score), "threshold": dep.threshold, "calibrated": False,
+                "decision_note": f"{NOT_CALIBRATED_NOTE} (differs: {fields})"}
+    return {"decision": None, "threshold": dep.threshold, "calibrated": False,
+            "decision_note": f"{NOT_CALIBRATED_NOTE} (differs: {fields}): no decision; recalibrate with "
+                             "`vlmad calibrate` using these reference images"}
 
 
 def deploy_summary(config: ServeConfig) -> dict[str, Any] | None:
@@ -153,8 +198,14 @@ class Heatmap(BaseModel):
     overlay_size: list[int] | None = Field(None, description="[W, H] of the overlay PNG (original size, capped).")
     alpha: float | None = None
     color_png_b64: str | None = Field(None, description="PNG: the colour map alone at model resolution "
-                                                        "(min-max scaled, jet), for client-side blending.")
+                                                        "(on the fixed scale below, jet), for client-side "
+                                                        "blending.")
     raw: RawMap | None = None
+    scale: dict[str, Any] | None = Field(None, description="lo, hi (colour bar ends), source, pixel_threshold.")
+    mask_png_b64: str | None = Field(None, description="?mask=true: PNG, defect mask (map >= pixel threshold), "
+                                                       "white = defect, at model resolution.")
+    contour_png_b64: str | None = Field(None, description="?mask=true: PNG (RGBA), the mask's outline.")
+    defect_area: float | None = Field(None, description="?mask=true: share of pixels in the defect mask.")
 
 
 class ImageMeta(BaseModel):
@@ -178,6 +229,9 @@ class DetectResponse(BaseModel):
     reference_version: str | None = None
     random_weights: bool
     warning: str | None = Field(None, description="Set when scores cannot be trusted (random weights).")
+    calibrated: bool | None = Field(None, description="The deploy file was calibrated for this detector and "
+                                                      "reference set (null without --deploy).")
+    decision_note: str | None = Field(None, description="Why there is no decision, or that it is not calibrated.")
     image: ImageMeta
     timing_ms: dict[str, float] = Field(description="read, decode, queue, inference (whole batch), "
                                                     "postprocess, total.")
@@ -371,25 +425,37 @@ def _png_b64(image: Image.Image) -> str:
 
 
 def render_heatmap(result: DetectResult, image: Image.Image, kinds: tuple[str, ...], alpha: float,
-                   limits: Limits, stamp: str | None) -> dict[str, Any]:
+                   limits: Limits, stamp: str | None, scale: MapScale = UNCALIBRATED_SCALE,
+                   pixel_threshold: float | None = None, want_mask: bool = False) -> dict[str, Any]:
+    """Heatmap PNGs on the fixed ``scale`` (never min-max per image); mask and contour at the pixel threshold."""
     amap = result.anomaly_map
     finite = amap[np.isfinite(amap)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     amap = np.nan_to_num(amap, nan=lo, posinf=hi, neginf=lo)
     out: dict[str, Any] = {"min": lo, "max": hi, "size": [int(amap.shape[1]), int(amap.shape[0])],
                            "overlay_png_b64": None, "overlay_size": None, "alpha": None, "color_png_b64": None,
-                           "raw": None}
+                           "raw": None, "scale": {"lo": scale.lo, "hi": scale.hi, "source": scale.source,
+                                                  "pixel_threshold": pixel_threshold},
+                           "mask_png_b64": None, "contour_png_b64": None, "defect_area": None}
+    mask = None if pixel_threshold is None else amap >= pixel_threshold
+    if want_mask and mask is not None:
+        rgba = np.zeros((*mask.shape, 4), np.uint8)
+        rgba[mask_contour(mask)] = (255, 255, 255, 255)
+        out.update(mask_png_b64=_png_b64(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")),
+                   contour_png_b64=_png_b64(Image.fromarray(rgba, mode="RGBA")), defect_area=float(mask.mean()))
     if "overlay" in kinds:
         base = image
         side = max(image.size)
         if side > limits.overlay_max_side:
-            scale = limits.overlay_max_side / side
-            base = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            shrink = limits.overlay_max_side / side
+            base = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))),
                                 Image.BILINEAR)
-        over = overlay_heatmap(base, amap, alpha=alpha, stamp=stamp)
+        over = overlay_heatmap(base, amap, alpha=alpha, vmin=scale.lo, vmax=scale.hi, stamp=stamp)
+        if mask is not None:
+            over = draw_contour(over, defect_mask(amap, pixel_threshold, over.size))
         out.update(overlay_png_b64=_png_b64(over), overlay_size=list(over.size), alpha=alpha)
     if "color" in kinds:
-        out["color_png_b64"] = _png_b64(Image.fromarray(colorize(amap)))
+        out["color_png_b64"] = _png_b64(Image.fromarray(colorize(amap, scale.lo, scale.hi)))
     if "raw" in kinds:
         arr = np.ascontiguousarray(amap, dtype="<f4")
         out["raw"] = {"shape": [int(arr.shape[0]), int(arr.shape[1])], "dtype": "float32", "byte_order": "little",
@@ -482,6 +548,7 @@ class Service:
         self.worker: ModelWorker | None = None
         self.decode_slots: asyncio.Semaphore | None = None
         self.started = time.time()
+        self._ref_fps: dict[tuple[str, str], str | None] = {}  # (set, version) -> reference fingerprint
         self.metrics.add_gauge("vlmad_model_ready", "1 when the model is loaded.",
                                lambda: float(self.ready))
         self.metrics.add_gauge("vlmad_queue_depth", "Detect requests waiting for the model worker.",
@@ -513,6 +580,19 @@ class Service:
     @property
     def random_weights(self) -> bool:
         return bool(self.worker and self.worker.info.get("random_weights"))
+
+    async def reference_fingerprint(self, key: tuple[str, str] | None, version: str | None) -> str | None:
+        """Content fingerprint of the reference set a request used (cached per set version); None: zero-shot
+        or no deploy file to match."""
+        if key is None or self.config.deployment is None:
+            return None
+        from vlmad.fingerprint import image_digest, reference_fingerprint
+
+        cache_key = (key[0], version or key[1])
+        if cache_key not in self._ref_fps:
+            _, images = await run_in_threadpool(self.store.load_images, key[0])
+            self._ref_fps[cache_key] = reference_fingerprint(image_digest(im) for im in images)
+        return self._ref_fps[cache_key]
 
     def warnings(self) -> list[str]:
         out = []
@@ -658,6 +738,8 @@ def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], A
         heatmap: str = Query("none", description="none | overlay | raw | color | both (overlay+raw) | all, or a "
                                                  "comma-separated list."),
         alpha: float = Query(0.5, ge=0.0, le=1.0, description="Overlay opacity of the heatmap."),
+        mask: bool = Query(False, description="Also return the defect mask and its contour (needs a deploy file "
+                                              "with a pixel threshold)."),
     ):
         t0 = time.perf_counter()
         kinds = parse_heatmap(heatmap)
@@ -688,14 +770,14 @@ def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], A
                 raise ApiError(500, "non_finite_score", "the model produced a non-finite score for this image",
                                "report it with the image; the weights may be broken")
             stamp = RANDOM_WEIGHTS_STAMP if result.info.get("random_weights") else None
-            hm = (await run_in_threadpool(render_heatmap, result, image, kinds, alpha, limits, stamp)
-                  if kinds else None)
+            scale, pixel_threshold = map_scale(config)
+            hm = (await run_in_threadpool(render_heatmap, result, image, kinds, alpha, limits, stamp, scale,
+                                          pixel_threshold, mask) if kinds or mask else None)
+            ref_fp = await service.reference_fingerprint(key, result.reference_version)
             t_end = time.perf_counter()
-            threshold = config.threshold
-            decision = None if threshold is None else ("anomalous" if result.score >= threshold else "normal")
             inf = result.info
             return JSONResponse({  # built here, not re-validated by the response model (which documents it)
-                "score": result.score, "decision": decision, "threshold": threshold,
+                "score": result.score, **decide(config, inf, ref_fp, result.score),
                 "class_name": config.class_name, "method": inf.get("method"), "model": inf.get("model"),
                 "weights_id": inf.get("weights_id"), "shots": int(inf.get("shots") or 0),
                 "references": key[0] if key else None,
