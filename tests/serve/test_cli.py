@@ -41,7 +41,8 @@ def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
     deploy.write_text(OTHER_DETECTOR)
     port = free_port()
     proc = vlmad("serve", "--class-name", "bottle", "--model", "vlmad-tiny-vit", "--random-weights",
-                 "--deploy", deploy, "--force-deploy", "--port", port, "--data-dir", tmp_path / "data", "--max-batch-size", "4",
+                 "--deploy", deploy, "--force-deploy", "--port", port, "--data-dir", tmp_path / "data",
+                 "--max-batch-size", "4",
                  "--max-wait-ms", "5", "--log-level", "warning", env_extra={"VLMAD_API_KEY": "k-123"})
     url = f"http://127.0.0.1:{port}"
     try:
