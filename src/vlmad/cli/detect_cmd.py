@@ -135,7 +135,12 @@ def check_deploy(deployment: Deployment | None, detector: Detector, class_name: 
 
 
 def report_rows(rows: list[DetectionRow], out: Path) -> list[DetectionRow]:
-    """Print the summary and the rows without a result; returns those rows."""
+    """Print the summary, the heatmap scale in use and the rows without a result; returns those rows."""
+    import json
+
+    scale = json.loads((out / "run.json").read_text()).get("heatmap_scale")
+    if scale:
+        console.print(f"overlays: heatmap scale [{scale['lo']:.4g}, {scale['hi']:.4g}], {scale['source']}")
     failed = [r for r in rows if r.error]
     console.print(f"scored {len(rows) - len(failed)} image(s) -> {out / 'scores.csv'}")
     for r in failed:
