@@ -225,7 +225,10 @@ def resolve_model(
 
     register_tiny_configs()
     if arch not in open_clip.list_models():
-        close = [m for m in open_clip.list_models() if arch.lower().split("-")[0] in m.lower()][:8]
+        import difflib
+
+        by_lower = {m.lower(): m for m in open_clip.list_models()}
+        close = [by_lower[m] for m in difflib.get_close_matches(arch.lower(), list(by_lower), n=8, cutoff=0.6)]
         raise UnknownNameError(
             f"unknown model architecture {arch!r}",
             f"run `vlmad models` for the list{'; similar: ' + ', '.join(close) if close else ''}",

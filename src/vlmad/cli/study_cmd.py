@@ -121,7 +121,7 @@ def study(
     log = (lambda m: None) if quiet else (lambda m: console.print(m, highlight=False))
     run_dir = run_study(study_spec, options, log=log)
     console.print(f"results: {run_dir / 'results.jsonl'}")
-    if not no_report:
+    if not no_report and quiet:  # otherwise the report step has printed it
         console.print(f"report: {run_dir / 'report.html'} (+ report.md)")
     if (run_dir / "deploy").is_dir():
         console.print(f"deploy files: {run_dir / 'deploy'}")
@@ -142,9 +142,7 @@ def report(
     if not (run_dir / RESULTS_FILE).is_file():
         raise VlmadError(f"no {RESULTS_FILE} in {run_dir}",
                          "pass the --out folder of `vlmad study` or `vlmad benchmark`")
-    paths = build_report(run_dir, gallery=not no_gallery, device=device,
-                         log=lambda m: console.print(m, highlight=False))
-    console.print(f"report: {paths['html']} (+ {paths['markdown'].name})")
+    build_report(run_dir, gallery=not no_gallery, device=device, log=lambda m: console.print(m, highlight=False))
 
 
 CALIBRATE_HELP = (

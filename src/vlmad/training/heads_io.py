@@ -116,8 +116,9 @@ def check_compatible(meta: Mapping[str, Any], backbone, check_weights: bool = Tr
     """Raise :class:`CheckpointMismatchError` when heads trained per ``meta`` do not fit ``backbone``."""
     bb = meta.get("backbone", {})
     hint_bb = (
-        f"load the backbone the heads were trained on (--model {bb.get('arch')} --image-size "
-        f"{bb.get('image_size')}{' --pretrained ' + bb['pretrained'] if bb.get('pretrained') else ''}), "
+        f"use the backbone the heads were trained on ({bb.get('arch')} at {bb.get('image_size')} px"
+        f"{', ' + bb['pretrained'] if bb.get('pretrained') else ''}): leave out --model and the options are taken "
+        "from the heads file, "
         "or train heads for this backbone with `vlmad train aprilgan`"
     )
     problems = []
