@@ -72,7 +72,7 @@ def train_aprilgan_cmd(
     cache_half: bool = typer.Option(False, "--cache-half", help="Cache features in fp16 (half the memory)."),
     prompt_set: str = typer.Option("aprilgan", "--prompt-set", help="Prompt set name or YAML/JSON file."),
     class_names: str = typer.Option(
-        "display", "--class-names", help="display ('metal nut', DESIGN) or raw ('metal_nut', reference code)."
+        "raw", "--class-names", help="raw ('metal_nut', the reference's, default) or display ('metal nut')."
     ),
     model: str | None = typer.Option(None, "--model", help="open_clip architecture (default ViT-L-14-336)."),
     pretrained: str | None = typer.Option(
@@ -88,8 +88,8 @@ def train_aprilgan_cmd(
     quick_gelu: bool | None = typer.Option(
         None,
         "--quick-gelu/--no-quick-gelu",
-        help="Default: on for OpenAI weights. The reference at 518 px runs "
-        "without it (--no-quick-gelu reproduces that).",
+        help="Default off for APRIL-GAN's ViT-L-14-336 at 518 px, as the reference (which builds the model "
+        "without QuickGELU); --quick-gelu is the named alternative.",
     ),
     device: str = typer.Option("cpu", "--device"),
     precision: str = typer.Option("fp32", "--precision"),
