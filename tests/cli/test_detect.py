@@ -132,4 +132,6 @@ def test_models_lists_methods_and_tiny_configs():
     res = vlmad("models")
     assert res.returncode == 0, res.stderr
     assert "winclip" in res.stdout and "ViT-B-16-plus-240" in res.stdout and "laion400m_e31" in res.stdout
-    assert "vlmad-tiny-vit" in res.stdout
+    assert "vlmad-tiny-vit" not in res.stdout and "--all" in res.stdout  # the short list: methods + defaults
+    every = vlmad("models", "--all")
+    assert every.returncode == 0 and "vlmad-tiny-vit" in every.stdout and "ViT-L-14-336" in every.stdout
