@@ -17,6 +17,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -76,12 +77,23 @@ class WeightsSource:
         return self.kind == "random"
 
 
+def hub_address() -> tuple[str, int]:
+    """(host, port) of the hub the weights come from: ``HF_ENDPOINT`` when set (a mirror or a proxy, which
+    huggingface_hub then downloads from), else huggingface.co:443."""
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    return endpoint.hostname or HUB_HOST, port
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Cheap TCP probe so that offline machines fail in seconds instead of after the hub's retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    """Cheap TCP probe so that offline machines fail in seconds instead of after the hub's retries.
+
+    ``HF_HUB_OFFLINE=1`` answers False without touching the network. The probe goes to :func:`hub_address`, so
+    a machine that reaches the hub only through ``HF_ENDPOINT`` is not mistaken for an offline one."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         return False
     try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+        with socket.create_connection(hub_address(), timeout=timeout):
             return True
     except OSError:
         return False
@@ -378,7 +390,8 @@ def _download_or_fail(cfg: dict, arch: str, tag: str, download, offline_timeout:
 
 def _offline_error(arch: str, tag: str, online: bool, err: object) -> WeightsUnavailableError:
     where = "the hub is reachable but the download failed" if online else (
-        f"this machine cannot reach {HUB_HOST} (offline or firewalled) and the weights are not in the local cache"
+        f"this machine cannot reach {hub_address()[0]} (offline or firewalled) and the weights are not in the local "
+        "cache"
     )
     return WeightsUnavailableError(
         f"pretrained weights {arch}/{tag} are not available: {where} ({err})",
