@@ -114,7 +114,9 @@ def test_random_weights_are_stamped_everywhere(tmp_path):
 
 def test_user_errors_are_messages_not_tracebacks(tmp_path, weights_file):
     images = write_pngs(tmp_path / "imgs", 1, 64, seed=25)
+    (tmp_path / "notes.txt").write_text("hello\n")
     cases = [
+        (["--checkpoint", tmp_path / "notes.txt"], "is a text file, not model weights"),
         (["--model", "ViT-Nope", "--random-weights"], "unknown model architecture"),
         (["--method", "nope", "--random-weights"], "unknown method"),
         (["--model", "vlmad-tiny-vit-4l", "--checkpoint", weights_file("vlmad-tiny-vit")], "does not fit"),
