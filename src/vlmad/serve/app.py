@@ -9,7 +9,8 @@ ASGI app; ``vlmad serve`` runs it with uvicorn. Routes (all answers JSON unless 
 - ``GET /v1/references``, ``POST|GET|DELETE /v1/references/{set}``: named few-shot reference sets.
 - ``GET /v1/info``: model, weights, threshold, limits, warnings.
 - ``GET /healthz`` (process up), ``GET /readyz`` (model loaded), ``GET /metrics`` (Prometheus text).
-- ``GET /``: the web page; ``/openapi.json`` and ``/docs``: the API schema.
+- ``GET /``: the web page; ``/openapi.json``: the API schema (no ``/docs`` page: Swagger UI loads from a CDN,
+  blank offline; any OpenAPI viewer reads the schema).
 
 With an API key configured, ``/v1/*`` and ``/metrics`` need ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``;
 the health probes, the (data-free) web page shell and the API schema do not.
@@ -23,17 +24,20 @@ import hmac
 import io
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
@@ -44,24 +48,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from vlmad.serve.batching import BatcherClosedError, QueueFullError
+from vlmad.serve.guard import LOOPBACK_HOSTS, RequestGuard
+from vlmad.serve.imaging import decode_references, prepare_detect_image
 from vlmad.serve.limits import (
     ApiError,
+    BodyBudget,
+    BodyHold,
     Limits,
     Part,
     check_file_part,
     decode_base64,
-    decode_image,
     media_type,
     parse_multipart,
     validate_set_name,
 )
 from vlmad.serve.metrics import ServiceMetrics
-from vlmad.serve.references import ReferenceStore
+from vlmad.serve.references import ReferenceSetNotFoundError, ReferenceStore
 from vlmad.serve.worker import DetectResult, ModelWorker
 from vlmad_runtime.deploy import load_deploy
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP, colorize, overlay_heatmap
 
 log = logging.getLogger("vlmad.serve")
+T = TypeVar("T")
 
 STATIC_DIR = Path(__file__).parent / "static"
 HEATMAP_KINDS = ("overlay", "raw", "color")
@@ -87,6 +95,10 @@ class ServeConfig:
     max_wait_ms: float = 10.0
     limits: Limits = field(default_factory=Limits)
     memory_cache_bytes: int = 1 << 30
+    #: Host header names served (``*``: any); see vlmad.serve.guard
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
+    #: browser origins (``scheme://host[:port]``) allowed to POST/DELETE besides the service's own page
+    allowed_origins: tuple[str, ...] = ()
 
 
 def deploy_warnings(deploy: dict[str, Any] | None, info: dict[str, Any], class_name: str) -> list[str]:
@@ -245,8 +257,9 @@ def parse_heatmap(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(kinds))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes (never buffered beyond it)."""
+async def read_body(request: Request, limit: int, hold: BodyHold | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` bytes (never buffered beyond it), and
+    with 503 when ``hold`` cannot reserve its bytes in the service-wide body budget."""
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -256,6 +269,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         if n > limit:
             raise ApiError(413, "request_too_large", f"request body is {n} bytes; the limit is {limit} bytes",
                            "send a smaller image (or fewer images per request)")
+        if hold is not None:
+            hold.grow_to(n)
     chunks, size = [], 0
     try:
         async for chunk in request.stream():
@@ -263,6 +278,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             if size > limit:
                 raise ApiError(413, "request_too_large", f"request body exceeds the limit of {limit} bytes",
                                "send a smaller image (or fewer images per request)")
+            if hold is not None:
+                hold.grow_to(size)
             chunks.append(chunk)
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client disconnected before sending the whole body") from None
@@ -274,6 +291,9 @@ def _json_body(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {err}") from None
+    except RecursionError:  # '[' * 100000: the parser recurses once per nesting level
+        raise ApiError(400, "invalid_json", "request body is JSON nested too deeply",
+                       "send a flat object: {\"image_b64\": \"...\"}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", f"JSON body must be an object, got {type(data).__name__}")
     return data
@@ -443,6 +463,13 @@ class ServiceMiddleware:
             await send(message)
 
         try:
+            self.service.guard.check(scope)
+        except ApiError as err:
+            metrics.errors.inc(code=err.code)
+            await error_response(err, request_id)(scope, receive, send_wrapper)
+            metrics.requests.inc(route=_route_of(scope, path), method=scope.get("method", ""), status=str(err.status))
+            return
+        try:
             if self._needs_key(path) and not self._authorized(scope):
                 err = ApiError(401, "unauthorized", "missing or wrong API key",
                                "send the key as header 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
@@ -479,13 +506,22 @@ class Service:
         self.loader = loader
         self.metrics = ServiceMetrics()
         self.store = ReferenceStore(config.data_dir, max_sets=config.limits.max_reference_sets)
+        self.guard = RequestGuard(config.allowed_hosts, config.allowed_origins)
+        lim = config.limits
+        self.bodies = BodyBudget(max(lim.max_body_bytes_in_flight, lim.max_reference_request_bytes,
+                                     lim.max_detect_request_bytes))
         self.worker: ModelWorker | None = None
         self.decode_slots: asyncio.Semaphore | None = None
+        self._decode_lock = threading.Lock()
+        self.decodes_running = 0  # decode threads running now (abandoned ones included)
+        self.decodes_peak = 0
         self.started = time.time()
         self.metrics.add_gauge("vlmad_model_ready", "1 when the model is loaded.",
                                lambda: float(self.ready))
         self.metrics.add_gauge("vlmad_queue_depth", "Detect requests waiting for the model worker.",
                                lambda: float(self.worker.batcher.depth if self.worker else 0))
+        self.metrics.add_gauge("vlmad_decodes_running", "Image decodes running (those of timed-out requests "
+                               "included).", lambda: float(self.decodes_running))
         self.metrics.add_gauge("vlmad_reference_sets", "Reference sets on disk.", lambda: float(len(self.store)))
         self.metrics.add_gauge("vlmad_reference_memories_cached", "Reference memories held by the worker.",
                                lambda: float(len(self.worker.memories) if self.worker else 0))
@@ -523,17 +559,40 @@ class Service:
         out.extend(f"unreadable reference set file {p}" for p in self.store.problems)
         return out
 
-    async def decode(self, data: bytes, label: str, preprocess: Callable[[Image.Image], Any] | None = None
-                     ) -> tuple[Image.Image, str, Any]:
-        """Decode (and optionally preprocess) off the event loop, at most ``max_concurrent_decodes`` at a time."""
-        assert self.decode_slots is not None
+    async def run_decode(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (a decode) on a thread, at most ``max_concurrent_decodes`` at a time.
 
-        def work() -> tuple[Image.Image, str, Any]:
-            image, fmt = decode_image(data, self.config.limits, label)
-            return image, fmt, preprocess(image) if preprocess is not None else None
+        The slot is held until the thread really ends: a request that times out stops waiting, but its decode keeps
+        running (a thread cannot be stopped), so releasing the slot then would let timeouts pile up unbounded
+        decodes (issue: 6 -> 32 threads, 3.3 GB with ``--request-timeout 0.1``).
+        """
+        slots = self.decode_slots
+        assert slots is not None
+        await slots.acquire()
 
-        async with self.decode_slots:
-            return await run_in_threadpool(work)
+        def counted() -> T:
+            with self._decode_lock:
+                self.decodes_running += 1
+                self.decodes_peak = max(self.decodes_peak, self.decodes_running)
+            try:
+                return work()
+            finally:
+                with self._decode_lock:
+                    self.decodes_running -= 1
+
+        try:
+            fut = asyncio.get_running_loop().run_in_executor(None, counted)
+        except BaseException:
+            slots.release()
+            raise
+
+        def done(f: asyncio.Future) -> None:
+            slots.release()
+            if not f.cancelled():
+                f.exception()  # retrieved: an abandoned decode's error is not logged as "never retrieved"
+
+        fut.add_done_callback(done)
+        return await asyncio.shield(fut)
 
     def set_response(self, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         info = self.store.get(name)
@@ -570,9 +629,15 @@ def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], A
         description="Zero-/few-shot industrial anomaly detection (WinCLIP / APRIL-GAN) over HTTP. Errors are "
                     "JSON: {\"error\": {\"code\", \"message\", \"hint\"}, \"request_id\"}.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI / ReDoc pages load their scripts from a CDN: blank offline, and off our CSP
+        redoc_url=None,
     )
     app.state.service = service
     app.add_middleware(ServiceMiddleware, service=service)
+    if config.allowed_origins:  # outermost: answers the preflights of the allowed pages (no key on a preflight)
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins),
+                           allow_methods=["GET", "POST", "DELETE"], expose_headers=["X-Request-ID"],
+                           allow_headers=["Content-Type", "X-API-Key", "Authorization"])
 
     # ------------------------------------------------------------------ error handlers
     @app.exception_handler(ApiError)
@@ -670,14 +735,20 @@ def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], A
             raise _overloaded(limits)
 
         async def run() -> JSONResponse:
-            body = await read_body(request, limits.max_detect_request_bytes)
-            t_read = time.perf_counter()
-            data, filename = extract_detect_image(request.headers.get("content-type", ""), body, limits)
-            del body
-            image, fmt, model_input = await service.decode(data, "image", worker.preprocess)
+            hold = service.bodies.hold()
+            try:  # the body's bytes count against the service-wide budget until decoded
+                body = await read_body(request, limits.max_detect_request_bytes, hold)
+                t_read = time.perf_counter()
+                data, filename = extract_detect_image(request.headers.get("content-type", ""), body, limits)
+                del body
+                up = await service.run_decode(partial(prepare_detect_image, data, limits, worker.preprocess,
+                                                      "overlay" in kinds))
+                del data
+            finally:
+                hold.release()
             t_decode = time.perf_counter()
             try:
-                result = await worker.detect(model_input, key)
+                result = await worker.detect(up.model_input, key)
             except QueueFullError:
                 raise _overloaded(limits) from None
             except BatcherClosedError:
@@ -688,7 +759,7 @@ def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], A
                 raise ApiError(500, "non_finite_score", "the model produced a non-finite score for this image",
                                "report it with the image; the weights may be broken")
             stamp = RANDOM_WEIGHTS_STAMP if result.info.get("random_weights") else None
-            hm = (await run_in_threadpool(render_heatmap, result, image, kinds, alpha, limits, stamp)
+            hm = (await run_in_threadpool(render_heatmap, result, up.overlay_base, kinds, alpha, limits, stamp)
                   if kinds else None)
             t_end = time.perf_counter()
             threshold = config.threshold
@@ -701,7 +772,7 @@ def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], A
                 "references": key[0] if key else None,
                 "reference_version": result.reference_version if key else None,
                 "random_weights": bool(inf.get("random_weights")), "warning": stamp,
-                "image": {"width": image.width, "height": image.height, "format": fmt,
+                "image": {"width": up.width, "height": up.height, "format": up.format,
                           "filename": (filename or None) and filename[:200]},
                 "timing_ms": {
                     "read": _ms(t_read - t0), "decode": _ms(t_decode - t_read), "queue": _ms(result.queue_s),
@@ -736,22 +807,30 @@ def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], A
                            "DELETE it first, or POST with ?replace=true to overwrite it")
 
         async def run():
-            body = await read_body(request, limits.max_reference_request_bytes)
-            items = extract_reference_images(request.headers.get("content-type", ""), body, limits)
-            del body
-            images = [(await service.decode(data, f"images[{i}]" + (f" ({fn[:100]})" if fn else "")))[0]
-                      for i, (data, fn) in enumerate(items)]
-            info, created = await run_in_threadpool(service.store.put, name, images, [fn for _, fn in items],
-                                                    replace)
+            hold = service.bodies.hold()
+            try:
+                body = await read_body(request, limits.max_reference_request_bytes, hold)
+                items = extract_reference_images(request.headers.get("content-type", ""), body, limits)
+                del body
+                info, created = await service.run_decode(partial(
+                    service.store.put, name, decode_references(items, limits), [fn for _, fn in items], replace))
+            finally:
+                hold.release()
             extra: dict[str, Any] = {}
             worker = service.worker
             if worker is not None:
                 worker.forget(name)
                 if worker.ready.is_set():
                     t = time.perf_counter()
-                    mem = await worker.warm(name)
-                    extra = {"shots": mem.shots, "fit_ms": _ms(time.perf_counter() - t)}
-            return JSONResponse(service.set_response(name, extra), status_code=201 if created else 200)
+                    try:
+                        mem = await worker.warm(name)
+                        extra = {"shots": mem.shots, "fit_ms": _ms(time.perf_counter() - t)}
+                    except ReferenceSetNotFoundError:  # deleted meanwhile: the upload itself succeeded
+                        pass
+            out = info.as_dict()  # this upload's version, even if a DELETE or another upload came after it
+            out["memory_cached"] = bool(worker and (name, info.version) in worker.memories)
+            out.update(extra)
+            return JSONResponse(out, status_code=201 if created else 200)
 
         return await _with_timeout(run(), limits.request_timeout_s * 4)
 
