@@ -9,9 +9,9 @@ name a file anywhere else.
 
 In memory, a detector holds one few-shot memory at a time (``fit``/``reset_references``). The model worker fits a
 set once and keeps the resulting memory in a byte-bounded LRU (:class:`MemoryCache`): switching sets is then a few
-attribute assignments. :func:`capture_memory` / :func:`restore_memory` work for any detector: they use the
-detector's ``export_references()`` / ``load_references(state)`` when it has them, and otherwise record which
-attributes ``fit`` rebinds (WinCLIP: ``_window_bank``, ``_patch_bank``, ``_k``; APRIL-GAN: ``_banks``, ``_k``).
+attribute assignments. :func:`capture_memory` / :func:`restore_memory` go through the detector's own state
+protocol, ``export_references()`` / ``load_references(state)`` (vlmad.methods.base.Detector), never through its
+attributes.
 """
 
 from __future__ import annotations
@@ -236,13 +236,12 @@ class ReferenceStore:
 class ReferenceMemory:
     """One reference set's few-shot memory as ``fit`` left it in the detector, ready to be re-activated.
 
-    ``state``: the detector's ``export_references()`` result when ``exported``, else the attributes ``fit``
-    rebound; ``shots``: K; ``nbytes``: tensor bytes held (for the cache budget).
+    ``state``: the detector's ``export_references()``; ``shots``: K; ``nbytes``: tensor bytes held (for the cache
+    budget).
     """
 
     state: dict[str, Any]
     shots: int
-    exported: bool
     nbytes: int
 
 
@@ -256,23 +255,12 @@ def _nbytes(obj: Any) -> int:
     return 0
 
 
-def _has_export(detector: Any) -> bool:
-    return callable(getattr(detector, "export_references", None)) and callable(
-        getattr(detector, "load_references", None))
-
-
 def capture_memory(detector: Any, images: Sequence[Image.Image]) -> ReferenceMemory:
     """``fit`` the detector on ``images`` (it keeps that memory active) and return the memory for later reuse."""
     detector.reset_references()
-    if _has_export(detector):
-        detector.fit(list(images))
-        state = detector.export_references()
-        return ReferenceMemory(state, int(detector.shots), True, _nbytes(state))
-    before = dict(vars(detector))
     detector.fit(list(images))
-    after = vars(detector)
-    state = {k: v for k, v in after.items() if k not in before or before[k] is not v}
-    return ReferenceMemory(state, int(detector.shots), False, _nbytes(state))
+    state = detector.export_references()
+    return ReferenceMemory(state, int(detector.shots), _nbytes(state))
 
 
 def restore_memory(detector: Any, memory: ReferenceMemory | None) -> None:
@@ -280,11 +268,7 @@ def restore_memory(detector: Any, memory: ReferenceMemory | None) -> None:
     detector.reset_references()
     if memory is None:
         return
-    if memory.exported:
-        detector.load_references(memory.state)
-    else:
-        for k, v in memory.state.items():
-            setattr(detector, k, v)
+    detector.load_references(memory.state)
     if int(detector.shots) != memory.shots:
         raise RuntimeError(f"restoring a {memory.shots}-shot reference memory left the detector at "
                            f"{detector.shots} shots")
