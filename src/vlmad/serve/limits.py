@@ -46,7 +46,7 @@ class Limits:
     #: decoded pixels of all images of one reference-set upload together (checked from each header before decoding)
     max_reference_pixels: int = 64_000_000
     #: longest side a reference image is stored at (downscaled on upload; the models see at most 518 px)
-    reference_max_side: int = 1024
+    reference_max_side: int = 2048
     #: bytes of one reference-set upload request (all images together)
     max_reference_request_bytes: int = 128 * MiB
     #: reference sets kept on disk
