@@ -134,25 +134,37 @@ def serve(
     info = detector.info().as_dict()
     for warning in deploy_warnings(deploy_data, info, class_name):
         console.print(f"[yellow]warning:[/] {warning}")
-    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+    _print_banner(config, info, host, port)
+
+    _log_to_console(log_level)
+    os.environ.pop(API_KEY_ENV, None)  # the key is in the config; keep it out of child processes
+    _run(uvicorn, create_app(config, detector=detector), sock, log_level, max_connections)
+
+
+def _print_banner(config, info: dict, host: str, port: int) -> None:
+    """What is served, where, and the warnings an operator must see before the first request."""
+    if host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
         console.print(f"[yellow]warning:[/] listening on {host} without an API key (--api-key or ${API_KEY_ENV})")
-    if "*" in hosts:
+    if "*" in config.allowed_hosts:
         console.print("[yellow]warning:[/] any Host header is accepted; name the service's host names with "
                       "--allowed-hosts to refuse DNS-rebinding requests")
     shown_host = f"[{host}]" if ":" in host else host
-    console.print(f"vlmad serve: {info['method']} / {info['model']} / {info['weights_id']}, class {class_name!r}"
+    console.print(f"vlmad serve: {info['method']} / {info['model']} / {info['weights_id']}, "
+                  f"class {config.class_name!r}"
                   + (f", threshold {config.threshold:g}" if config.threshold is not None else ", no threshold"))
-    console.print(f"  reference sets in {data_dir / 'references'}; API key "
-                  + ("required" if api_key else "not required"))
+    console.print(f"  reference sets in {config.data_dir / 'references'}; API key "
+                  + ("required" if config.api_key else "not required"))
     console.print(f"  web page http://{shown_host}:{port}/   API schema http://{shown_host}:{port}/openapi.json")
     if info.get("random_weights"):
         console.print("[bold red]random weights - scores are meaningless[/] (every response carries a warning)")
 
-    _log_to_console(log_level)
-    os.environ.pop(API_KEY_ENV, None)  # the key is in the config; keep it out of child processes
-    server = uvicorn.Server(uvicorn.Config(
-        create_app(config, detector=detector), host=host, port=port, log_level=log_level, workers=1,
-        server_header=False, proxy_headers=False, limit_concurrency=max_connections))
+
+def _run(uvicorn, app, sock: socket.socket, log_level: str, max_connections: int) -> None:
+    """uvicorn on the already bound socket, until Ctrl-C / SIGTERM."""
+    host, port = sock.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, workers=1,
+                                           server_header=False, proxy_headers=False,
+                                           limit_concurrency=max_connections))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled after a clean shutdown (as uvicorn.run)

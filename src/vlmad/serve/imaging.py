@@ -8,15 +8,19 @@ tensor, the original size and format, and (only when an overlay was asked for) a
 
 from __future__ import annotations
 
+import base64
 import io
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from vlmad.serve.limits import ApiError, Limits, decode_image
+from vlmad.serve.worker import DetectResult
+from vlmad_runtime.drawing import colorize, overlay_heatmap
 
 
 @dataclass
@@ -92,3 +96,36 @@ def decode_references(items: list[tuple[bytes, str | None]], limits: Limits) -> 
             image.close()
         del image  # gone before the next image decodes
         yield small
+
+
+def _png_b64(image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=3)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def render_heatmap(result: DetectResult, image: Image.Image, kinds: tuple[str, ...], alpha: float,
+                   limits: Limits, stamp: str | None) -> dict[str, Any]:
+    amap = result.anomaly_map
+    finite = amap[np.isfinite(amap)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    amap = np.nan_to_num(amap, nan=lo, posinf=hi, neginf=lo)
+    out: dict[str, Any] = {"min": lo, "max": hi, "size": [int(amap.shape[1]), int(amap.shape[0])],
+                           "overlay_png_b64": None, "overlay_size": None, "alpha": None, "color_png_b64": None,
+                           "raw": None}
+    if "overlay" in kinds:
+        base = image
+        side = max(image.size)
+        if side > limits.overlay_max_side:
+            scale = limits.overlay_max_side / side
+            base = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                                Image.BILINEAR)
+        over = overlay_heatmap(base, amap, alpha=alpha, stamp=stamp)
+        out.update(overlay_png_b64=_png_b64(over), overlay_size=list(over.size), alpha=alpha)
+    if "color" in kinds:
+        out["color_png_b64"] = _png_b64(Image.fromarray(colorize(amap)))
+    if "raw" in kinds:
+        arr = np.ascontiguousarray(amap, dtype="<f4")
+        out["raw"] = {"shape": [int(arr.shape[0]), int(arr.shape[1])], "dtype": "float32", "byte_order": "little",
+                      "data_b64": base64.b64encode(arr.tobytes()).decode("ascii")}
+    return out
