@@ -56,6 +56,10 @@ def test_cross_origin_browser_posts_are_refused_key_or_no_key(make_app, serve_he
         # the service's own page (same origin) and non-browser clients keep working
         own = _ref_post(c, png, {**key, "Origin": "http://127.0.0.1", "Sec-Fetch-Site": "same-origin"})
         assert own.status_code == 201, own.text
+        proxied = _ref_post(c, png, {**key, "Origin": "https://127.0.0.1"})  # own page behind a TLS proxy
+        assert proxied.status_code == 200, proxied.text
+        other_port = _ref_post(c, png, {**key, "Origin": "http://127.0.0.1:8001"})
+        assert other_port.status_code == 403
         assert _ref_post(c, png, key, name="cli").status_code == 201
 
 

@@ -8,7 +8,7 @@ close both, key or no key:
 - the ``Host`` header must name this service (``--allowed-hosts``; default: the loopback names and the bound
   address), so a rebinding name is refused on every route but the health probes;
 - requests that change state or use the model (every method but GET/HEAD/OPTIONS) coming from a browser page of
-  another origin (``Origin`` not equal to the request's own ``http://Host``, or ``Sec-Fetch-Site: cross-site`` /
+  another origin (``Origin`` naming another host:port than the ``Host`` header, or ``Sec-Fetch-Site: cross-site`` /
   ``same-site``) are refused unless that origin is listed in ``--allowed-origins``.
 
 Clients that are not browsers (curl, requests, the load benchmark) send neither header and are not affected.
@@ -82,8 +82,8 @@ class RequestGuard:
         origin = headers.get("origin")
         fetch_site = headers.get("sec-fetch-site", "").lower()
         cross = fetch_site in ("cross-site", "same-site")
-        if origin is not None:
-            cross = cross or origin.strip().lower() != f"{scope.get('scheme', 'http')}://{host.strip().lower()}"
+        if origin is not None:  # host[:port] only: behind a TLS proxy the page is https, the request http
+            cross = cross or urlsplit(origin.strip().lower()).netloc != host.strip().lower()
         if cross and not self._origin_allowed(origin):
             raise ApiError(403, "cross_origin_refused",
                            f"a browser page of another origin ({(origin or 'unknown')[:100]}) may not call "
