@@ -292,3 +292,29 @@ def test_prometheus_text_format():
     assert "vlmad_batch_size_count 2" in text and "vlmad_batch_size_sum 11" in text
     assert "# TYPE vlmad_batch_size histogram" in text and "vlmad_test_gauge 2.5" in text
     assert m.batch_size.count_and_sum() == (2, 11)
+
+
+def test_zero_shot_only_detectors_export_an_empty_memory_and_refuse_a_k_shot_one():
+    from vlmad.methods.base import Detector
+
+    class ZeroShot(Detector):
+        name = "zero-shot-only"
+
+        def setup(self, class_name):
+            pass
+
+        def predict(self, images):
+            raise NotImplementedError
+
+        @property
+        def image_size(self):
+            return 8
+
+        def info(self):
+            raise NotImplementedError
+
+    det = ZeroShot()
+    assert det.export_references() == {"shots": 0}
+    det.load_references({"shots": 0})
+    with pytest.raises(NotImplementedError, match="cannot load a few-shot memory"):
+        det.load_references({"shots": 2})
