@@ -43,6 +43,8 @@ class Service:
                                lambda: float(self.worker.batcher.depth if self.worker else 0))
         self.metrics.add_gauge("vlmad_decodes_running", "Image decodes running (those of timed-out requests "
                                "included).", lambda: float(self.decodes_running))
+        self.metrics.add_gauge("vlmad_request_body_bytes", "Request body bytes held now (all requests).",
+                               lambda: float(self.bodies.used))
         self.metrics.add_gauge("vlmad_reference_sets", "Reference sets on disk.", lambda: float(len(self.store)))
         self.metrics.add_gauge("vlmad_reference_memories_cached", "Reference memories held by the worker.",
                                lambda: float(len(self.worker.memories) if self.worker else 0))
