@@ -93,7 +93,7 @@ def png_header_only(width: int, height: int) -> bytes:
 def running_client(app, ready: bool = True, timeout: float = 60.0):
     from fastapi.testclient import TestClient
 
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as client:
         if ready:
             deadline = time.monotonic() + timeout
             while client.get("/readyz").status_code != 200:
