@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch torchvision
 	$(PY) -m pip install -q -e ./runtime
-	$(PY) -m pip install -q -e '.[test,serve]'
+	$(PY) -m pip install -q -e '.[test,serve,ray]'
 	touch $@
 
 # the parity oracle: anomalib 2.7.0 pins open_clip_torch < 2.26.1, so it lives in its own environment
@@ -42,7 +42,7 @@ demo: setup
 	HF_HUB_OFFLINE=0 $(VENV)/bin/vlmad demo --out demo-out --fallback-random-weights
 
 test: setup oracle-env browser
-	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python VLMAD_REQUIRE_ORACLE=1 $(PY) -m pytest
+	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python VLMAD_REQUIRE_ORACLE=1 VLMAD_REQUIRE_RAY=1 $(PY) -m pytest
 
 # the inner loop: slow tests skipped; the parity tests run when the oracle env exists (make oracle-env)
 test-fast: setup

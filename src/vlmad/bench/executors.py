@@ -116,6 +116,14 @@ class RayConnection:
             import_ray().shutdown()
 
 
+def executor_scope(executor: str, address: str | None) -> Any:
+    """A Ray connection held across several grids (the phases of a study) so each does not start its own;
+    nothing for the local executor."""
+    from contextlib import nullcontext
+
+    return RayConnection(address) if executor == "ray" else nullcontext()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the driver side
 
@@ -247,13 +255,22 @@ class RayExecutor:
         cfg_ref = ray.put(dataclasses.replace(self.cfg, progress=False))
         queue = deque(pending)
         slots = [_Slot(self._new_handle()) for _ in range(min(len(pending), self.capacity()))]
-        idle = list(range(len(slots)))
-        inflight: dict[Any, tuple[int, Any]] = {}
-        done = failed = 0
         self.log(
             f"ray: {len(pending)} row(s) on {len(slots)} {self.mode[:-1]}(s) "
             f"({self.cpus:g} CPU, {self.gpus:g} GPU per row)"
         )
+        try:
+            self._loop(queue, slots, cfg_ref, sink)
+        finally:  # free the workers' CPUs/GPUs now, not when the handles are garbage-collected
+            for slot in slots:
+                if slot.handle is not None:
+                    ray.kill(slot.handle)
+
+    def _loop(self, queue: deque, slots: list[_Slot], cfg_ref: Any, sink: _Sink) -> None:
+        ray = self.ray
+        idle = list(range(len(slots)))
+        inflight: dict[Any, tuple[int, Any]] = {}
+        done = failed = 0
         while queue or inflight:
             while queue and idle:
                 i = idle.pop()
@@ -266,7 +283,10 @@ class RayExecutor:
                 results = self._collect(ref, slots[i], plan, queue, sink)
                 if results is None:
                     continue
+                attempt = 1 + len(self.deaths.get(plan.key, []))
                 for row, scores in results:
+                    # provenance only (not part of the row key): where it ran and on which try
+                    row["run"] = {**row.get("run", {}), "executor": "ray", "attempt": attempt}
                     sink.write(row, scores)
                     failed += row.get("status") != "ok"
                 if not results:
