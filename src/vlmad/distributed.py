@@ -1,6 +1,6 @@
 """`vlmad detect --executor ray`: batch inspection of large image sets through a Ray Data pipeline.
 
-Pipeline: the driver streams the inputs (folders, globs, list files given as ``@FILE`` with one path per line)
+Pipeline: the driver streams the inputs (files, folders, globs, ``.txt`` list files with one path per line)
 into shard files of ``SHARD_LINES`` lines under ``OUT/.ray-inputs/`` -> ``read_text`` (one block per shard, read
 lazily, so millions of lines never sit in memory at once) -> ``decode`` (CPU tasks: file -> RGB array, or the load
 error) -> ``_Predictor`` on an actor pool of ``workers`` actors (each holds one detector: set up for the class,
@@ -16,7 +16,6 @@ workers under ``OUT`` (on a cluster, OUT must be shared storage, like the datase
 from __future__ import annotations
 
 import csv
-import glob
 import json
 import shutil
 from collections.abc import Iterator, Sequence
@@ -29,56 +28,44 @@ import numpy as np
 from vlmad_runtime.errors import VlmadError
 
 SHARD_LINES = 10_000
-GLOB_CHARS = set("*?[")
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # inputs
 
 
-def iter_inputs(inputs: Sequence[str | Path]) -> Iterator[Path]:
-    """Every input image in order: a folder's images (sorted, as local detect), a glob's matches (sorted), the
-    lines of ``@LIST`` (streamed; blank lines and ``#`` comments skipped), or a file as given."""
-    from vlmad.data.base import list_images
+def iter_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Iterator[Path]:
+    """Every input image in order, by the rules of local detect (:func:`vlmad.cli.inputs.collect_images`: files,
+    folders, glob patterns, ``.txt``/``.lst``/``.list`` files of one path per line), except that a list file is
+    streamed line by line and a listed file that does not exist becomes an error row instead of stopping the run
+    (an archive of millions of images is not checked up front)."""
+    from vlmad.cli.inputs import GLOB_CHARS, LIST_SUFFIXES, _folder, _pattern, read_list_file
 
     for item in inputs:
-        text = str(item)
-        if text.startswith("@"):
-            yield from _iter_list_file(Path(text[1:]).expanduser())
-            continue
-        p = Path(text).expanduser()
-        if p.is_dir():
-            found = list_images(p)
-            if not found:
-                raise VlmadError(f"directory {p} contains no images", "accepted: png, jpg, jpeg, bmp, tif")
-            yield from found
-        elif GLOB_CHARS & set(text) and not p.exists():
-            matches = sorted(glob.iglob(str(p), recursive=True))
-            if not matches:
-                raise VlmadError(f"glob {text!r} matches no file", "quote the pattern so the shell leaves it alone")
-            yield from (Path(m) for m in matches)
-        elif p.exists():
-            yield p
+        path = Path(item).expanduser()
+        if path.is_dir():
+            yield from _folder(path, recursive)
+        elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
+            for listed in read_list_file(path):
+                if listed.is_dir() or (GLOB_CHARS & set(str(listed)) and not listed.exists()):
+                    yield from iter_inputs([listed], recursive)
+                else:
+                    yield listed
+        elif path.exists():
+            yield path
+        elif GLOB_CHARS & set(str(item)):
+            yield from _pattern(str(path))
         else:
-            raise VlmadError(f"input {p} does not exist", "pass image files, directories, globs or @LIST files")
+            raise VlmadError(f"input {path} does not exist",
+                             "pass image files, folders, glob patterns or a .txt list of paths")
 
 
-def _iter_list_file(path: Path) -> Iterator[Path]:
-    if not path.is_file():
-        raise VlmadError(f"list file {path} does not exist", "write one image path per line")
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if line and not line.startswith("#"):
-                yield Path(line).expanduser()
-
-
-def stem_namer(inputs: Sequence[str | Path]) -> tuple[int, Any]:
+def stem_namer(inputs: Sequence[str | Path], recursive: bool = False) -> tuple[int, Any]:
     """Count the inputs (one streaming pass) and return (count, name(path) -> output stem) following
     :func:`vlmad.jobs.unique_stems` (``<parent>_<stem>`` where stems repeat, then ``-n``), in input order."""
     counts: dict[str, int] = {}
     n = 0
-    for p in iter_inputs(inputs):
+    for p in iter_inputs(inputs, recursive):
         counts[p.stem] = counts.get(p.stem, 0) + 1
         n += 1
     used: set[str] = set()
@@ -110,12 +97,12 @@ def completed_prefix(csv_path: Path) -> list[str]:
         return [row["path"] for row in csv.DictReader(fh)]
 
 
-def _write_shards(folder: Path, inputs: Sequence[str | Path], skip: list[str], namer: Any) -> int:
+def _write_shards(folder: Path, inputs: Sequence[str | Path], skip: list[str], namer: Any, recursive: bool) -> int:
     """Pending inputs as ``index<TAB>name<TAB>path`` lines in shard files; returns how many are pending."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     pending, fh = 0, None
-    for i, p in enumerate(iter_inputs(inputs)):
+    for i, p in enumerate(iter_inputs(inputs, recursive)):
         name = namer(p)
         if i < len(skip):
             if skip[i] != str(p):
@@ -154,6 +141,8 @@ def decode(batch: dict[str, np.ndarray]) -> dict[str, Any]:
         names.append(name)
         paths.append(path)
         try:
+            if not Path(path).exists():
+                raise ImageLoadError(path, "file not found")
             if not is_image_file(Path(path)):
                 raise ImageLoadError(path, "not an image file (by extension)")
             images.append(np.asarray(load_image(Path(path)), dtype=np.uint8))
@@ -260,6 +249,7 @@ def detect_on_ray(
     ray_address: str | None = None,
     on_error: str = "skip",
     progress: Any = None,
+    recursive: bool = False,
 ) -> dict[str, int]:
     """Score every input on Ray (see module docstring); ``build()`` makes the detector on each actor.
     Returns counts: total, skipped (already in scores.csv), scored, errors (this run)."""
@@ -272,10 +262,10 @@ def detect_on_ray(
         raise VlmadError("--workers and --batch-size must be >= 1")
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
-    total, namer = stem_namer(inputs)
+    total, namer = stem_namer(inputs, recursive)
     csv_path = out / "scores.csv"
     done = completed_prefix(csv_path)
-    pending = _write_shards(out / ".ray-inputs", inputs, done, namer)
+    pending = _write_shards(out / ".ray-inputs", inputs, done, namer, recursive)
     counts = {"total": total, "skipped": len(done), "scored": 0, "errors": 0}
     for sub, wanted in (("maps", save_maps), ("overlays", overlay)):
         if wanted:

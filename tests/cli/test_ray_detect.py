@@ -60,7 +60,7 @@ def test_detect_over_a_list_file_equals_local_detect(ray_cluster, images, tmp_pa
     ray = subprocess.run(
         [
             *run,
-            f"@{listing}",
+            str(listing),
             "--out",
             str(tmp_path / "ray"),
             *common,

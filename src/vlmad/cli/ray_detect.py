@@ -34,18 +34,19 @@ def detect_on_ray_cli(
     workers: int,
     gpus_per_worker: float,
     ray_address: str | None,
+    recursive: bool = False,
 ) -> None:
     """Same options and outputs as local detect; the detector is built on each Ray actor, not here."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from vlmad.cli.common import console
+    from vlmad.cli.inputs import collect_images
     from vlmad.distributed import detect_on_ray, detector_builder
-    from vlmad.jobs import expand_images
     from vlmad_runtime.deploy import load_deploy
 
     if executor != "ray":
         raise VlmadError(f"--executor must be local or ray, got {executor!r}")
-    refs = [p.resolve() for p in expand_images(([reference_dir] if reference_dir else []) + list(reference or []))]
+    refs = [p.resolve() for p in collect_images(([reference_dir] if reference_dir else []) + list(reference or []))]
     threshold = load_deploy(deploy)["threshold"] if deploy else None
     kwargs: dict[str, Any] = dict(
         method=method,
@@ -79,6 +80,7 @@ def detect_on_ray_cli(
             ray_address=ray_address,
             on_error=on_error,
             progress=lambda n: bar.advance(task, n),
+            recursive=recursive,
         )
     console.print(
         f"scored {counts['scored']} image(s), {counts['errors']} unreadable, {counts['skipped']} already "
