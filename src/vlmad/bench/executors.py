@@ -65,7 +65,7 @@ def run_rows(runner: Any, specs: list[dict[str, Any]], pending: list[Any]) -> No
         runner.run(specs, pending)
         return
     with RayConnection(cfg.ray_address) as ray:
-        RayExecutor(ray, cfg, log=runner.ui.log).run(pending, _Sink(runner))
+        RayExecutor(ray, cfg, log=runner.ui.log, mode=getattr(cfg, "ray_mode", "actors")).run(pending, _Sink(runner))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ class BenchmarkConfig:
     cpus_per_row: float = 1.0
     gpus_per_row: float = 0.0
     row_retries: int = 2
+    ray_mode: str = "actors"  # or "tasks": a fresh worker per row (benchmarks/ray_overhead.py compares them)
 
     def public_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("detector_factory",)}
