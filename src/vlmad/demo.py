@@ -76,6 +76,7 @@ def run_demo(
     else:
         kwargs["pretrained"] = pretrained
     t0 = time.perf_counter()
+    _say(f"loading WinCLIP ({model}) ...")
     try:
         detector = create_detector("winclip", **kwargs)
     except WeightsUnavailableError as err:
@@ -108,6 +109,7 @@ def run_demo(
                       for s in test])
 
     t0 = time.perf_counter()
+    _say(f"text embeddings for {DEMO_CATEGORY!r} ...")
     detector.setup(DEMO_CATEGORY)
     setup_s = time.perf_counter() - t0
     runs: dict[str, dict[str, float]] = {}
@@ -121,9 +123,12 @@ def run_demo(
         deployment = _calibrate(detector, DEMO_CATEGORY, refs[:k], held_out, out_dir / name / "deploy.json")
         t0 = time.perf_counter()
         _say(f"running WinCLIP {name} on {len(paths)} images (threshold {deployment.threshold:.4g}) ...")
+        from vlmad.cli.common import progress
+
         opts = DetectionOptions(save_maps=True, overlay=True, save_masks=True, deployment=deployment,
-                                gt_masks=gt_masks)
-        rows = run_detection(detector, paths, out_dir / name, opts)
+                                gt_masks=gt_masks, batch_size=1)
+        with progress(len(paths), f"demo {name}") as advance:
+            rows = run_detection(detector, paths, out_dir / name, opts, progress=advance)
         elapsed = time.perf_counter() - t0
         overlays[name] = {r.path: r.overlay_file for r in rows}
         scores = np.array([r.score for r in rows])

@@ -115,7 +115,9 @@ def test_random_weights_are_stamped_everywhere(tmp_path):
 
 def test_user_errors_are_messages_not_tracebacks(tmp_path, weights_file):
     images = write_pngs(tmp_path / "imgs", 1, 64, seed=25)
+    (tmp_path / "notes.txt").write_text("hello\n")
     cases = [
+        (["--checkpoint", tmp_path / "notes.txt"], "is a text file, not model weights"),
         (["--model", "ViT-Nope", "--random-weights"], "unknown model architecture"),
         (["--method", "nope", "--random-weights"], "unknown method"),
         (["--model", "vlmad-tiny-vit-4l", "--checkpoint", weights_file("vlmad-tiny-vit")], "does not fit"),
@@ -133,4 +135,6 @@ def test_models_lists_methods_and_tiny_configs():
     res = vlmad("models")
     assert res.returncode == 0, res.stderr
     assert "winclip" in res.stdout and "ViT-B-16-plus-240" in res.stdout and "laion400m_e31" in res.stdout
-    assert "vlmad-tiny-vit" in res.stdout
+    assert "vlmad-tiny-vit" not in res.stdout and "--all" in res.stdout  # the short list: methods + defaults
+    every = vlmad("models", "--all")
+    assert every.returncode == 0 and "vlmad-tiny-vit" in every.stdout and "ViT-L-14-336" in every.stdout

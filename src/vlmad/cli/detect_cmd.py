@@ -78,11 +78,28 @@ def detect(
     allow_untrained: Annotated[
         bool, typer.Option("--allow-untrained", help="APRIL-GAN without --heads: random heads (smoke test only).")
     ] = False,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="local, or ray: a Ray Data pipeline over an actor pool (large sets; list files are "
+        "streamed; a rerun resumes).")] = "local",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="With --executor ray: detector actors.")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(
+        "--gpus-per-worker", min=0, help="With --executor ray: GPUs per detector actor.")] = 0.0,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="With --executor ray: 'auto' or host:port joins a cluster; default: a local one.")
+    ] = None,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
     from vlmad.cli.inputs import collect_images
     from vlmad.jobs import DetectionOptions, run_detection
     from vlmad_runtime.deploy import load_deploy
+
+    if executor != "local":
+        from vlmad.cli.ray_detect import detect_on_ray_cli
+
+        return detect_on_ray_cli(images, class_name, out, method, reference, reference_dir, model, pretrained,
+                                 checkpoint, random_weights, device, precision, batch_size, prompt_set, no_cache,
+                                 heads, save_maps, overlay, deploy, on_error, allow_untrained, executor, workers,
+                                 gpus_per_worker, ray_address, recursive)
 
     paths = collect_images(images, recursive=recursive)
     refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
