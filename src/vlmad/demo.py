@@ -69,6 +69,7 @@ def run_demo(
     else:
         kwargs["pretrained"] = pretrained
     t0 = time.perf_counter()
+    _say(f"loading WinCLIP ({model}) ...")
     try:
         detector = create_detector("winclip", **kwargs)
     except WeightsUnavailableError as err:
@@ -99,6 +100,7 @@ def run_demo(
                       for s in test])
 
     t0 = time.perf_counter()
+    _say(f"text embeddings for {DEMO_CATEGORY!r} ...")
     detector.setup(DEMO_CATEGORY)
     setup_s = time.perf_counter() - t0
     runs: dict[str, dict[str, float]] = {}
@@ -111,7 +113,11 @@ def run_demo(
             detector.reset_references()
         t0 = time.perf_counter()
         _say(f"running WinCLIP {name} on {len(paths)} images ...")
-        rows = run_detection(detector, paths, out_dir / name, save_maps=True, overlay=True)
+        from vlmad.cli.common import progress
+
+        with progress(len(paths), f"demo {name}") as advance:
+            rows = run_detection(detector, paths, out_dir / name, save_maps=True, overlay=True, batch_size=1,
+                                 progress=advance)
         elapsed = time.perf_counter() - t0
         overlays[name] = {r.path: r.overlay_file for r in rows}
         scores = np.array([r.score for r in rows])

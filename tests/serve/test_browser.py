@@ -159,3 +159,56 @@ def test_page_upload_shows_score_decision_and_heatmap(browser_exe, live_server, 
     # the only console errors allowed are the 400 of the deliberate bad upload
     unexpected = [e for e in errors if "400" not in e]
     assert not unexpected, unexpected
+
+
+ATTACK_PAGE = """<!doctype html><html><body><script>
+const png = Uint8Array.from(atob("{png}"), c => c.charCodeAt(0));
+const form = new FormData();
+form.append("images", new Blob([png], {{type: "image/png"}}), "poison.png");
+window.attack = fetch("{target}/v1/references/good?replace=true", {{method: "POST", mode: "no-cors", body: form}})
+  .then(() => "sent", e => "failed: " + e);
+</script></body></html>"""
+
+
+@pytest.fixture
+def attacker_site(tmp_path):
+    """Another origin on loopback (its own port) serving one page; yields (url, write_page)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", lambda html: (tmp_path / "index.html").write_text(html)
+    httpd.shutdown()
+    thread.join(10)
+
+
+def test_a_page_of_another_origin_cannot_poison_references_or_rebind_dns(browser_exe, live_server, attacker_site):
+    """Issue 15 item 1 as it was found: a no-cors multipart POST from another origin replaced the reference set,
+    and a rebound host name reached the API. Both must be refused by the server (403), key or no key."""
+    import base64
+
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    url, _ = live_server
+    site, write_page = attacker_site
+    write_page(ATTACK_PAGE.format(png=base64.b64encode(part_image(False, 64)).decode(), target=url))
+    port = url.rsplit(":", 1)[1]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_exe, args=[
+            "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP attacker.example 127.0.0.1"])
+        try:
+            page = browser.new_page()
+            page.goto(site + "/")
+            assert page.evaluate("window.attack") == "sent"  # the browser sent it (opaque answer)
+            rebound = page.goto(f"http://attacker.example:{port}/v1/info")
+            assert rebound.status == 403 and "unknown_host" in rebound.text()
+        finally:
+            browser.close()
+    assert httpx.get(url + "/v1/references").json()["sets"] == []  # nothing was stored
+    metrics = httpx.get(url + "/metrics").text
+    assert re.search(r'vlmad_errors_total\{code="cross_origin_refused"\} 1', metrics), metrics

@@ -80,3 +80,19 @@ def test_serve_cli_refuses_a_bad_deploy_file(tmp_path, content, message):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert message in err and "hint:" in err and "Traceback" not in err
+
+
+def test_serve_cli_checks_the_port_before_loading_the_model(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        # an unknown model would fail the load: the port error must come first, so no model is loaded
+        proc = vlmad("serve", "--class-name", "bottle", "--model", "no-such-model", "--random-weights",
+                     "--port", port, "--data-dir", tmp_path / "data")
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
+    assert "no-such-model" not in err and "Traceback" not in err and "startup complete" not in err.lower()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vlmad.cli import app
+from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
     GridCheckpointOpt,
     GridModelOpt,
@@ -16,6 +16,14 @@ from vlmad.cli.common import (
     GridRandomOpt,
     GridSetOpt,
 )
+from vlmad.cli.executor_opts import (
+    CpusPerRowOpt,
+    ExecutorOpt,
+    GpusPerRowOpt,
+    RayAddressOpt,
+    RowRetriesOpt,
+    executor_kwargs,
+)
 from vlmad_runtime.errors import VlmadError
 
 _PRESET_BLURBS = {"seed-full": "the papers' full protocol", "prompt-ablation": "prompt-ensemble ablation",
@@ -23,12 +31,8 @@ _PRESET_BLURBS = {"seed-full": "the papers' full protocol", "prompt-ablation": "
 
 
 def _preset_help() -> str:
-    try:
-        from vlmad.study.spec import list_presets
-
-        names = list(list_presets())
-    except Exception:  # pragma: no cover - never break the CLI on a bad preset file
-        names = list(_PRESET_BLURBS)
+    # the preset files are listed without importing vlmad.study (which loads torch): `--help` stays fast
+    names = sorted(p.stem for p in (Path(__file__).parents[1] / "study" / "presets").glob("*.yaml"))
     return ", ".join(f"{n} ({_PRESET_BLURBS[n]})" if n in _PRESET_BLURBS else n for n in names)
 
 
@@ -69,7 +73,7 @@ def study(
     datasets: Annotated[str | None, typer.Option(
         "--datasets", help="Comma-separated subset of the spec's datasets (the others need no --root).")] = None,
     categories: Annotated[str | None, typer.Option(
-        "--categories", "-c", help="Comma-separated categories; 'kind:name' to target one dataset.")] = None,
+        "--categories", help="Comma-separated categories; 'kind:name' to target one dataset.")] = None,
     model: GridModelOpt = None,
     pretrained: GridPretrainedOpt = None,
     checkpoint: GridCheckpointOpt = None,
@@ -96,6 +100,11 @@ def study(
     no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write the report at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    cpus_per_row: CpusPerRowOpt = 1.0,
+    gpus_per_row: GpusPerRowOpt = 0.0,
+    row_retries: RowRetriesOpt = 2,
 ) -> None:
     from vlmad.bench.protocol import parse_int_list
     from vlmad.bench.specs import split_names
@@ -119,11 +128,14 @@ def study(
         seeds=parse_int_list(seeds, "seeds") if seeds else None, limit=limit, device=device,
         batch_size=batch_size, num_workers=num_workers, force_protocol=force_protocol, retry_failed=retry_failed,
         use_cache=not no_cache, flops=not no_flops, progress=not quiet, report=not no_report,
-        argv=command_line(ctx))
+        argv=command_line(ctx),
+        **executor_kwargs(executor, ray_address, cpus_per_row, gpus_per_row, row_retries))
+    on_interrupt(f"finished rows are kept in {out / 'results.jsonl'}; rerun the same command to resume (nothing "
+                 "finished is recomputed)")
     log = (lambda m: None) if quiet else (lambda m: console.print(m, highlight=False))
     run_dir = run_study(study_spec, options, log=log)
     console.print(f"results: {run_dir / 'results.jsonl'}")
-    if not no_report:
+    if not no_report and quiet:  # otherwise the report step has printed it
         console.print(f"report: {run_dir / 'report.html'} (+ report.md)")
     if (run_dir / "deploy").is_dir():
         console.print(f"deploy files: {run_dir / 'deploy'}")
@@ -144,9 +156,7 @@ def report(
     if not (run_dir / RESULTS_FILE).is_file():
         raise VlmadError(f"no {RESULTS_FILE} in {run_dir}",
                          "pass the --out folder of `vlmad study` or `vlmad benchmark`")
-    paths = build_report(run_dir, gallery=not no_gallery, device=device,
-                         log=lambda m: console.print(m, highlight=False))
-    console.print(f"report: {paths['html']} (+ {paths['markdown'].name})")
+    build_report(run_dir, gallery=not no_gallery, device=device, log=lambda m: console.print(m, highlight=False))
 
 
 CALIBRATE_HELP = (
@@ -166,7 +176,7 @@ CALIBRATE_HELP = (
 def calibrate(
     out: Annotated[Path, typer.Option("--out", "-o", help="deploy.json to write.")],
     class_name: Annotated[str | None, typer.Option(
-        "--class-name", help="Object class used in the prompts (default: --category).")] = None,
+        "--class-name", "-c", help="Object class used in the prompts (default: --category).")] = None,
     normal_dir: Annotated[Path | None, typer.Option(
         "--normal-dir", help="Folder of held-out normal images (normal-quantile calibration).")] = None,
     quantile: Annotated[float, typer.Option("--quantile", help="Share of normal images below the threshold.")

@@ -404,6 +404,16 @@ class AprilGan(Detector):
     def reset_references(self) -> None:
         self._banks, self._k = [], 0
 
+    def export_references(self) -> dict[str, Any]:
+        return {"shots": self._k, "banks": list(self._banks)}
+
+    def load_references(self, state: dict[str, Any]) -> None:
+        shots, banks = int(state["shots"]), list(state.get("banks") or [])
+        if shots and len(banks) != len(self.stages):
+            raise VlmadError(f"reference memory has {len(banks)} stage banks, this detector uses "
+                             f"{len(self.stages)} stages", "fit the references again with this detector")
+        self._banks, self._k = banks, shots
+
     def predict(self, images: Images) -> AprilGanPrediction:
         if self.text_embeddings is None:
             raise NotReadyError(

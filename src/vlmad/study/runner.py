@@ -92,6 +92,12 @@ class StudyOptions:
     progress: bool = False
     report: bool = True
     argv: list[str] | None = None
+    # where rows run (vlmad.bench.executors); one Ray connection serves every phase
+    executor: str = "local"
+    ray_address: str | None = None
+    cpus_per_row: float = 1.0
+    gpus_per_row: float = 0.0
+    row_retries: int = 2
 
 
 @dataclass
@@ -220,7 +226,9 @@ def plan_study(spec: StudySpec, options: StudyOptions) -> StudyPlan:
             batch_size=options.batch_size, num_workers=options.num_workers, limit=limit,
             eval_resolution=spec.eval_resolution, aupro=spec.aupro, force_protocol=options.force_protocol,
             retry_failed=options.retry_failed, use_cache=options.use_cache, flops=options.flops,
-            progress=options.progress, tags=tags, argv=options.argv)
+            progress=options.progress, tags=tags, argv=options.argv, executor=options.executor,
+            ray_address=options.ray_address, cpus_per_row=options.cpus_per_row, gpus_per_row=options.gpus_per_row,
+            row_retries=options.row_retries)
 
     phases = [Phase("main grid", config(datasets, methods, shots, seeds, {}))]
     notes: list[str] = []
@@ -366,7 +374,9 @@ def run_study(spec: StudySpec, options: StudyOptions, log: Log | None = None) ->
     say = log or (lambda _msg: None)
     out = Path(options.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out, ".study.lock", "vlmad study"):
+    from vlmad.bench.executors import executor_scope
+
+    with RunLock(out, ".study.lock", "vlmad study"), executor_scope(options.executor, options.ray_address):
         plan = plan_study(spec, options)
         factory = StudyDetectorFactory()
         invocation: dict[str, Any] = {"started": _now(), "argv": options.argv if options.argv is not None
