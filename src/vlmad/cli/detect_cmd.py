@@ -99,7 +99,7 @@ def detect(
         return detect_on_ray_cli(images, class_name, out, method, reference, reference_dir, model, pretrained,
                                  checkpoint, random_weights, device, precision, batch_size, prompt_set, no_cache,
                                  heads, save_maps, overlay, deploy, on_error, allow_untrained, executor, workers,
-                                 gpus_per_worker, ray_address, recursive)
+                                 gpus_per_worker, ray_address, recursive, force_deploy, save_masks)
 
     paths = collect_images(images, recursive=recursive)
     refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
