@@ -22,8 +22,8 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	$(PY) -m pip install --progress-bar on torch torchvision
 	@echo "[setup 4/5] installing vlmad-runtime"
 	$(PY) -m pip install --progress-bar on -e ./runtime
-	@echo "[setup 5/5] installing vlmad with its test and serve extras"
-	$(PY) -m pip install --progress-bar on -e '.[test,serve]'
+	@echo "[setup 5/5] installing vlmad with its test, serve and ray extras"
+	$(PY) -m pip install --progress-bar on -e '.[test,serve,ray]'
 	@echo "[setup] done: $(VENV)"
 	touch $@
 
@@ -52,7 +52,7 @@ demo: setup
 	HF_HUB_OFFLINE=0 $(VENV)/bin/vlmad demo --out demo-out --fallback-random-weights
 
 test: setup oracle-env browser
-	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python VLMAD_REQUIRE_ORACLE=1 $(PY) -m pytest
+	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python VLMAD_REQUIRE_ORACLE=1 VLMAD_REQUIRE_RAY=1 $(PY) -m pytest
 
 # the inner loop: slow tests skipped; the parity tests run when the oracle env exists (make oracle-env)
 test-fast: setup

@@ -135,6 +135,22 @@ class Detector(ABC):
     def shots(self) -> int:
         return 0
 
+    def export_references(self) -> dict[str, Any]:
+        """The few-shot memory ``fit`` built, as a state that :meth:`load_references` makes active again.
+
+        Lets a service keep several reference sets fitted and switch between them without re-encoding the images
+        (the tensors are shared, not copied). A detector with a few-shot mode must override both methods.
+        """
+        if self.shots:
+            raise NotImplementedError(f"{self.name} cannot export its few-shot memory")
+        return {"shots": 0}
+
+    def load_references(self, state: dict[str, Any]) -> None:
+        """Make a state from :meth:`export_references` the active few-shot memory (replacing the current one)."""
+        if int(state.get("shots", 0)):
+            raise NotImplementedError(f"{self.name} cannot load a few-shot memory")
+        self.reset_references()
+
     @abstractmethod
     def predict(self, images: Images) -> Prediction:
         """Score images (paths, PIL images or a preprocessed (B,3,S,S) tensor)."""
