@@ -91,7 +91,8 @@ def test_detect_outputs_overlays_and_survives_bad_files(tmp_path, weights_file):
         r = rows[name]
         assert 0.0 <= float(r["score"]) <= 1.0 and not r["error"]
         assert np.load(out / r["map_file"]).shape == (64, 64)
-        assert Image.open(out / r["overlay_file"]).size == Image.open(tmp_path / "imgs" / name).size
+        panel = Image.open(out / r["overlay_file"])  # QC panel: original | heatmap + colour bar, caption below
+        assert panel.height > 256 and panel.width > 2 * 256 * Image.open(tmp_path / "imgs" / name).width // 120
     assert (rows["gray.png"]["width"], rows["gray.png"]["height"]) == ("80", "120")
     stop = vlmad("detect", tmp_path / "imgs", "-c", "bottle", "--model", "vlmad-tiny-vit", "--checkpoint",
                  weights_file("vlmad-tiny-vit"), "--out", tmp_path / "out2", "--on-error", "stop")

@@ -92,7 +92,8 @@ def test_mismatching_backbones_are_refused_with_a_hint(saved, weights_file):
     other_arch = ClipBackbone.load("vlmad-tiny-vit-4l", checkpoint=str(weights_file("vlmad-tiny-vit-4l")))
     with pytest.raises(CheckpointMismatchError) as err:
         AprilGan(other_arch, heads=path)
-    assert "architecture" in str(err.value) and "--model vlmad-tiny-vit" in err.value.hint
+    assert "architecture" in str(err.value) and "(vlmad-tiny-vit at 64 px)" in err.value.hint
+    assert "leave out --model" in err.value.hint and "--image-size" not in err.value.hint  # detect has no such flag
     bigger = ClipBackbone.load(ARCH, checkpoint=ckpt, image_size=72)
     with pytest.raises(CheckpointMismatchError, match="input size 64 vs 72"):
         AprilGan(bigger, heads=path)

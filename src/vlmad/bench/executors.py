@@ -21,6 +21,7 @@ Ray executor (the README section "Running on a cluster" is the user guide):
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,16 +113,34 @@ class RayConnection:
         return ray
 
     def __exit__(self, *exc: object) -> None:
-        if self.owned:
+        if self.owned and not _HELD:  # inside executor_scope the scope shuts it down
             import_ray().shutdown()
 
 
-def executor_scope(executor: str, address: str | None) -> Any:
-    """A Ray connection held across several grids (the phases of a study) so each does not start its own;
-    nothing for the local executor."""
+_HELD: list[bool] = []
+
+
+class _HoldRay:
+    """Keeps a Ray instance that a grid inside the scope starts alive until the scope ends (see
+    :func:`executor_scope`); starts nothing itself, so a study with nothing to compute never starts Ray."""
+
+    def __enter__(self) -> _HoldRay:
+        self.was_up = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+        _HELD.append(True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _HELD.pop()
+        if not self.was_up and not _HELD and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
+
+
+def executor_scope(executor: str, address: str | None = None) -> Any:
+    """One Ray connection across several grids (the phases of a study) instead of one per grid, made when the
+    first grid needs it; nothing for the local executor."""
     from contextlib import nullcontext
 
-    return RayConnection(address) if executor == "ray" else nullcontext()
+    return _HoldRay() if executor == "ray" else nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------------------------

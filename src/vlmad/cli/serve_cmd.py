@@ -25,6 +25,7 @@ from vlmad.cli.common import (
     build_detector,
     console,
 )
+from vlmad_runtime.deploy import Deployment, DeployMismatchError, fingerprint_differences
 from vlmad_runtime.errors import VlmadError
 
 API_KEY_ENV = "VLMAD_API_KEY"
@@ -50,8 +51,13 @@ def serve(
     prompt_set: PromptOpt = None,
     no_cache: NoCacheOpt = False,
     deploy: Annotated[
-        Path | None, typer.Option("--deploy", help="deploy.json with a calibrated threshold -> decisions.")
+        Path | None, typer.Option("--deploy", help="deploy.json from `vlmad calibrate` -> decisions; refused when "
+                                                   "it was calibrated for another detector.")
     ] = None,
+    force_deploy: Annotated[bool, typer.Option(
+        "--force-deploy", help="Serve --deploy even when it was calibrated for another detector or reference "
+                               "set; every such response is labelled 'threshold not calibrated for this "
+                               "detector'.")] = False,
     host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 exposes the service).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     data_dir: Annotated[
@@ -104,7 +110,8 @@ def serve(
         raise VlmadError(f"vlmad serve needs the 'serve' extra ({err.name} is missing)",
                          "pip install 'vlmad[serve]'  (fastapi, uvicorn, python-multipart)") from None
 
-    deploy_data = load_deploy(deploy) if deploy is not None else None
+    deployment = load_deploy(deploy) if deploy is not None else None
+    deploy_data = deployment.record if deployment is not None else None
     data_dir = (data_dir or default_data_dir()).expanduser()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -119,7 +126,8 @@ def serve(
     except ValueError as err:
         raise VlmadError(f"--allowed-origins: {err}", "pass origins like http://localhost:3000") from None
     config = ServeConfig(class_name=class_name, data_dir=data_dir,
-                         threshold=deploy_data["threshold"] if deploy_data else None, deploy=deploy_data,
+                         threshold=deployment.threshold if deployment else None, deploy=deploy_data,
+                         deployment=deployment, force_deploy=force_deploy,
                          deploy_path=str(deploy) if deploy is not None else None, api_key=api_key or None,
                          max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, limits=limits,
                          allowed_hosts=hosts, allowed_origins=origins)
@@ -132,6 +140,7 @@ def serve(
     with console.status(f"text embeddings for {class_name!r}"):
         detector.setup(class_name)
     info = detector.info().as_dict()
+    check_served_deploy(deployment, info, class_name, force_deploy)
     for warning in deploy_warnings(deploy_data, info, class_name):
         console.print(f"[yellow]warning:[/] {warning}")
     _print_banner(config, info, host, port)
@@ -199,6 +208,26 @@ def bind_port(host: str, port: int) -> socket.socket:
         raise VlmadError(f"cannot listen on {host}:{port}: {err.strerror or err}",
                          "check --host and --port") from None
     return sock
+
+
+def check_served_deploy(deployment: Deployment | None, info: dict, class_name: str, force: bool) -> None:
+    """Refuse to start with a deploy file of another detector. A few-shot deploy file is checked here without
+    its reference fields (requests bring their reference set; those fields are matched per request)."""
+    from vlmad.fingerprint import REFERENCE_FIELDS, detector_fingerprint
+
+    if deployment is None:
+        return
+    running = detector_fingerprint(info, class_name, None)
+    if deployment.fingerprint.get("shots"):
+        keep = {k: v for k, v in deployment.fingerprint.items() if k not in REFERENCE_FIELDS}
+        diffs = fingerprint_differences(keep, {k: v for k, v in running.items() if k not in REFERENCE_FIELDS})
+        if diffs and not force:
+            raise DeployMismatchError(deployment.where, diffs)
+        console.print(f"[yellow]deploy file calibrated {deployment.fingerprint['shots']}-shot:[/] only requests "
+                      "with a reference set of the same images get decisions")
+        return
+    for name, recorded, now in deployment.check(running, force=force):
+        console.print(f"[bold yellow]--force-deploy:[/] {name} calibrated {recorded!r}, running {now!r}")
 
 
 def _log_to_console(level: str) -> None:

@@ -364,6 +364,7 @@ class AprilGan(Detector):
                 "precision": self.backbone.precision,
                 "activation": backbone_activation(self.backbone),
                 "preprocessing": self.preprocessing.name,
+                "prompt_hash": self.prompt_set.content_hash(),
             },
         )
 

@@ -127,7 +127,7 @@ class WinClip(Detector):
             random_weights=self.backbone.source.is_random,
             extra={"scales": list(self.scales), "image_scale": self.use_image_scale,
                    "precision": self.backbone.precision, "temperature": self.temperature,
-                   "preprocessing": self.preprocessing.name},
+                   "preprocessing": self.preprocessing.name, "prompt_hash": self.prompt_set.content_hash()},
         )
 
     def preprocess(self, images: Images) -> torch.Tensor:

@@ -8,6 +8,8 @@ from typing import Any
 
 from vlmad.serve.guard import LOOPBACK_HOSTS
 from vlmad.serve.limits import Limits
+from vlmad_runtime.deploy import NOT_CALIBRATED_NOTE, Deployment
+from vlmad_runtime.drawing import MapScale
 
 
 @dataclass
@@ -19,6 +21,8 @@ class ServeConfig:
     threshold: float | None = None
     deploy: dict[str, Any] | None = None  # the deploy.json content (for mismatch warnings)
     deploy_path: str | None = None
+    deployment: Deployment | None = None  # the checked deploy file: its fingerprint is matched per request
+    force_deploy: bool = False  # decide even where the fingerprint differs (labelled "not calibrated")
     api_key: str | None = None
     max_batch_size: int = 8
     max_wait_ms: float = 10.0
@@ -55,6 +59,41 @@ def deploy_warnings(deploy: dict[str, Any] | None, info: dict[str, Any], class_n
         out.append(f"deploy.json threshold was calibrated in {shots}-shot mode with specific reference images: its "
                    "decisions only hold for requests that use a reference set of those images")
     return out
+
+
+#: without a deploy file heatmaps are drawn on this absolute scale (scores are in [0, 1]), never per image
+UNCALIBRATED_SCALE = MapScale(0.0, 1.0, "absolute [0, 1], not calibrated: start the service with --deploy")
+
+
+def map_scale(config: ServeConfig) -> tuple[MapScale, float | None]:
+    """The heatmap scale and pixel threshold of the service (calibrated ones from the deploy file)."""
+    dep = config.deployment
+    if dep is not None and dep.pixel is not None:
+        n = dep.pixel.details.get("n_images", "?")
+        return MapScale(*dep.pixel.map_scale, f"calibrated on {n} normal image(s)"), dep.pixel.pixel_threshold
+    return UNCALIBRATED_SCALE, None
+
+
+def decide(config: ServeConfig, info: dict[str, Any], reference_fp: str | None, score: float) -> dict[str, Any]:
+    """Decision fields of a response: the deploy file's fingerprint must match the detector as used by this
+    request (its reference set included); otherwise no decision, or a labelled one under --force-deploy."""
+    from vlmad.fingerprint import detector_fingerprint
+
+    dep = config.deployment
+    if dep is None:
+        threshold = config.threshold
+        decision = None if threshold is None else ("anomalous" if score >= threshold else "normal")
+        return {"decision": decision, "threshold": threshold, "calibrated": None, "decision_note": None}
+    diffs = dep.mismatches(detector_fingerprint(info, config.class_name, reference_fp))
+    if not diffs:
+        return {"decision": dep.decide(score), "threshold": dep.threshold, "calibrated": True, "decision_note": None}
+    fields = ", ".join(d[0] for d in diffs)
+    if config.force_deploy:
+        return {"decision": dep.decide(score), "threshold": dep.threshold, "calibrated": False,
+                "decision_note": f"{NOT_CALIBRATED_NOTE} (differs: {fields})"}
+    return {"decision": None, "threshold": dep.threshold, "calibrated": False,
+            "decision_note": f"{NOT_CALIBRATED_NOTE} (differs: {fields}): no decision; recalibrate with "
+                             "`vlmad calibrate` using these reference images"}
 
 
 def deploy_summary(config: ServeConfig) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from PIL import Image
 
 from vlmad.serve.limits import ApiError, Limits, decode_image
 from vlmad.serve.worker import DetectResult
-from vlmad_runtime.drawing import colorize, overlay_heatmap
+from vlmad_runtime.drawing import MapScale, colorize, defect_mask, draw_contour, mask_contour, overlay_heatmap
 
 
 @dataclass
@@ -105,25 +105,40 @@ def _png_b64(image: Image.Image) -> str:
 
 
 def render_heatmap(result: DetectResult, image: Image.Image, kinds: tuple[str, ...], alpha: float,
-                   limits: Limits, stamp: str | None) -> dict[str, Any]:
+                   limits: Limits, stamp: str | None, scale: MapScale | None = None,
+                   pixel_threshold: float | None = None, want_mask: bool = False) -> dict[str, Any]:
+    """Heatmap PNGs on a fixed ``scale`` (never min-max per image); mask and contour at the pixel threshold."""
+    from vlmad.serve.config import UNCALIBRATED_SCALE
+
+    scale = scale or UNCALIBRATED_SCALE
     amap = result.anomaly_map
     finite = amap[np.isfinite(amap)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     amap = np.nan_to_num(amap, nan=lo, posinf=hi, neginf=lo)
     out: dict[str, Any] = {"min": lo, "max": hi, "size": [int(amap.shape[1]), int(amap.shape[0])],
                            "overlay_png_b64": None, "overlay_size": None, "alpha": None, "color_png_b64": None,
-                           "raw": None}
+                           "raw": None, "scale": {"lo": scale.lo, "hi": scale.hi, "source": scale.source,
+                                                  "pixel_threshold": pixel_threshold},
+                           "mask_png_b64": None, "contour_png_b64": None, "defect_area": None}
+    mask = None if pixel_threshold is None else amap >= pixel_threshold
+    if want_mask and mask is not None:
+        rgba = np.zeros((*mask.shape, 4), np.uint8)
+        rgba[mask_contour(mask)] = (255, 255, 255, 255)
+        out.update(mask_png_b64=_png_b64(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")),
+                   contour_png_b64=_png_b64(Image.fromarray(rgba, mode="RGBA")), defect_area=float(mask.mean()))
     if "overlay" in kinds:
         base = image
         side = max(image.size)
         if side > limits.overlay_max_side:
-            scale = limits.overlay_max_side / side
-            base = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+            shrink = limits.overlay_max_side / side
+            base = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))),
                                 Image.BILINEAR)
-        over = overlay_heatmap(base, amap, alpha=alpha, stamp=stamp)
+        over = overlay_heatmap(base, amap, alpha=alpha, vmin=scale.lo, vmax=scale.hi, stamp=stamp)
+        if mask is not None:
+            over = draw_contour(over, defect_mask(amap, pixel_threshold, over.size))
         out.update(overlay_png_b64=_png_b64(over), overlay_size=list(over.size), alpha=alpha)
     if "color" in kinds:
-        out["color_png_b64"] = _png_b64(Image.fromarray(colorize(amap)))
+        out["color_png_b64"] = _png_b64(Image.fromarray(colorize(amap, scale.lo, scale.hi)))
     if "raw" in kinds:
         arr = np.ascontiguousarray(amap, dtype="<f4")
         out["raw"] = {"shape": [int(arr.shape[0]), int(arr.shape[1])], "dtype": "float32", "byte_order": "little",

@@ -33,8 +33,14 @@ class Heatmap(BaseModel):
     overlay_size: list[int] | None = Field(None, description="[W, H] of the overlay PNG (original size, capped).")
     alpha: float | None = None
     color_png_b64: str | None = Field(None, description="PNG: the colour map alone at model resolution "
-                                                        "(min-max scaled, jet), for client-side blending.")
+                                                        "(on the fixed scale below, jet), for client-side "
+                                                        "blending.")
     raw: RawMap | None = None
+    scale: dict[str, Any] | None = Field(None, description="lo, hi (colour bar ends), source, pixel_threshold.")
+    mask_png_b64: str | None = Field(None, description="?mask=true: PNG, defect mask (map >= pixel threshold), "
+                                                       "white = defect, at model resolution.")
+    contour_png_b64: str | None = Field(None, description="?mask=true: PNG (RGBA), the mask's outline.")
+    defect_area: float | None = Field(None, description="?mask=true: share of pixels in the defect mask.")
 
 
 class ImageMeta(BaseModel):
@@ -58,6 +64,9 @@ class DetectResponse(BaseModel):
     reference_version: str | None = None
     random_weights: bool
     warning: str | None = Field(None, description="Set when scores cannot be trusted (random weights).")
+    calibrated: bool | None = Field(None, description="The deploy file was calibrated for this detector and "
+                                                      "reference set (null without --deploy).")
+    decision_note: str | None = Field(None, description="Why there is no decision, or that it is not calibrated.")
     image: ImageMeta
     timing_ms: dict[str, float] = Field(description="read, decode, queue, inference (whole batch), "
                                                     "postprocess, total.")

@@ -37,6 +37,7 @@ class Service:
         self.decodes_running = 0  # decode threads running now (abandoned ones included)
         self.decodes_peak = 0
         self.started = time.time()
+        self._ref_fps: dict[tuple[str, str], str | None] = {}  # (set, version) -> reference fingerprint
         self.metrics.add_gauge("vlmad_model_ready", "1 when the model is loaded.",
                                lambda: float(self.ready))
         self.metrics.add_gauge("vlmad_queue_depth", "Detect requests waiting for the model worker.",
@@ -72,6 +73,21 @@ class Service:
     @property
     def random_weights(self) -> bool:
         return bool(self.worker and self.worker.info.get("random_weights"))
+
+    async def reference_fingerprint(self, key: tuple[str, str] | None, version: str | None) -> str | None:
+        """Content fingerprint of the reference set a request used (cached per set version); None: zero-shot
+        or no deploy file to match."""
+        if key is None or self.config.deployment is None:
+            return None
+        from starlette.concurrency import run_in_threadpool
+
+        from vlmad.fingerprint import image_digest, reference_fingerprint
+
+        cache_key = (key[0], version or key[1])
+        if cache_key not in self._ref_fps:
+            _, images = await run_in_threadpool(self.store.load_images, key[0])
+            self._ref_fps[cache_key] = reference_fingerprint(image_digest(im) for im in images)
+        return self._ref_fps[cache_key]
 
     def warnings(self) -> list[str]:
         out = []

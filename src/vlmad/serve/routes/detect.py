@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vlmad.serve.batching import BatcherClosedError, QueueFullError
 from vlmad.serve.bodies import extract_detect_image, parse_heatmap, read_body
+from vlmad.serve.config import decide, map_scale
 from vlmad.serve.errors import overloaded, request_id_of, with_timeout
 from vlmad.serve.imaging import DecodedUpload, prepare_detect_image, render_heatmap
 from vlmad.serve.limits import ApiError
@@ -36,6 +37,8 @@ def router(service: Service) -> APIRouter:
         heatmap: str = Query("none", description="none | overlay | raw | color | both (overlay+raw) | all, or a "
                                                  "comma-separated list."),
         alpha: float = Query(0.5, ge=0.0, le=1.0, description="Overlay opacity of the heatmap."),
+        mask: bool = Query(False, description="Also return the defect mask and its contour (needs a deploy file "
+                                              "with a pixel threshold)."),
     ):
         t0 = time.perf_counter()
         kinds = parse_heatmap(heatmap)
@@ -46,7 +49,8 @@ def router(service: Service) -> APIRouter:
         worker = service.require_worker()
         if worker.batcher.depth >= limits.max_queue:  # refuse before reading and decoding the upload
             raise overloaded(limits)
-        return await with_timeout(_detect(service, worker, request, key, kinds, alpha, t0), limits.request_timeout_s)
+        return await with_timeout(_detect(service, worker, request, key, kinds, alpha, t0, mask),
+                                  limits.request_timeout_s)
 
     return r
 
@@ -71,7 +75,7 @@ async def _read_and_decode(service: Service, worker: ModelWorker, request: Reque
 
 
 async def _detect(service: Service, worker: ModelWorker, request: Request, key: tuple[str, str] | None,
-                  kinds: tuple[str, ...], alpha: float, t0: float) -> JSONResponse:
+                  kinds: tuple[str, ...], alpha: float, t0: float, mask: bool = False) -> JSONResponse:
     limits = service.config.limits
     up, filename, t_read = await _read_and_decode(service, worker, request, kinds)
     t_decode = time.perf_counter()
@@ -86,12 +90,15 @@ async def _detect(service: Service, worker: ModelWorker, request: Request, key: 
         raise ApiError(500, "non_finite_score", "the model produced a non-finite score for this image",
                        "report it with the image; the weights may be broken")
     stamp = RANDOM_WEIGHTS_STAMP if result.info.get("random_weights") else None
-    hm = (await run_in_threadpool(render_heatmap, result, up.overlay_base, kinds, alpha, limits, stamp)
-          if kinds else None)
+    scale, pixel_threshold = map_scale(service.config)
+    hm = (await run_in_threadpool(render_heatmap, result, up.overlay_base, kinds, alpha, limits, stamp, scale,
+                                  pixel_threshold, mask) if kinds or mask else None)
+    ref_fp = await service.reference_fingerprint(key, result.reference_version)
     t_end = time.perf_counter()
     timing = {"read": ms(t_read - t0), "decode": ms(t_decode - t_read), "queue": ms(result.queue_s),
               "inference": ms(result.inference_s), "postprocess": ms(t_end - t_model), "total": ms(t_end - t0)}
     body = detect_body(service, result, key, up, filename, stamp)
+    body.update(decide(service.config, result.info, ref_fp, result.score))
     body.update(timing_ms=timing, heatmap=hm, request_id=request_id_of(request))
     return JSONResponse(body)  # built here, not re-validated by the response model (which documents it)
 
