@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from _env import print_environment
+
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS: list[list[str]] = [
     ["--help"],
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose src/ is timed (default: this one)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cli_startup.json")
     opts = parser.parse_args()
+    print_environment("cli_startup: vlmad CLI start-up time", opts.smoke)
     repeat = 1 if opts.smoke else opts.repeat
     rows = {"python -c pass": time_command([sys.executable, "-c", "pass"], repeat, opts.repo)}
     for args in COMMANDS:
