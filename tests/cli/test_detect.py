@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -72,6 +73,9 @@ def test_detect_cli_matches_anomalib_on_png_files(tmp_path, weights_file, anomal
 def test_detect_outputs_overlays_and_survives_bad_files(tmp_path, weights_file):
     images = write_pngs(tmp_path / "imgs", 3, 90, seed=23)
     (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    jpeg = io.BytesIO()
+    Image.open(images[0]).save(jpeg, "JPEG", quality=90)  # cut mid-scan, closed with an end marker: PIL's grey
+    (tmp_path / "imgs" / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2] + b"\xff\xd9")
     gray = tmp_path / "imgs" / "gray.png"
     Image.fromarray((np.arange(120 * 80).reshape(120, 80) % 255).astype(np.uint8)).save(gray)
     out = tmp_path / "out"
@@ -79,14 +83,16 @@ def test_detect_outputs_overlays_and_survives_bad_files(tmp_path, weights_file):
                 weights_file("vlmad-tiny-vit"), "--out", out, "--save-maps", "--overlay", "--batch-size", "2")
     assert res.returncode == 0, res.stderr
     rows = {Path(r["path"]).name: r for r in read_scores(out)}
-    assert set(rows) == {p.name for p in images} | {"broken.png", "gray.png"}
+    assert set(rows) == {p.name for p in images} | {"broken.png", "gray.png", "cut.jpg"}
     assert rows["broken.png"]["error"] and not rows["broken.png"]["score"]
+    assert "truncated" in rows["cut.jpg"]["error"] and not rows["cut.jpg"]["score"]
     assert "skipped" in res.stderr and "broken.png" in res.stderr
     for name in ("img_0.png", "gray.png"):
         r = rows[name]
         assert 0.0 <= float(r["score"]) <= 1.0 and not r["error"]
         assert np.load(out / r["map_file"]).shape == (64, 64)
-        assert Image.open(out / r["overlay_file"]).size == Image.open(tmp_path / "imgs" / name).size
+        panel = Image.open(out / r["overlay_file"])  # QC panel: original | heatmap + colour bar, caption below
+        assert panel.height > 256 and panel.width > 2 * 256 * Image.open(tmp_path / "imgs" / name).width // 120
     assert (rows["gray.png"]["width"], rows["gray.png"]["height"]) == ("80", "120")
     stop = vlmad("detect", tmp_path / "imgs", "-c", "bottle", "--model", "vlmad-tiny-vit", "--checkpoint",
                  weights_file("vlmad-tiny-vit"), "--out", tmp_path / "out2", "--on-error", "stop")
@@ -109,7 +115,9 @@ def test_random_weights_are_stamped_everywhere(tmp_path):
 
 def test_user_errors_are_messages_not_tracebacks(tmp_path, weights_file):
     images = write_pngs(tmp_path / "imgs", 1, 64, seed=25)
+    (tmp_path / "notes.txt").write_text("hello\n")
     cases = [
+        (["--checkpoint", tmp_path / "notes.txt"], "is a text file, not model weights"),
         (["--model", "ViT-Nope", "--random-weights"], "unknown model architecture"),
         (["--method", "nope", "--random-weights"], "unknown method"),
         (["--model", "vlmad-tiny-vit-4l", "--checkpoint", weights_file("vlmad-tiny-vit")], "does not fit"),
@@ -127,4 +135,6 @@ def test_models_lists_methods_and_tiny_configs():
     res = vlmad("models")
     assert res.returncode == 0, res.stderr
     assert "winclip" in res.stdout and "ViT-B-16-plus-240" in res.stdout and "laion400m_e31" in res.stdout
-    assert "vlmad-tiny-vit" in res.stdout
+    assert "vlmad-tiny-vit" not in res.stdout and "--all" in res.stdout  # the short list: methods + defaults
+    every = vlmad("models", "--all")
+    assert every.returncode == 0 and "vlmad-tiny-vit" in every.stdout and "ViT-L-14-336" in every.stdout

@@ -26,6 +26,7 @@ from vlmad.methods import create_detector
 from vlmad.testing import random_images
 from vlmad_runtime.bundle import MANIFEST, BundleError, load_bundle
 from vlmad_runtime.errors import VlmadError
+from vlmad_runtime.jobs import CSV_FIELDS
 
 TOL = 1e-4
 CASES = {"winclip": "vlmad-tiny-vit", "aprilgan": "vlmad-tiny-vit-4l"}
@@ -96,9 +97,7 @@ def onnx_bundle(weights_file, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bundles") / "winclip2"
     export_bundle(
         det,
-        ExportRequest(
-            out=folder, verify=batch_for(det), class_name="bottle", deploy={"threshold": 0.4, "map_scale": 2.0}
-        ),
+        ExportRequest(out=folder, verify=batch_for(det), class_name="bottle"),
     )
     return folder
 
@@ -114,10 +113,9 @@ def test_manifest_records_what_the_runtime_needs(onnx_bundle):
     m = json.loads((onnx_bundle / MANIFEST).read_text())
     assert set(m["files"]) == {"model.onnx"}
     assert m["preprocessing"]["image_size"] == 64 and len(m["preprocessing"]["mean"]) == 3
-    assert m["decision"] == {"threshold": 0.4, "map_scale": 2.0}
+    assert m["decision"] == {} and load_bundle(onnx_bundle).deployment() is None
     assert [o["name"] for o in m["outputs"]] == ["scores", "maps"]
     assert m["detector"]["shots"] == 2 and m["class_name"] == "bottle"
-    assert load_bundle(onnx_bundle).decision["threshold"] == 0.4
 
 
 def test_tampered_or_incomplete_bundles_are_refused(onnx_bundle, tmp_path):
@@ -227,6 +225,8 @@ def test_detect_with_bundle_matches_detect(cli_export):
             *imgs,
             "--bundle",
             root / "bundle",
+            "-c",
+            "bottle",
             "--out",
             root / "viab",
             "--save-maps",
@@ -255,18 +255,9 @@ def test_detect_with_bundle_matches_detect(cli_export):
                 np.load(root / out / "maps" / f"{name}.npy") - np.load(root / "torch" / "maps" / f"{name}.npy")
             )
             assert diff.max() <= TOL
-    with open(root / "rt" / "scores.csv", newline="") as fh:
-        assert next(csv.reader(fh)) == [
-            "path",
-            "score",
-            "decision",
-            "width",
-            "height",
-            "map_file",
-            "overlay_file",
-            "error",
-            "note",
-        ]
+    for out in ("torch", "rt"):  # the same columns whatever ran the job
+        with open(root / out / "scores.csv", newline="") as fh:
+            assert next(csv.reader(fh)) == CSV_FIELDS
 
 
 def test_runtime_cli_errors_are_short_and_clear(cli_export, tmp_path):
@@ -288,6 +279,8 @@ def test_runtime_cli_errors_are_short_and_clear(cli_export, tmp_path):
             root / "bundle",
             "-c",
             "bottle",
+            "--model",
+            "vlmad-tiny-vit",
             "--out",
             tmp_path,
         ],
@@ -348,8 +341,6 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
 
     imgs = write_images(tmp_path / "imgs", [(64, 64), (120, 90), (40, 56)], seed=4)
     write_images(tmp_path / "refs", [(64, 64), (80, 80)], seed=5)
-    deploy = tmp_path / "deploy.json"
-    deploy.write_text('{"threshold": 0.5}')
     common = [
         "--class-name",
         "bottle",
@@ -360,8 +351,8 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
         "--reference-dir",
         tmp_path / "refs",
     ]
-    run([sys.executable, "-m", "vlmad", "export", *common, "--deploy", deploy, "--out", tmp_path / "bundle"])
-    run([sys.executable, "-m", "vlmad", "detect", *imgs, *common, "--deploy", deploy, "--out", tmp_path / "torch"])
+    run([sys.executable, "-m", "vlmad", "export", *common, "--out", tmp_path / "bundle"])
+    run([sys.executable, "-m", "vlmad", "detect", *imgs, *common, "--out", tmp_path / "torch"])
     res = subprocess.run(
         [
             str(env_dir / "bin" / "vlmad-runtime"),
@@ -381,4 +372,4 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
     for name in ref:
         print(f"{name}: vlmad detect {ref[name][0]:.7f}  vlmad-runtime detect {got[name][0]:.7f}")
         assert abs(got[name][0] - ref[name][0]) <= TOL
-        assert got[name][1:] == ref[name][1:]  # decision from the bundle's threshold, original size
+        assert got[name][1:] == ref[name][1:]  # decision (none here), original size

@@ -104,10 +104,13 @@ def test_threshold_gives_decisions_and_deploy_mismatch_warns(make_app, serve_hel
     from vlmad.serve.app import load_deploy
 
     deploy = tmp_path / "deploy.json"
-    deploy.write_text(json.dumps({"threshold": 0.0, "method": "aprilgan", "class_name": "screw",
-                                  "expected_false_alarm_rate": 0.01, "calibration": {"mode": "normal-quantile"},
-                                  "detector": {"model": "ViT-L-14-336", "shots": 4}}))
-    data = load_deploy(deploy)
+    deploy.write_text(json.dumps({"format": 2, "threshold": 0.0, "method": "aprilgan", "class_name": "screw",
+                                  "expected_false_alarm_rate": 0.01,
+                                  "calibration": {"mode": "normal-quantile", "n_images": 9},
+                                  "fingerprint": {"model": "ViT-L-14-336", "shots": 4}, "pixel": None,
+                                  "detector": {"model": "ViT-L-14-336", "shots": 4}, "created": "2026-01-01",
+                                  "vlmad_version": "0.2.0"}))
+    data = load_deploy(deploy).record  # the record only: warnings; the fingerprint check: test_deploy_check.py
     with serve_helpers.client(make_app(threshold=data["threshold"], deploy=data, deploy_path=str(deploy))) as c:
         body = detect(c, serve_helpers.png(4)).json()
         info = c.get("/v1/info").json()
@@ -507,7 +510,6 @@ def test_aprilgan_detector_behind_the_service(make_app, make_detector, serve_hel
 
 def test_preprocessing_matches_the_file_loader(make_app, serve_helpers, tmp_path):
     """A 16-bit PNG and an EXIF-rotated JPEG score as `vlmad detect` reads them from disk."""
-    from vlmad.methods.inputs import to_model_input
     from vlmad_runtime.images import load_image
 
     arr16 = (np.random.default_rng(0).random((40, 50)) * 65535).astype(np.uint16)
@@ -525,7 +527,7 @@ def test_preprocessing_matches_the_file_loader(make_app, serve_helpers, tmp_path
             img = load_image(path)
             assert [body["image"]["width"], body["image"]["height"]] == list(img.size)
             with torch.inference_mode():
-                expected = det.predict(to_model_input([img], det.backbone))
+                expected = det.predict([img])  # the method's own file pipeline
             assert body["score"] == pytest.approx(float(expected.image_scores[0]), abs=1e-5)
     assert (body["image"]["width"], body["image"]["height"]) == (30, 60)  # EXIF orientation 6 applied
 

@@ -168,6 +168,13 @@ class Bundle:
         """threshold / pixel_threshold / map_scale recorded at export (empty without --deploy)."""
         return dict(self.manifest.get("decision") or {})
 
+    def deployment(self):
+        """The deploy file exported with the bundle (checked by sha256 like the graph), or None."""
+        from vlmad_runtime.deploy import load_deploy
+
+        path = self.folder / "deploy.json"
+        return load_deploy(path) if "deploy.json" in self.manifest["files"] else None
+
     def info(self) -> BundleInfo:
         fields = dict(self.manifest["detector"])
         fields.update(bundle=str(self.folder), bundle_format=self.format, bundle_precision=self.manifest["precision"])

@@ -39,23 +39,21 @@ def detect(args: argparse.Namespace) -> int:
     """The `detect` command; returns the exit status."""
     from vlmad_runtime.bundle import load_bundle
     from vlmad_runtime.deploy import load_deploy
-    from vlmad_runtime.jobs import expand_images, run_detection
+    from vlmad_runtime.jobs import DetectionOptions, expand_images, run_detection
 
     if args.batch_size < 1:
         raise VlmadError("--batch-size must be at least 1")
     bundle = load_bundle(args.bundle, threads=args.threads, batch_size=args.batch_size)
     paths = expand_images(args.images)
-    threshold = load_deploy(args.deploy)["threshold"] if args.deploy else bundle.decision.get("threshold")
-    rows = run_detection(
-        bundle,
-        paths,
-        args.out,
+    deployment = load_deploy(args.deploy) if args.deploy else bundle.deployment()
+    opts = DetectionOptions(
         save_maps=args.save_maps,
         overlay=args.overlay,
         batch_size=args.batch_size,
         on_error=args.on_error,
-        threshold=threshold,
+        deployment=deployment,
     )
+    rows = run_detection(bundle, paths, args.out, opts)
     failed = [r for r in rows if r.error]
     print(f"scored {len(rows) - len(failed)} image(s) -> {args.out / 'scores.csv'}", file=sys.stderr)
     for r in failed:

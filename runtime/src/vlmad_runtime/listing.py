@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 #: Image file extensions accepted everywhere (compared case-insensitively: VisA ships ``.JPG``).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 def is_image_file(path: Path) -> bool:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vlmad.cli import app
+from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
     GridCheckpointOpt,
     GridModelOpt,
@@ -15,6 +15,14 @@ from vlmad.cli.common import (
     GridPretrainedOpt,
     GridRandomOpt,
     GridSetOpt,
+)
+from vlmad.cli.executor_opts import (
+    CpusPerRowOpt,
+    ExecutorOpt,
+    GpusPerRowOpt,
+    RayAddressOpt,
+    RowRetriesOpt,
+    executor_kwargs,
 )
 from vlmad_runtime.errors import VlmadError
 
@@ -45,7 +53,7 @@ def benchmark(
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated reference-draw seeds (few-shot only).")
                      ] = "0",
     categories: Annotated[str | None, typer.Option(
-        "--categories", "-c", help="Comma-separated categories (all by default); 'kind:name' to target one "
+        "--categories", help="Comma-separated categories (all by default); 'kind:name' to target one "
         "dataset.")] = None,
     model: GridModelOpt = None,
     pretrained: GridPretrainedOpt = None,
@@ -73,6 +81,11 @@ def benchmark(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
     no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    cpus_per_row: CpusPerRowOpt = 1.0,
+    gpus_per_row: GpusPerRowOpt = 0.0,
+    row_retries: RowRetriesOpt = 2,
 ) -> None:
     from vlmad.bench import BenchmarkConfig, build_method_specs, run_benchmark
     from vlmad.bench.protocol import parse_aupro, parse_eval_resolution, parse_int_list
@@ -90,7 +103,10 @@ def benchmark(
         limit=limit, eval_resolution=parse_eval_resolution(eval_resolution), aupro=aupro, on_error=on_error,
         force_protocol=force_protocol, retry_failed=retry_failed, use_cache=not no_cache, flops=not no_flops,
         progress=not quiet, argv=command_line(ctx),
+        **executor_kwargs(executor, ray_address, cpus_per_row, gpus_per_row, row_retries),
     )
+    on_interrupt(f"finished rows are kept in {out / 'results.jsonl'}; rerun the same command to resume (nothing "
+                 "finished is recomputed)")
     run_dir = run_benchmark(config)
     console.print(f"results: {run_dir / 'results.jsonl'}")
     console.print(f"summary: {run_dir / 'summary.md'} (tables in {run_dir / 'tables'}, efficiency in "
@@ -98,10 +114,14 @@ def benchmark(
 
 
 def command_line(ctx: typer.Context) -> list[str]:
-    """The command as typed, rebuilt from the parsed options (correct under any launcher or test runner)."""
+    """The command as typed, rebuilt from the parsed options (correct under any launcher or test runner); shown
+    with :func:`shlex.join` it can be pasted back into a shell."""
     argv = ["vlmad", ctx.info_name or "benchmark"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":  # positional: written as typed, never as a flag
+            argv += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
+            continue
         if value is None or value == param.default or param.name == "ctx":
             continue
         flag = max(param.opts, key=len)

@@ -58,6 +58,7 @@ def export(
     ] = False,
 ) -> None:
     """Export a ready detector (text and few-shot memory baked in) to OUT, checked against torch at export."""
+    from vlmad.cli.detect_cmd import check_deploy
     from vlmad.export.build import ExportRequest, export_bundle
     from vlmad.jobs import expand_images
     from vlmad.methods.inputs import to_model_input
@@ -66,7 +67,7 @@ def export(
 
     refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))
     calib = expand_images([calibration_dir]) if calibration_dir else []
-    deploy_data = load_deploy(deploy) if deploy else None
+    deployment = load_deploy(deploy) if deploy else None
     detector = build_detector(
         method,
         model,
@@ -85,6 +86,7 @@ def export(
     if refs:
         with console.status(f"{len(refs)}-shot reference memory"):
             detector.fit(refs)
+    check_deploy(deployment, detector, class_name, refs, force=False)  # refuses another detector's threshold
     bb = detector.backbone
     calibration = to_model_input(calib, bb) if calib else None
     verify = (
@@ -102,7 +104,7 @@ def export(
         precision=precision,
         verify=verify,
         calibration=calibration,
-        deploy=deploy_data,
+        deploy=deployment,
         class_name=class_name,
     )
     with console.status(f"exporting {fmt} {precision} and checking it against torch"):

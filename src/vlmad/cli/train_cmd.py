@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from vlmad.cli import app
+from vlmad.cli import app, on_interrupt
 
 train_app = typer.Typer(
     help="Train the learned parts of methods (APRIL-GAN projection heads).", no_args_is_help=True
@@ -34,9 +34,11 @@ def _parse_stages(text: str | None) -> tuple[int, ...] | None:
 
 @train_app.command("aprilgan")
 def train_aprilgan_cmd(
-    data_root: Path = typer.Argument(..., help="Dataset folder to train on."),
+    root_arg: Path | None = typer.Argument(None, help="Dataset folder (same as --root).", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the per-epoch heads (new or empty)."),
-    kind: str = typer.Option("mvtec", "--kind", help="Dataset kind: mvtec, visa or folder."),
+    root: Path | None = typer.Option(None, "--root", help="Dataset folder to train on."),
+    kind: str = typer.Option("mvtec", "--dataset", "-d", help="Dataset kind: mvtec, visa or folder."),
+    kind_alias: str | None = typer.Option(None, "--kind", hidden=True, help="Old name of --dataset."),
     categories: str | None = typer.Option(
         None, "--categories", help="Comma-separated subset (default: all)."
     ),
@@ -70,7 +72,7 @@ def train_aprilgan_cmd(
     cache_half: bool = typer.Option(False, "--cache-half", help="Cache features in fp16 (half the memory)."),
     prompt_set: str = typer.Option("aprilgan", "--prompt-set", help="Prompt set name or YAML/JSON file."),
     class_names: str = typer.Option(
-        "display", "--class-names", help="display ('metal nut', DESIGN) or raw ('metal_nut', reference code)."
+        "raw", "--class-names", help="raw ('metal_nut', the reference's, default) or display ('metal nut')."
     ),
     model: str | None = typer.Option(None, "--model", help="open_clip architecture (default ViT-L-14-336)."),
     pretrained: str | None = typer.Option(
@@ -86,8 +88,8 @@ def train_aprilgan_cmd(
     quick_gelu: bool | None = typer.Option(
         None,
         "--quick-gelu/--no-quick-gelu",
-        help="Default: on for OpenAI weights. The reference at 518 px runs "
-        "without it (--no-quick-gelu reproduces that).",
+        help="Default off for APRIL-GAN's ViT-L-14-336 at 518 px, as the reference (which builds the model "
+        "without QuickGELU); --quick-gelu is the named alternative.",
     ),
     device: str = typer.Option("cpu", "--device"),
     precision: str = typer.Option("fp32", "--precision"),
@@ -96,6 +98,12 @@ def train_aprilgan_cmd(
     """Train APRIL-GAN projection heads (frozen backbone; focal + dice; one checkpoint per epoch)."""
     from vlmad.data import load_dataset
     from vlmad.training.aprilgan import TrainConfig, train_aprilgan
+    from vlmad_runtime.errors import VlmadError
+
+    if (root is None) == (root_arg is None):
+        raise VlmadError("give the dataset folder once", "e.g. vlmad train aprilgan --root /data/visa --dataset visa")
+    data_root = root or root_arg
+    kind = kind_alias or kind
 
     bb: dict = {"device": device, "precision": precision}
     for key, value in (
@@ -140,6 +148,8 @@ def train_aprilgan_cmd(
         f"training APRIL-GAN heads on {reader.name} {data_root} ({regime}); categories: "
         f"{', '.join(reader.categories)}"
     )
+    on_interrupt(f"the finished epochs' heads are kept in {out} (epoch_NNN.safetensors, each usable with --heads); "
+                 "training does not resume: rerun with --overwrite to start again")
     result = train_aprilgan(
         reader, out, regime=regime, config=config, backbone_kwargs=bb, overwrite=overwrite, on_epoch=report
     )

@@ -27,7 +27,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 #: max-abs difference (scores and maps) allowed between an fp32 bundle and torch fp32
 FP32_TOLERANCE = 1e-4
 OPSET = 17
-DECISION_KEYS = ("threshold", "pixel_threshold", "map_scale")
 
 
 @dataclass
@@ -40,7 +39,7 @@ class ExportRequest:
     precision: str = "fp32"
     verify: torch.Tensor | None = None
     calibration: torch.Tensor | None = None
-    deploy: dict[str, Any] | None = None
+    deploy: Any = None  # a checked vlmad_runtime.deploy.Deployment: stored as deploy.json in the bundle
     class_name: str | None = None
     tolerance: float = FP32_TOLERANCE
 
@@ -119,9 +118,13 @@ def build_manifest(detector, req: ExportRequest) -> dict[str, Any]:
     """Everything but files and verification: preprocessing, outputs, protocol, decision values."""
     bb = detector.backbone
     size = int(detector.image_size)
-    deploy = req.deploy or {}
-    decision = {k: deploy[k] for k in DECISION_KEYS if deploy.get(k) is not None}
-    protocol = deploy.get("protocol") or deploy.get("fingerprint")
+    dep = req.deploy
+    decision: dict[str, Any] = {}
+    if dep is not None:
+        decision["threshold"] = dep.threshold
+        if dep.pixel is not None:
+            decision.update(pixel_threshold=dep.pixel.pixel_threshold, map_scale=list(dep.pixel.map_scale))
+    protocol = dep.fingerprint if dep is not None else None
     return {
         "bundle_format": BUNDLE_FORMAT,
         "vlmad_version": __version__,
@@ -165,6 +168,8 @@ def export_bundle(detector, req: ExportRequest) -> dict[str, Any]:
         trace_onnx(graph, verify[:1].float(), onnx_path)
         if req.format == "openvino":
             to_openvino(onnx_path, folder, req.precision, req.calibration)
+        if req.deploy is not None:  # the runtime reads it with the same deploy reader as `vlmad detect`
+            (folder / "deploy.json").write_text(json.dumps(req.deploy.record, indent=2) + "\n")
         manifest = build_manifest(detector, req)
         manifest["files"] = {p.name: sha256_file(p) for p in sorted(folder.iterdir())}
         _write_manifest(folder, manifest)

@@ -45,8 +45,10 @@ def _winclip(backbone: ClipBackbone | None = None, **kwargs: Any):
     return WinClip(backbone or build_backbone(bb_kwargs), cache=cache, **method_kwargs)
 
 
+# quick_gelu=False: the reference (VAND-APRIL-GAN) at 518 px rebuilds ViT-L-14-336 from its JSON config, which has
+# no QuickGELU, in both towers; its released heads and published numbers mean that (--quick-gelu is the option)
 @register_method("aprilgan", default_model="ViT-L-14-336", default_pretrained="openai", image_size=518,
-                 quick_gelu=True)
+                 quick_gelu=False)
 def _aprilgan(backbone: ClipBackbone | None = None, **kwargs: Any):
     """APRIL-GAN; ``heads=PATH`` also supplies the backbone options the heads were trained with.
 
