@@ -30,7 +30,7 @@ EXCLUDED = {
     "vlmad serve": "a server that runs until stopped; tests/serve/test_cli.py starts it with the same options",
 }
 WEIGHT_OPTS = {"--model": 1, "--checkpoint": 1, "--pretrained": 1, "--random-weights": 0}
-WITH_WEIGHTS = {"detect", "calibrate", "benchmark", "study", "train"}
+WITH_WEIGHTS = {"detect", "calibrate", "benchmark", "study", "train", "export"}
 
 
 def readme_commands() -> list[str]:
