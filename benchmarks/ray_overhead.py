@@ -111,11 +111,11 @@ class _Clock:
     def __call__(self, n: int) -> None:
         self.marks.append((time.perf_counter(), n))
 
-    def summary(self) -> tuple[float, float]:
-        """(seconds to the first result, seconds per item after it)."""
+    def summary(self) -> tuple[float, float, float]:
+        """(seconds to the first result, seconds per item after it, seconds to the last result)."""
         (t1, _), (tn, _) = self.marks[0], self.marks[-1]
         items = sum(n for _, n in self.marks[1:])
-        return t1 - self.t0, (tn - t1) / items if items else float("nan")
+        return t1 - self.t0, (tn - t1) / items if items else float("nan"), tn - self.t0
 
 
 class _TimingSink:
@@ -373,7 +373,10 @@ def render(
     for m in ("local", "ray actors", "ray tasks"):
         d = rows[m]
         over = d.get("overhead_s_per_row")
-        lines.append(f"| {m} | {d['fixed_s']:.2f} | {d['s_per_row']:.3f} | {'-' if over is None else f'{over:+.3f}'} |")
+        lines.append(
+            f"| {m} | {d['wall_s']:.2f} | {d['fixed_s']:.2f} | {d['s_per_row']:.3f} | "
+            f"{'-' if over is None else f'{over:+.3f}'} |"
+        )
     lines += [
         "",
         f"## Per image (detect on {images['images']} images, batch 8, one worker, median of {images['repeats']})",
@@ -383,7 +386,7 @@ def render(
     ]
     for m in ("local", "ray"):
         d = images[m]
-        lines.append(f"| {m} | {d['fixed_s']:.2f} | {d['ms_per_image']:.2f} |")
+        lines.append(f"| {m} | {d['wall_s']:.2f} | {d['fixed_s']:.2f} | {d['ms_per_image']:.2f} |")
     lines += [
         "",
         f"Ray overhead per image: {images['overhead_ms_per_image']:+.2f} ms.",
