@@ -43,6 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _env import print_environment
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
@@ -275,6 +277,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.repeats, args.seeds, args.images = 1, 2, 16
+    print_environment("ray_overhead: the Ray executor's cost over the local one", args.smoke, 1)
     import torch
 
     torch.set_num_threads(1)

@@ -201,13 +201,17 @@ class _Predictor:
         cols["score"] = [np.nan] * n
         cols["width"] = [-1] * n
         cols["height"] = [-1] * n
-        ok = [i for i in range(n) if not batch["error"][i]]
+        errors = [str(e) for e in batch["error"]]
+        ok = [i for i in range(n) if not errors[i]]
         if ok:
             images = [Image.fromarray(np.asarray(batch["image"][i], dtype=np.uint8)) for i in ok]
             scores, maps = self.detector.predict(images).numpy()
             for j, i in enumerate(ok):
                 img, name = images[j], str(batch["name"][i])
                 cols["width"][i], cols["height"][i] = img.size
+                if not np.isfinite(scores[j]) or not np.isfinite(maps[j]).all():
+                    errors[i] = "non_finite_score"  # as local detect: no score, no decision, never "normal"
+                    continue
                 cols["score"][i] = float(scores[j])
                 if self.threshold is not None:
                     cols["decision"][i] = "anomalous" if scores[j] >= self.threshold else "normal"
@@ -220,7 +224,7 @@ class _Predictor:
         return {
             "idx": batch["idx"],
             "path": batch["path"],
-            "error": batch["error"],
+            "error": np.array(errors, object),
             "score": np.array(cols["score"], np.float64),
             "width": np.array(cols["width"], np.int64),
             "height": np.array(cols["height"], np.int64),

@@ -696,5 +696,5 @@ def _row_line(row: Mapping[str, Any]) -> str:
     seed = "" if row["seed"] is None else f" s{row['seed']}"
     ds = row["dataset"]
     t = row.get("timing", {})
-    return (f"[green]✓[/] {ds['category']} {row['method_label']} {row['shots']}-shot{seed}: "
+    return (f"[green]✓[/] {ds['kind']}/{ds['category']} {row['method_label']} {row['shots']}-shot{seed}: "
             f"{'  '.join(p for p in parts if p) or 'no metric'}  ({t.get('predict_s', 0):.1f} s)")

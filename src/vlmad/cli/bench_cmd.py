@@ -114,10 +114,14 @@ def benchmark(
 
 
 def command_line(ctx: typer.Context) -> list[str]:
-    """The command as typed, rebuilt from the parsed options (correct under any launcher or test runner)."""
+    """The command as typed, rebuilt from the parsed options (correct under any launcher or test runner); shown
+    with :func:`shlex.join` it can be pasted back into a shell."""
     argv = ["vlmad", ctx.info_name or "benchmark"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":  # positional: written as typed, never as a flag
+            argv += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
+            continue
         if value is None or value == param.default or param.name == "ctx":
             continue
         flag = max(param.opts, key=len)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,7 +25,15 @@ from vlmad.cli.common import (
     console,
     progress,
 )
+from vlmad_runtime.deploy import NOT_CALIBRATED_NOTE
 from vlmad_runtime.errors import VlmadError
+
+if TYPE_CHECKING:
+    from vlmad.jobs import DetectionRow
+    from vlmad.methods.base import Detector
+    from vlmad_runtime.deploy import Deployment
+
+NON_FINITE = "non_finite_score"  # vlmad.jobs.NON_FINITE (not imported here: keeps `vlmad --help` torch-free)
 
 
 @app.command()
@@ -53,10 +61,19 @@ def detect(
     no_cache: NoCacheOpt = False,
     heads: HeadsOpt = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Write maps/<stem>.npy (float32).")] = False,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Write overlays/<stem>.png heatmaps.")] = False,
+    overlay: Annotated[bool, typer.Option(
+        "--overlay", help="Write overlays/<stem>.png QC panels: original, heatmap with colour bar (calibrated scale "
+                          "with --deploy, else one scale per run), predicted mask, score, decision.")] = False,
+    save_masks: Annotated[bool, typer.Option(
+        "--save-masks", help="Write masks/<stem>.png binary defect masks (needs --deploy with a pixel threshold); "
+                             "scores.csv gets defect_area.")] = False,
     deploy: Annotated[
-        Path | None, typer.Option("--deploy", help="deploy.json with a calibrated threshold -> decisions.")
+        Path | None, typer.Option("--deploy", help="deploy.json from `vlmad calibrate` -> decisions; refused when "
+                                                   "it was calibrated for another detector.")
     ] = None,
+    force_deploy: Annotated[bool, typer.Option(
+        "--force-deploy", help="Use --deploy even when it was calibrated for another detector; every row is "
+                               "labelled 'threshold not calibrated for this detector'.")] = False,
     on_error: Annotated[str, typer.Option("--on-error", help="skip (record) or stop on unreadable images.")] = "skip",
     allow_untrained: Annotated[
         bool, typer.Option("--allow-untrained", help="APRIL-GAN without --heads: random heads (smoke test only).")
@@ -73,7 +90,7 @@ def detect(
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
     from vlmad.cli.inputs import collect_images
-    from vlmad.jobs import run_detection
+    from vlmad.jobs import DetectionOptions, run_detection
     from vlmad_runtime.deploy import load_deploy
 
     if executor != "local":
@@ -82,11 +99,11 @@ def detect(
         return detect_on_ray_cli(images, class_name, out, method, reference, reference_dir, model, pretrained,
                                  checkpoint, random_weights, device, precision, batch_size, prompt_set, no_cache,
                                  heads, save_maps, overlay, deploy, on_error, allow_untrained, executor, workers,
-                                 gpus_per_worker, ray_address, recursive)
+                                 gpus_per_worker, ray_address, recursive, force_deploy, save_masks)
 
     paths = collect_images(images, recursive=recursive)
     refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
-    threshold = load_deploy(deploy)["threshold"] if deploy else None
+    deployment = load_deploy(deploy) if deploy else None
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
                               prompt_set, no_cache, heads, batch_size,
                               extra={"allow_untrained": True} if allow_untrained else None)
@@ -95,18 +112,55 @@ def detect(
     if refs:
         with console.status(f"{len(refs)}-shot reference memory"):
             detector.fit(refs)
+    forced = check_deploy(deployment, detector, class_name, refs, force_deploy)
+    opts = DetectionOptions(save_maps=save_maps, overlay=overlay, save_masks=save_masks, batch_size=batch_size,
+                            on_error=on_error, deployment=deployment, forced=forced)
     on_interrupt(f"the images scored so far are kept in {out / 'scores.csv'}; rerunning the same command scores "
                  "them all again")
     with progress(len(paths), "detect") as advance:
-        rows = run_detection(detector, paths, out, save_maps=save_maps, overlay=overlay, batch_size=batch_size,
-                             on_error=on_error, threshold=threshold, progress=advance)
-    failed = [r for r in rows if r.error]
-    console.print(f"scored {len(rows) - len(failed)} image(s) -> {out / 'scores.csv'}")
-    for r in failed:
-        console.print(f"[yellow]skipped[/] {r.path}: {r.error}")
+        rows = run_detection(detector, paths, out, opts, progress=advance)
+    failed = report_rows(rows, out)
     if detector.info().random_weights:
         console.print("[bold red]random weights - scores are meaningless[/]")
+    if any(r.error == NON_FINITE for r in rows):
+        raise VlmadError(f"{sum(r.error == NON_FINITE for r in rows)} image(s) got a non-finite score (NaN/inf): "
+                         "no decision for them (error non_finite_score in scores.csv)",
+                         "the weights produce NaN/inf: check --checkpoint/--heads and --precision")
     if len(failed) == len(rows):
         raise VlmadError(f"no image could be scored ({len(failed)} unreadable)",
                          "check the skipped files above; accepted formats: png, jpg, bmp, tif, webp")
+
+
+def check_deploy(deployment: Deployment | None, detector: Detector, class_name: str, refs: list[Path],
+                 force: bool) -> bool:
+    """Compare the deploy file's fingerprint with this detector's; refuse a mismatch unless ``force``.
+
+    Returns True when a mismatch was forced through (rows are then labelled)."""
+    from vlmad.fingerprint import detector_fingerprint, references_fingerprint
+
+    if deployment is None:
+        if force:
+            raise VlmadError("--force-deploy without --deploy", "pass --deploy deploy.json")
+        return False
+    running = detector_fingerprint(detector.info().as_dict(), class_name, references_fingerprint(refs))
+    diffs = deployment.check(running, force=force)
+    for name, recorded, now in diffs:
+        console.print(f"[bold yellow]--force-deploy:[/] {name} calibrated {recorded!r}, running {now!r}")
+    if diffs:
+        console.print(f"[bold yellow]every decision is labelled '{NOT_CALIBRATED_NOTE}'[/]")
+    return bool(diffs)
+
+
+def report_rows(rows: list[DetectionRow], out: Path) -> list[DetectionRow]:
+    """Print the summary, the heatmap scale in use and the rows without a result; returns those rows."""
+    import json
+
+    scale = json.loads((out / "run.json").read_text()).get("heatmap_scale")
+    if scale:
+        console.print(f"overlays: heatmap scale [{scale['lo']:.4g}, {scale['hi']:.4g}], {scale['source']}")
+    failed = [r for r in rows if r.error]
+    console.print(f"scored {len(rows) - len(failed)} image(s) -> {out / 'scores.csv'}")
+    for r in failed:
+        console.print(f"[yellow]{'no decision' if r.error == NON_FINITE else 'skipped'}[/] {r.path}: {r.error}")
+    return failed
 

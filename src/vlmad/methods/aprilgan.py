@@ -364,6 +364,7 @@ class AprilGan(Detector):
                 "precision": self.backbone.precision,
                 "activation": backbone_activation(self.backbone),
                 "preprocessing": self.preprocessing.name,
+                "prompt_hash": self.prompt_set.content_hash(),
             },
         )
 
@@ -403,6 +404,16 @@ class AprilGan(Detector):
 
     def reset_references(self) -> None:
         self._banks, self._k = [], 0
+
+    def export_references(self) -> dict[str, Any]:
+        return {"shots": self._k, "banks": list(self._banks)}
+
+    def load_references(self, state: dict[str, Any]) -> None:
+        shots, banks = int(state["shots"]), list(state.get("banks") or [])
+        if shots and len(banks) != len(self.stages):
+            raise VlmadError(f"reference memory has {len(banks)} stage banks, this detector uses "
+                             f"{len(self.stages)} stages", "fit the references again with this detector")
+        self._banks, self._k = banks, shots
 
     def predict(self, images: Images) -> AprilGanPrediction:
         if self.text_embeddings is None:
@@ -501,7 +512,7 @@ def _get(pred: Prediction, attr: str, fallback) -> torch.Tensor:
 
 
 def backbone_activation(backbone: ClipBackbone) -> str:
-    """Name of the vision tower's MLP activation ("QuickGELU" for OpenAI weights, "GELU" otherwise)."""
+    """Name of the vision tower's MLP activation ("QuickGELU" or "GELU"; recorded in the protocol)."""
     mlp = backbone.visual.transformer.resblocks[0].mlp
     act = mlp.gelu if hasattr(mlp, "gelu") else mlp[1]
     return type(act).__name__
