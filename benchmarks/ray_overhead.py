@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/ray_overhead.py --smoke                  # seconds: 1 repeat, tiny grid, writes nothing
+    python benchmarks/ray_overhead.py --smoke                  # about a minute: 1 repeat, small sizes, writes nothing
     python benchmarks/ray_overhead.py                          # 3 repeats -> benchmarks/results/ray_overhead.md
     python benchmarks/ray_overhead.py --from-results runs/mvtec   # simulate with a real run's per-image costs
 
@@ -33,7 +33,9 @@ folder computed on the target GPU) or ``--ms-per-image METHOD=MS`` for real ones
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
+import io
 import json
 import os
 import shutil
@@ -43,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _env import print_environment
+from _env import add_smoke_flag, print_environment
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -267,7 +269,7 @@ def costs_from_results(run: Path) -> tuple[dict[str, float], dict[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="1 repeat, tiny sizes, nothing written")
+    add_smoke_flag(ap)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=8, help="few-shot seeds of the measured grid (rows = 1 + seeds)")
     ap.add_argument("--images", type=int, default=128, help="images of the per-image measurement")
@@ -327,6 +329,12 @@ def main() -> None:
     sim = {n: simulate(grid, load, n) for n in (1, 4, 16)}
     report = render(startup, rows, images, ms, load, source, len(grid), sim, os.getloadavg())
     print(report)
+    header = io.StringIO()
+    with contextlib.redirect_stdout(header):  # the committed file starts with the same environment block
+        print_environment(
+            "ray_overhead: the Ray executor's cost over the local one", args.smoke, 1, ray=ray.__version__
+        )
+    report = header.getvalue() + "\n" + report
     if not args.smoke:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(report)
