@@ -187,7 +187,7 @@ def per_image(work: Path, n: int, repeats: int) -> dict:
     from PIL import Image
 
     from vlmad.distributed import detect_on_ray, detector_builder
-    from vlmad.jobs import run_detection
+    from vlmad.jobs import DetectionOptions, run_detection
     from vlmad.testing import random_images
 
     folder = work / "images"
@@ -205,7 +205,7 @@ def per_image(work: Path, n: int, repeats: int) -> dict:
     res: dict[str, list[tuple[float, float]]] = {"local": [], "ray": []}
     for r in range(repeats):
         clock = _Clock()
-        run_detection(det, paths, work / f"det-local-{r}", batch_size=8, progress=clock)
+        run_detection(det, paths, work / f"det-local-{r}", DetectionOptions(batch_size=8), progress=clock)
         res["local"].append(clock.summary())
         clock = _Clock()
         detect_on_ray(build, [str(listing)], "bottle", work / f"det-ray-{r}", batch_size=8, progress=clock)
