@@ -256,16 +256,12 @@ def test_seeded_heads_leave_global_rng_alone():
 
 def test_registered_with_winclip_backbone_options():
     from vlmad import available_methods
-    from vlmad.methods.builtin import split_backbone_kwargs
-    from vlmad.methods.registry import DEFAULT_MODELS
+    from vlmad.methods.registry import get_spec, split_backbone_kwargs
 
     assert "aprilgan" in available_methods()
-    assert DEFAULT_MODELS["aprilgan"] == {
-        "model": "ViT-L-14-336",
-        "pretrained": "openai",
-        "image_size": 518,
-        "quick_gelu": True,
-    }
+    spec = get_spec("aprilgan")
+    assert (spec.default_model, spec.default_pretrained) == ("ViT-L-14-336", "openai")
+    assert dict(spec.backbone_defaults) == {"image_size": 518, "quick_gelu": True}
     bb, rest = split_backbone_kwargs(
         "aprilgan", {"device": "cpu", "precision": "fp32", "allow_untrained": True}
     )

@@ -20,16 +20,16 @@ def models(
     from rich.console import Console
 
     from vlmad.backbones import list_architectures, list_pretrained
-    from vlmad.methods.registry import DEFAULT_MODELS, available_methods
+    from vlmad.methods.registry import method_specs
 
     out = Console()
     methods = Table(title="methods")
     for col in ("method", "default model", "default pretrained", "notes"):
         methods.add_column(col)
-    for name in available_methods():
-        d = DEFAULT_MODELS[name]
-        notes = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("model", "pretrained"))
-        methods.add_row(name, d["model"], d["pretrained"], notes)
+    for spec in method_specs():
+        notes = [f"{k}={v}" for k, v in spec.backbone_defaults.items()]
+        notes += [f"--artefact: {spec.artefact.help}"] if spec.artefact else []
+        methods.add_row(spec.name, spec.default_model or "-", spec.default_pretrained or "-", ", ".join(notes))
     out.print(methods)
     tags: dict[str, list[str]] = {}
     for arch, tag in list_pretrained():

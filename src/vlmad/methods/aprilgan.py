@@ -390,6 +390,19 @@ class AprilGan(Detector):
     def reset_references(self) -> None:
         self._banks, self._k = [], 0
 
+    def restrict_stages(self, stages: Sequence[int]) -> None:
+        """Keep only ``stages`` (a subset of this detector's) with their heads: the study's stage ablation runs
+        the same trained heads on fewer stages. Forgets the few-shot memory (it was built per stage)."""
+        wanted = tuple(int(s) for s in stages)
+        bad = [s for s in wanted if s not in self.stages]
+        if bad or not wanted:
+            raise VlmadError(f"stage {bad[0] if bad else '(none)'} is not one of the detector's stages "
+                             f"{list(self.stages)}", "pick a non-empty subset of the stages")
+        idx = [self.stages.index(s) for s in wanted]
+        self.heads.heads = nn.ModuleList([self.heads.heads[i] for i in idx])
+        self.stages = wanted
+        self.reset_references()
+
     def predict(self, images: Images) -> AprilGanPrediction:
         if self.text_embeddings is None:
             raise NotReadyError(

@@ -84,6 +84,14 @@ class Detector(ABC):
     def shots(self) -> int:
         return 0
 
+    def restrict_stages(self, stages: Sequence[int]) -> None:
+        """Use only a subset of the detector's feature stages (study stage ablation); methods without stages
+        refuse."""
+        from vlmad_runtime.errors import VlmadError
+
+        raise VlmadError(f"{self.name} has no feature stages to restrict",
+                         "the stages ablation applies to methods whose spec lists the 'stages' axis")
+
     @abstractmethod
     def predict(self, images: Images) -> Prediction:
         """Score images (paths, PIL images or a preprocessed (B,3,S,S) tensor)."""

@@ -342,9 +342,10 @@ def train_aprilgan(
     cfg.validate()
     reader = _open_reader(dataset, categories)
     if backbone is None:
-        from vlmad.methods.builtin import build_backbone, split_backbone_kwargs
+        from vlmad.methods.builtin import APRILGAN
+        from vlmad.methods.spec import build_backbone
 
-        bb_kwargs, extra = split_backbone_kwargs("aprilgan", dict(backbone_kwargs or {}))
+        bb_kwargs, extra = APRILGAN.split_backbone_kwargs(dict(backbone_kwargs or {}))
         if extra:
             raise VlmadError(f"unknown backbone options {sorted(extra)}")
         backbone = build_backbone(bb_kwargs)
