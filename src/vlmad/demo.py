@@ -53,6 +53,7 @@ def run_demo(
     from vlmad.data import load_dataset
     from vlmad.data.synthetic import make_dataset
     from vlmad.jobs import run_detection
+    from vlmad.methods.registry import default_method
     from vlmad.metrics import image_auroc, pixel_auroc
 
     out_dir = Path(out_dir)
@@ -70,7 +71,7 @@ def run_demo(
         kwargs["pretrained"] = pretrained
     t0 = time.perf_counter()
     try:
-        detector = create_detector("winclip", **kwargs)
+        detector = create_detector(default_method(), **kwargs)
     except WeightsUnavailableError as err:
         _say(f"[bold yellow]Pretrained weights {model}/{pretrained} could not be loaded:[/] {err.message}")
         _say("To run the demo with real weights: on a machine with network run `vlmad demo` there, or fetch the "
@@ -83,7 +84,7 @@ def run_demo(
         _say(f"[bold red]Falling back to RANDOM WEIGHTS as asked (--fallback-random-weights): "
              f"{RANDOM_WEIGHTS_STAMP}.[/]")
         kwargs.pop("pretrained", None)
-        detector = create_detector("winclip", random_weights=True, **kwargs)
+        detector = create_detector(default_method(), random_weights=True, **kwargs)
         random_weights = True
     load_s = time.perf_counter() - t0
 

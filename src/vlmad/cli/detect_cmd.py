@@ -10,10 +10,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vlmad.cli import app
 from vlmad.cli.common import (
+    ArtefactOpt,
     BatchOpt,
     CheckpointOpt,
     DeviceOpt,
-    HeadsOpt,
     MethodOpt,
     ModelOpt,
     NoCacheOpt,
@@ -21,6 +21,7 @@ from vlmad.cli.common import (
     PretrainedOpt,
     PromptOpt,
     RandomOpt,
+    artefact_kwargs,
     build_detector,
     console,
 )
@@ -31,7 +32,7 @@ def detect(
     images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
     class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (scores.csv, maps/, overlays/).")],
-    method: MethodOpt = "winclip",
+    method: MethodOpt = None,
     reference: Annotated[
         list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
     ] = None,
@@ -47,7 +48,7 @@ def detect(
     batch_size: BatchOpt = 8,
     prompt_set: PromptOpt = None,
     no_cache: NoCacheOpt = False,
-    heads: HeadsOpt = None,
+    heads: ArtefactOpt = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Write maps/<stem>.npy (float32).")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="Write overlays/<stem>.png heatmaps.")] = False,
     deploy: Annotated[
@@ -55,7 +56,8 @@ def detect(
     ] = None,
     on_error: Annotated[str, typer.Option("--on-error", help="skip (record) or stop on unreadable images.")] = "skip",
     allow_untrained: Annotated[
-        bool, typer.Option("--allow-untrained", help="APRIL-GAN without --heads: random heads (smoke test only).")
+        bool, typer.Option("--allow-untrained", help="Run without the method's required artefact, e.g. random "
+                           "APRIL-GAN heads (smoke test only).")
     ] = False,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
@@ -67,7 +69,7 @@ def detect(
     threshold = load_deploy(deploy)["threshold"] if deploy else None
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
                               prompt_set, no_cache, heads, batch_size,
-                              extra={"allow_untrained": True} if allow_untrained else None)
+                              extra=artefact_kwargs(method, None, skip=True) if allow_untrained else None)
     with console.status(f"text embeddings for {class_name!r}"):
         detector.setup(class_name)
     if refs:

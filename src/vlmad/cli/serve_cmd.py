@@ -37,7 +37,7 @@ def default_data_dir() -> Path:
 @app.command()
 def serve(
     class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
-    method: MethodOpt = "winclip",
+    method: MethodOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,

@@ -9,12 +9,14 @@ import typer
 
 from vlmad.cli import app
 from vlmad.cli.common import (
+    ArtefactOpt,
     GridCheckpointOpt,
     GridModelOpt,
     GridPrecisionOpt,
     GridPretrainedOpt,
     GridRandomOpt,
     GridSetOpt,
+    MethodOpt,
 )
 from vlmad_runtime.errors import VlmadError
 
@@ -75,8 +77,8 @@ def study(
     checkpoint: GridCheckpointOpt = None,
     random_weights: GridRandomOpt = False,
     heads: Annotated[list[Path] | None, typer.Option(
-        "--heads", help="APRIL-GAN heads file (repeat: one configuration per file, e.g. trained on VisA and on "
-        "MVTec AD).")] = None,
+        "--artefact", "--heads", help="Artefact file of the methods that load one, e.g. APRIL-GAN heads (repeat: "
+        "one configuration per file, e.g. trained on VisA and on MVTec AD).")] = None,
     sets: GridSetOpt = None,
     precision: GridPrecisionOpt = None,
     shots: Annotated[str | None, typer.Option("--shots", help="Override the spec's main-grid shots, e.g. 0,1.")
@@ -183,7 +185,7 @@ def calibrate(
                                        "split (seeded, as the benchmark).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Reference draw seed (with --shots).")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use at most N calibration images.")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="Detection method (see `vlmad models`).")] = "winclip",
+    method: MethodOpt = None,
     reference: Annotated[list[Path] | None, typer.Option(
         "--reference", "-r", help="Normal reference image (repeat for K-shot).")] = None,
     reference_dir: Annotated[Path | None, typer.Option(
@@ -192,7 +194,7 @@ def calibrate(
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Pretrained tag.")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Local .safetensors weights.")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random init (smoke test).")] = False,
-    heads: Annotated[Path | None, typer.Option("--heads", help="APRIL-GAN trained heads (.safetensors).")] = None,
+    heads: ArtefactOpt = None,
     prompt_set: Annotated[str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")
                           ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
@@ -281,7 +283,7 @@ def calibrate(
         from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
         extra["warning"] = RANDOM_WEIGHTS_STAMP
-    record = deploy_record(cal, method, class_name, detector.info().as_dict(), extra)
+    record = deploy_record(cal, detector.info().method, class_name, detector.info().as_dict(), extra)
     write_deploy(out, record)
     far = record["expected_false_alarm_rate"]
     console.print(f"threshold {record['threshold']:.6g} ({chosen_mode}, {cal.details['n_images']} image(s)); expected "

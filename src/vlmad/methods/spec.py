@@ -12,9 +12,9 @@ This module imports no torch: specs are plain data plus small callables that imp
 from __future__ import annotations
 
 import importlib
-from os import PathLike
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from os import PathLike
 from typing import Any
 
 from vlmad_runtime.errors import VlmadError
@@ -148,7 +148,7 @@ class MethodSpec:
     def check_options(self, kwargs: Mapping[str, Any]) -> None:
         """Reject unknown or ill-typed options before anything loads (the error lists the valid ones)."""
         valid = self.valid_keys()
-        for key, value in kwargs.items():
+        for key in kwargs:
             if key not in valid:
                 import difflib
 
