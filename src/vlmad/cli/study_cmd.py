@@ -146,7 +146,9 @@ def report(
     if not (run_dir / RESULTS_FILE).is_file():
         raise VlmadError(f"no {RESULTS_FILE} in {run_dir}",
                          "pass the --out folder of `vlmad study` or `vlmad benchmark`")
-    paths = build_report(run_dir, gallery=not no_gallery, device=device,
+    from vlmad.study.runner import StudyDetectorFactory
+
+    paths = build_report(run_dir, factory=StudyDetectorFactory(), gallery=not no_gallery, device=device,
                          log=lambda m: console.print(m, highlight=False))
     console.print(f"report: {paths['html']} (+ {paths['markdown'].name})")
 

@@ -174,7 +174,7 @@ class ReportContext:
 
 
 def _collect(run_dir: Path) -> ReportContext:
-    from vlmad.study.runner import load_study_file
+    from vlmad.study.files import load_study_file
 
     rows = load_results(run_dir)
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -896,10 +896,10 @@ def build_report(run_dir: str | Path, factory: Any = None, gallery: bool = True,
     say = log or (lambda _m: None)
     run = Path(run_dir).expanduser()
     ctx = _collect(run)
-    if factory is None:
-        from vlmad.study.runner import StudyDetectorFactory
+    if factory is None:  # a study passes its backbone-sharing factory; a plain benchmark folder uses the default
+        from vlmad.bench.runner import build_detector_from_spec
 
-        factory = StudyDetectorFactory()
+        factory = build_detector_from_spec
     device = device or ((ctx.study or {}).get("options") or {}).get("device") or "cpu"
     spec = (ctx.study or {}).get("spec") or {}
     title = f"vlmad study report: {spec['name']}" if spec.get("name") else "vlmad benchmark report"

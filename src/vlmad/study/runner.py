@@ -49,11 +49,11 @@ from vlmad.study.calibration import (
     score_images,
     write_deploy,
 )
+from vlmad.study.files import STUDY_FILE, load_study_file  # noqa: F401  (re-exported)
 from vlmad.study.spec import StudySpec
 from vlmad_runtime.errors import VlmadError
 from vlmad_runtime.fileio import atomic_write_text
 
-STUDY_FILE = "study.json"
 CALIBRATION_DIR = "calibration"
 DEPLOY_DIR = "deploy"
 Log = Callable[[str], None]
@@ -554,8 +554,3 @@ def _deploy_for_row(out: Path, row: Mapping[str, Any], names: Mapping[tuple[str,
     return path
 
 
-def load_study_file(run_dir: str | Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(run_dir) / STUDY_FILE).read_text())
-    except (OSError, ValueError):
-        return None

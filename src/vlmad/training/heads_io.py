@@ -59,12 +59,9 @@ def _sha256(path: Path) -> str:
 
 
 def _vlmad_version() -> str:
-    try:
-        from vlmad import __version__
+    from vlmad_runtime.version import __version__
 
-        return __version__
-    except Exception:  # pragma: no cover - partially installed package
-        return "unknown"
+    return __version__
 
 
 # --------------------------------------------------------------------------------------- backbone identity
@@ -89,7 +86,7 @@ def weights_probe(backbone) -> list[float]:
 
 def backbone_meta(backbone) -> dict[str, Any]:
     """What heads depend on: architecture, weights, activation, input size, dims, stages."""
-    from vlmad.methods.aprilgan import backbone_activation
+    from vlmad.methods.heads import backbone_activation
 
     src = backbone.source
     pretrained = None
@@ -136,7 +133,7 @@ def check_compatible(meta: Mapping[str, Any], backbone, check_weights: bool = Tr
         raise CheckpointMismatchError(
             "APRIL-GAN heads do not fit this backbone: " + "; ".join(problems), hint_bb
         )
-    from vlmad.methods.aprilgan import backbone_activation
+    from vlmad.methods.heads import backbone_activation
 
     act = backbone_activation(backbone)
     if bb.get("activation") and bb["activation"] != act:
@@ -265,7 +262,7 @@ def import_reference_heads(
     "cross-dataset"}`` (the reference's visa_pretrained.pth was trained on VisA's test split,
     mvtec_pretrained.pth on MVTec AD's).
     """
-    from vlmad.methods.aprilgan import ProjectionHeads
+    from vlmad.methods.heads import ProjectionHeads
 
     try:
         obj = torch.load(str(pth), map_location="cpu", weights_only=True)
