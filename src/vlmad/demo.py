@@ -32,9 +32,9 @@ class DemoResult:
 
 
 def _say(msg: str) -> None:
-    from vlmad.cli.common import console
+    from rich.console import Console
 
-    console.print(msg, highlight=False)
+    Console(stderr=True, soft_wrap=True).print(msg, highlight=False)
 
 
 def run_demo(
@@ -49,7 +49,7 @@ def run_demo(
     device: str = "cpu",
     seed: int = 0,
 ) -> DemoResult:
-    from vlmad import create_detector
+    from vlmad.methods.registry import create_detector
     from vlmad.data import load_dataset
     from vlmad.data.synthetic import make_dataset
     from vlmad.jobs import run_detection

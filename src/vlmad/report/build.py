@@ -48,6 +48,7 @@ from vlmad.report.html import Cell, Doc, render_html, render_markdown
 from vlmad.report.recommend import Entry, recommend
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 from vlmad_runtime.fileio import atomic_write_text
+from vlmad_runtime.version import __version__
 
 HTML_FILE = "report.html"
 MD_FILE = "report.md"
@@ -905,7 +906,7 @@ def build_report(run_dir: str | Path, factory: Any = None, gallery: bool = True,
     title = f"vlmad study report: {spec['name']}" if spec.get("name") else "vlmad benchmark report"
     subtitle = (f"{len(ctx.ok)} result rows · {', '.join(ds.title for ds in ctx.datasets) or 'no dataset'} · "
                 f"generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} · vlmad "
-                + __import__("vlmad").__version__)
+                + __version__)
     doc = Doc()
     _section_overview(doc, ctx)
     _section_recommend(doc, ctx)

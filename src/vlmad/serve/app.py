@@ -783,7 +783,7 @@ def _ms(seconds: float) -> float:
 
 
 def _version() -> str:
-    from vlmad import __version__
+    from vlmad_runtime.version import __version__
 
     return __version__
 

@@ -136,7 +136,7 @@ def f1_optimal_threshold(scores: Sequence[float], labels: Sequence[bool]) -> Cal
 
 def deploy_record(calibration: Calibration, method: str, class_name: str, detector_info: Mapping[str, Any],
                   extra_calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    import vlmad
+    from vlmad_runtime.version import __version__
 
     cal = {**calibration.details, **dict(extra_calibration or {})}
     return {
@@ -148,7 +148,7 @@ def deploy_record(calibration: Calibration, method: str, class_name: str, detect
         "calibration": cal,
         "detector": dict(detector_info),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "vlmad_version": vlmad.__version__,
+        "vlmad_version": __version__,
     }
 
 
