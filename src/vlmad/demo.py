@@ -49,11 +49,10 @@ def run_demo(
     device: str = "cpu",
     seed: int = 0,
 ) -> DemoResult:
-    from vlmad.methods.registry import create_detector
     from vlmad.data import load_dataset
     from vlmad.data.synthetic import make_dataset
     from vlmad.jobs import run_detection
-    from vlmad.methods.registry import default_method
+    from vlmad.methods.registry import create_detector, default_method
     from vlmad.metrics import image_auroc, pixel_auroc
 
     out_dir = Path(out_dir)
