@@ -30,19 +30,44 @@ NAME_LITERAL_EXCEPTIONS = {
 #: layer of each package (a module may import from its own layer and the layers below)
 LAYERS: dict[str, int] = {
     "vlmad_runtime": 0,
-    "vlmad.prompts": 1, "vlmad.metrics": 1, "vlmad.data": 1, "vlmad.backbones": 1, "vlmad.provenance": 1,
-    "vlmad.methods": 2, "vlmad.training": 2,
-    "vlmad.bench": 3, "vlmad.jobs": 3, "vlmad.serve": 3, "vlmad.testing": 3,
-    "vlmad.study": 4, "vlmad.report": 4, "vlmad.demo": 4,
-    "vlmad.cli": 5, "vlmad.__main__": 5, "vlmad": 5,
+    "vlmad.prompts": 1,
+    "vlmad.metrics": 1,
+    "vlmad.data": 1,
+    "vlmad.backbones": 1,
+    "vlmad.provenance": 1,
+    "vlmad.methods": 2,
+    "vlmad.training": 2,
+    "vlmad.bench": 3,
+    "vlmad.jobs": 3,
+    "vlmad.serve": 3,
+    "vlmad.testing": 3,
+    "vlmad.study": 4,
+    "vlmad.report": 4,
+    "vlmad.demo": 4,
+    "vlmad.cli": 5,
+    "vlmad.__main__": 5,
+    "vlmad": 5,
 }
 
 #: import cycles allowed, and why (each entry: the modules of one strongly connected component)
 CYCLE_EXCEPTIONS = {
-    frozenset({"vlmad.cli", "vlmad.cli.commands"}) | frozenset(
-        f"vlmad.cli.{m}" for m in ("bench_cmd", "data_cmd", "demo_cmd", "detect_cmd", "models_cmd", "serve_cmd",
-                                   "study_cmd", "train_cmd", "export_cmd", "download_cmd", "calibrate_cmd")):
-        "Typer registration: vlmad.cli defines `app`, then imports the command modules that attach to it",
+    frozenset({"vlmad.cli", "vlmad.cli.commands"})
+    | frozenset(
+        f"vlmad.cli.{m}"
+        for m in (
+            "bench_cmd",
+            "data_cmd",
+            "demo_cmd",
+            "detect_cmd",
+            "models_cmd",
+            "serve_cmd",
+            "study_cmd",
+            "train_cmd",
+            "export_cmd",
+            "download_cmd",
+            "calibrate_cmd",
+        )
+    ): "Typer registration: vlmad.cli defines `app`, then imports the command modules that attach to it",
 }
 
 MAX_FUNCTION_LINES = 60
@@ -179,21 +204,25 @@ def test_no_method_name_literals_outside_methods():
                 continue
             if isinstance(value, str) and value.strip().lower() in METHOD_NAMES:
                 offenders.append(f"{_rel(path)}:{tok.start[0]}: {tok.string}")
-    assert not offenders, "method names outside methods/ and training/ (ask vlmad.methods.registry.get_spec):\n" + \
-        "\n".join(offenders)
+    assert not offenders, (
+        "method names outside methods/ and training/ (ask vlmad.methods.registry.get_spec):\n" + "\n".join(offenders)
+    )
 
 
 def test_layer_map():
     """A package imports only from its own layer or below (docs/architecture.md has the picture)."""
     graph = import_graph()
-    bad = [f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
-           for a, targets in sorted(graph.items()) for b in sorted(targets) if _layer(b) > _layer(a)]
+    bad = [
+        f"{a} (layer {_layer(a)}) imports {b} (layer {_layer(b)})"
+        for a, targets in sorted(graph.items())
+        for b in sorted(targets)
+        if _layer(b) > _layer(a)
+    ]
     assert not bad, "upward imports:\n" + "\n".join(bad)
 
 
 def test_no_import_cycles():
-    cycles = [c for c in strongly_connected(import_graph())
-              if not any(c <= allowed for allowed in CYCLE_EXCEPTIONS)]
+    cycles = [c for c in strongly_connected(import_graph()) if not any(c <= allowed for allowed in CYCLE_EXCEPTIONS)]
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(sorted(c)) for c in cycles)
 
 
@@ -222,13 +251,20 @@ def _long_functions() -> dict[str, int]:
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                    and isinstance(body[0].value.value, str):
+            if (
+                body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(getattr(body[0], "value", None), ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 body = body[1:]  # the docstring
             if not body:
                 continue
-            code = [ln for ln in lines[body[0].lineno - 1:node.end_lineno]
-                    if ln.strip() and not ln.strip().startswith("#")]
+            code = [
+                ln
+                for ln in lines[body[0].lineno - 1 : node.end_lineno]
+                if ln.strip() and not ln.strip().startswith("#")
+            ]
             if len(code) > MAX_FUNCTION_LINES:
                 out[f"{_rel(path)}::{node.name}"] = len(code)
     return out
@@ -238,6 +274,7 @@ def test_function_length():
     """Every function body is under 60 lines of code, or listed (with a reason) in LONG_FUNCTION_EXCEPTIONS."""
     found = _long_functions()
     new = {k: v for k, v in found.items() if k not in LONG_FUNCTION_EXCEPTIONS}
-    assert not new, "functions over 60 lines of code (split them):\n" + \
-        "\n".join(f"{k}: {v} lines" for k, v in sorted(new.items(), key=lambda kv: -kv[1]))
+    assert not new, "functions over 60 lines of code (split them):\n" + "\n".join(
+        f"{k}: {v} lines" for k, v in sorted(new.items(), key=lambda kv: -kv[1])
+    )
     assert all(reason.strip() for reason in LONG_FUNCTION_EXCEPTIONS.values())

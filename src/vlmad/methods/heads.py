@@ -52,10 +52,8 @@ class ProjectionHeads(nn.Module):
         return h.hexdigest()
 
 
-
 def backbone_activation(backbone: Any) -> str:
     """Name of the vision tower's MLP activation ("QuickGELU" for OpenAI weights, "GELU" otherwise)."""
     mlp = backbone.visual.transformer.resblocks[0].mlp
     act = mlp.gelu if hasattr(mlp, "gelu") else mlp[1]
     return type(act).__name__
-

@@ -20,8 +20,19 @@ from typing import Any
 from vlmad_runtime.errors import VlmadError
 
 #: keywords of ``create_detector`` that configure the CLIP backbone (every other keyword goes to the method)
-BACKBONE_KEYS = ("model", "pretrained", "checkpoint", "random_weights", "seed", "quick_gelu", "image_size",
-                 "device", "precision", "chunk_tokens", "fast")
+BACKBONE_KEYS = (
+    "model",
+    "pretrained",
+    "checkpoint",
+    "random_weights",
+    "seed",
+    "quick_gelu",
+    "image_size",
+    "device",
+    "precision",
+    "chunk_tokens",
+    "fast",
+)
 #: backbone options that name the weights: exactly one of them may be given
 WEIGHT_KEYS = ("pretrained", "checkpoint", "random_weights")
 #: study axes every backbone-based method supports (method-specific axes are added by the spec)
@@ -63,8 +74,10 @@ class OptionSpec:
         if bool not in types and isinstance(value, bool) and int in types:
             raise VlmadError(f"{method} option {self.name}={value!r}: expected {_type_names(types)}")
         if not isinstance(value, types):
-            raise VlmadError(f"{method} option {self.name}={value!r} ({type(value).__name__}): expected "
-                             f"{_type_names(types)}", self.help or None)
+            raise VlmadError(
+                f"{method} option {self.name}={value!r} ({type(value).__name__}): expected {_type_names(types)}",
+                self.help or None,
+            )
 
 
 def _type_names(types: tuple[type, ...]) -> str:
@@ -153,10 +166,11 @@ class MethodSpec:
                 import difflib
 
                 close = difflib.get_close_matches(key, valid, n=1)
-                raise VlmadError(f"{self.name} has no option {key!r}" + (f" (did you mean {close[0]!r}?)"
-                                                                        if close else ""),
-                                 f"valid options: {', '.join(self.option_names())}; backbone options: "
-                                 f"{', '.join(BACKBONE_KEYS) if self.uses_backbone else 'device'}")
+                raise VlmadError(
+                    f"{self.name} has no option {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
+                    f"valid options: {', '.join(self.option_names())}; backbone options: "
+                    f"{', '.join(BACKBONE_KEYS) if self.uses_backbone else 'device'}",
+                )
         for opt in self.options:
             if opt.name in kwargs:
                 opt.check(self.name, kwargs[opt.name])
