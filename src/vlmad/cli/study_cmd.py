@@ -285,7 +285,9 @@ def calibrate(
         from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
         extra["warning"] = RANDOM_WEIGHTS_STAMP
-    record = deploy_record(cal, detector.info().method, class_name, detector.info().as_dict(), extra)
+    from vlmad.methods.registry import default_method
+
+    record = deploy_record(cal, method or default_method(), class_name, detector.info().as_dict(), extra)
     write_deploy(out, record)
     far = record["expected_false_alarm_rate"]
     console.print(f"threshold {record['threshold']:.6g} ({chosen_mode}, {cal.details['n_images']} image(s)); expected "

@@ -28,7 +28,7 @@ def register_method(spec: MethodSpec, replace: bool = False) -> MethodSpec:
                          "build one with vlmad.methods.spec.MethodSpec(name=..., factory=...)")
     for name in (spec.name, *spec.aliases):
         owner = _ALIASES.get(name)
-        if owner is not None and owner != spec.name and not replace:
+        if owner is not None and _SPECS.get(owner) is not spec and not replace:
             raise VlmadError(f"method name {name!r} is already registered (by {owner!r})",
                              "choose another name or pass replace=True")
     _SPECS[spec.name] = spec

@@ -35,6 +35,8 @@ BACKBONE_KEYS = (
 )
 #: backbone options that name the weights: exactly one of them may be given
 WEIGHT_KEYS = ("pretrained", "checkpoint", "random_weights")
+#: options every front end may pass to any method (speed only); a method that does not declare one never sees it
+RUNTIME_OPTIONS = ("batch_size", "use_cache")
 #: study axes every backbone-based method supports (method-specific axes are added by the spec)
 GENERIC_AXES = ("prompts", "resolution", "backbone")
 
@@ -156,7 +158,7 @@ class MethodSpec:
         return names
 
     def valid_keys(self) -> list[str]:
-        return self.option_names() + (list(BACKBONE_KEYS) if self.uses_backbone else ["device"])
+        return self.option_names() + list(RUNTIME_OPTIONS) + (list(BACKBONE_KEYS) if self.uses_backbone else ["device"])
 
     def check_options(self, kwargs: Mapping[str, Any]) -> None:
         """Reject unknown or ill-typed options before anything loads (the error lists the valid ones)."""
@@ -233,6 +235,8 @@ class MethodSpec:
     def build(self, backbone: Any = None, **kwargs: Any) -> Any:
         """Validate ``kwargs``, load the backbone unless one is given, and create the detector."""
         self.check_options(kwargs)
+        declared = self.option_names()
+        kwargs = {k: v for k, v in kwargs.items() if k not in RUNTIME_OPTIONS or k in declared}
         factory = load_object(self.factory)
         if not self.uses_backbone:
             return factory(None, **{k: v for k, v in kwargs.items() if k != "device"})
