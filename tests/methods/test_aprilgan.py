@@ -1,4 +1,4 @@
-"""APRIL-GAN against straightforward implementations of DESIGN.md's equations, and the detector's contract.
+"""APRIL-GAN against straightforward implementations of docs/methods.md's equations, and the detector's contract.
 
 The independent implementation below uses open_clip's own ``forward_intermediates`` / ``encode_text`` (not
 vlmad's fast blocks), explicit per-image / per-stage loops, a two-channel softmax after upsampling and
@@ -60,7 +60,7 @@ def design_text(model, tokenizer, prompt_set, name):
 
 
 def design_predict(model, heads: ProjectionHeads, text, x, stages, bank=None):
-    """DESIGN.md's APRIL-GAN equations, one image and one stage at a time."""
+    """docs/methods.md's APRIL-GAN equations, one image and one stage at a time."""
     v = model.visual
     size = x.shape[-1]
     scores, maps = [], []

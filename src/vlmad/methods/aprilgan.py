@@ -1,5 +1,5 @@
 """APRIL-GAN (Chen et al., VAND 2023 challenge): zero-shot segmentation with trained projection heads, plus
-the few-shot memory bank. Reference behaviour: ByChelsea/VAND-APRIL-GAN (see DESIGN.md).
+the few-shot memory bank. Reference behaviour: ByChelsea/VAND-APRIL-GAN (see docs/methods.md).
 
 Equations (``S`` = model input side, ``G`` = patch grid, one entry per stage ``s``, e.g. blocks 6/12/18/24):
 
@@ -174,7 +174,7 @@ class AprilGan(Detector):
 
     ``stages``: 1-based block indices (default: the heads' stages, else 4 evenly spaced blocks).
     ``prompt_set`` / ``class_name_style`` default to what the heads were trained with, else "aprilgan" /
-    "display". ``class_name_style``: "display" (DESIGN.md: "metal_nut" -> "metal nut") or "raw" (the reference
+    "display". ``class_name_style``: "display" (docs/methods.md: "metal_nut" -> "metal nut") or "raw" (the reference
     code puts the folder name, underscore included, into the prompts). ``transductive``: declare the
     reference's test-set min-max normalisation of the few-shot map maxima; apply it with
     :meth:`normalize_scores_transductive` over a whole class. ``predict`` itself never uses test statistics.

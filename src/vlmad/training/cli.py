@@ -62,7 +62,7 @@ def train_aprilgan_command(
     cache_half: bool = typer.Option(False, "--cache-half", help="Cache features in fp16 (half the memory)."),
     prompt_set: str = typer.Option("aprilgan", "--prompt-set", help="Prompt set name or YAML/JSON file."),
     class_names: str = typer.Option(
-        "display", "--class-names", help="display ('metal nut', DESIGN) or raw ('metal_nut', reference code)."
+        "display", "--class-names", help="display ('metal nut', docs/methods.md) or raw ('metal_nut', reference code)."
     ),
     model: str | None = typer.Option(None, "--model", help="open_clip architecture (default ViT-L-14-336)."),
     pretrained: str | None = typer.Option(
