@@ -28,6 +28,7 @@ from vlmad.methods.inputs import to_model_input
 from vlmad.methods.registry import get_spec, register_method, unregister_method
 from vlmad.methods.spec import ArtefactSpec, MethodSpec, OptionSpec
 from vlmad_runtime.errors import VlmadError
+from vlmad_runtime.version import __version__
 
 NAME = "toy-diff"
 TINY = ["--model", "vlmad-tiny-vit", "--random-weights"]
@@ -192,6 +193,7 @@ def test_benchmark_with_own_option_and_a_typo(tmp_path, mvtec_root, offset_file)
     rows = [r for r in load_results(out) if r["status"] == "ok"]
     assert {r["shots"] for r in rows} == {0, 1}
     assert all(r["detector"]["gain"] == 2.0 and r["detector"]["offset"] == 0.25 for r in rows)
+    assert all(r["code_fingerprint"].startswith(__version__) for r in rows)
     import vlmad.cli.commands  # noqa: F401
     from vlmad.cli import app
 

@@ -40,6 +40,7 @@ from vlmad.bench.profile import (
 )
 from vlmad.bench.results import RESULTS_FILE, SCORES_DIR, ResultsStore, RunLock, append_invocation, write_scores
 from vlmad.methods.base import Detector
+from vlmad.provenance import code_fingerprint
 from vlmad_runtime.errors import VlmadError
 
 DetectorFactory = Callable[[dict[str, Any]], Detector]
@@ -588,6 +589,7 @@ class _Runner:
                     "vlmad": self._versions["vlmad"], "torch": self._versions["torch"],
                     "open_clip": self._versions["open_clip"]},
             "vlmad_version": self._versions["vlmad"],
+            "code_fingerprint": code_fingerprint(),
             "finished_at": _now(),
         }
 

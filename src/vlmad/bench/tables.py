@@ -588,6 +588,7 @@ def _summary(out: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mapping[
     lines = ["# vlmad benchmark summary", ""]
     if any(r.get("random_weights") for r in ok):
         lines += [f"> **WARNING: {RANDOM_WEIGHTS_STAMP}** for the rows marked {RANDOM_MARK}.", ""]
+    lines += fingerprint_warning(ok)
     try:
         latest = json.loads((out / "run.json").read_text()).get("latest", {})
     except (OSError, ValueError):
@@ -616,6 +617,18 @@ def _summary(out: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mapping[
     if eff_md:
         lines += ["---", "", _demote(eff_md)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def fingerprint_warning(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines warning that a run folder mixes rows computed by different code (resumed after a change)."""
+    from vlmad.provenance import mixed_fingerprints
+
+    seen = mixed_fingerprints(list(rows))
+    if not seen:
+        return []
+    return [f"> **WARNING: rows from {len(seen)} code versions** ({', '.join(seen)}): this folder was resumed "
+            "after a code change; numbers of different versions sit side by side (rerun into a new --out to "
+            "recompute them all).", ""]
 
 
 def _demote(markdown: str) -> str:
