@@ -27,6 +27,9 @@ from typing import Any
 from vlmad.bench.protocol import canonical, hash_key
 from vlmad.bench.published import DATASET_NAMES, compare, entries_for
 from vlmad.bench.results import load_results
+from vlmad.bench.stats import maximum as _max
+from vlmad.bench.stats import median as _median
+from vlmad.bench.stats import num as _num
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 from vlmad_runtime.fileio import atomic_write_text
 
@@ -451,16 +454,6 @@ def _csv(records: Sequence[Mapping[str, Any]]) -> str:
 # efficiency
 
 
-def _median(values: Iterable[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _max(values: Iterable[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return max(vals) if vals else None
-
-
 def efficiency_records(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in rows:
@@ -501,14 +494,6 @@ def efficiency_records(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
 
 def _scaled(v: float | None, factor: float) -> float | None:
     return None if v is None else v * factor
-
-
-def _num(v: Any, digits: int = 1) -> str:
-    if v is None or v == "":
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
 
 
 def efficiency_markdown(records: Sequence[Mapping[str, Any]]) -> str:

@@ -9,6 +9,7 @@ import typer
 
 from vlmad.cli import app
 from vlmad.cli.common import CheckpointOpt, DeviceOpt, console
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 
 @app.command()
@@ -34,4 +35,4 @@ def demo(
                       f"{m['s_per_image']:.2f} s/image")
     console.print(f"summary: {res.summary_md} and {res.summary_html}")
     if res.random_weights:
-        console.print("[bold red]random weights - scores are meaningless[/]")
+        console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/]")

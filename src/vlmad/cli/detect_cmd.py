@@ -25,6 +25,7 @@ from vlmad.cli.common import (
     build_detector,
     console,
 )
+from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 
 @app.command()
@@ -86,5 +87,5 @@ def detect(
     for r in failed:
         console.print(f"[yellow]skipped[/] {r.path}: {r.error}")
     if detector.info().random_weights:
-        console.print("[bold red]random weights - scores are meaningless[/]")
+        console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/]")
 

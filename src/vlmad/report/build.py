@@ -31,6 +31,8 @@ import numpy as np
 from vlmad.bench.protocol import keyed_kwargs, relpath
 from vlmad.bench.published import DATASET_NAMES, compare
 from vlmad.bench.results import load_results, read_scores
+from vlmad.bench.stats import median as _median
+from vlmad.bench.stats import num as _num
 from vlmad.bench.tables import (
     IMAGE_METRICS,
     METRIC_NAMES,
@@ -67,12 +69,6 @@ def _pct(v: float | None) -> float | None:
     return None if v is None else 100.0 * v
 
 
-def _num(v: float | None, digits: int = 1, signed: bool = False) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-
-
 def _rate(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f} %"
 
@@ -83,11 +79,6 @@ def _is_main(row: Mapping[str, Any]) -> bool:
 
 def _metrics_present(configs: Sequence[Config]) -> list[str]:
     return [m for m in ALL_METRICS if any(m in (r.get("metrics") or {}) for c in configs for r in c.rows)]
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return statistics.median(vals) if vals else None
 
 
 def _config_ms(c: Config) -> float | None:

@@ -14,7 +14,6 @@ fp16), and are refused on different weights (e.g. random init vs OpenAI) with a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from vlmad_runtime.errors import CheckpointMismatchError, VlmadError
-from vlmad_runtime.fileio import atomic_save, atomic_write_text
+from vlmad_runtime.fileio import atomic_save, atomic_write_text, sha256_file
 
 HEADS_FORMAT = "vlmad-aprilgan-heads"
 FORMAT_VERSION = 1
@@ -51,11 +50,7 @@ def heads_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _vlmad_version() -> str:
