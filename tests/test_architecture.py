@@ -85,7 +85,6 @@ LONG_FUNCTION_EXCEPTIONS = {
     "src/vlmad/report/build.py::_section_cross_domain": "one matrix section",
     "src/vlmad/training/aprilgan.py::train_aprilgan": "the training loop, split next",
     "src/vlmad/study/spec.py::parse_study_spec": "spec validation, split next",
-    "src/vlmad/bench/runner.py::_run_row": "row steps, split next",
 }
 
 
