@@ -83,14 +83,38 @@ def test_any_protocol_difference_gives_na_with_reason(change, reason):
 def test_subset_of_categories_and_aupro_variant_are_not_compared():
     c = compare(facts_of(full_grid()[:3]), "image_auroc")
     assert c.value is None and "3 of 15" in c.reason
-    rows = [fake_row(c, shots=4, seed=0) for c in MVTEC_CATEGORIES]
+    facts = facts_of(aprilgan_grid(shots=4, seed=0))
+    assert "200-threshold" in compare(facts, "aupro").reason
+    assert "transductive" in compare(facts, "aupro_legacy200").reason  # published 4-shot APRIL-GAN is transductive
+
+
+def aprilgan_grid(shots: int = 0, seed=None, **detector):
+    """A full MVTec AD grid of APRIL-GAN rows with the reference's recorded protocol, ``detector`` overriding."""
+    rows = [fake_row(c, shots=shots, seed=seed) for c in MVTEC_CATEGORIES]
     for r in rows:
         r.update(method="aprilgan", method_label="aprilgan")
         r["weights"] = {"source": "pretrained", "model": "ViT-L-14-336", "tag": "openai"}
-        r["detector"].update(model="ViT-L-14-336", image_size=518, prompt_set="aprilgan")
-    facts = facts_of(rows)
-    assert "200-threshold" in compare(facts, "aupro").reason
-    assert "transductive" in compare(facts, "aupro_legacy200").reason  # published 4-shot APRIL-GAN is transductive
+        r["detector"] = {"method": "aprilgan", "model": "ViT-L-14-336", "weights_id": "ViT-L-14-336/openai",
+                         "image_size": 518, "prompt_set": "aprilgan", "shots": shots, "transductive": False,
+                         "random_weights": False, "stages": [6, 12, 18, 24], "heads": "visa.safetensors@abc",
+                         "heads_untrained": False, "class_name_style": "raw", "precision": "fp32",
+                         "activation": "GELU"}
+        r["detector"].update(detector)
+        for key in [k for k, v in detector.items() if v is None]:
+            del r["detector"][key]
+    return rows
+
+
+def test_aprilgan_activation_is_part_of_the_compared_protocol():
+    """Published APRIL-GAN numbers come from ViT-L-14-336 without QuickGELU and raw class names: a run with the
+    other activation, an unrecorded one, or display names is not comparable."""
+    assert compare(facts_of(aprilgan_grid()), "image_auroc").value == 86.1
+    c = compare(facts_of(aprilgan_grid(activation="QuickGELU")), "image_auroc")
+    assert c.value is None and c.reason == "activation QuickGELU, published with GELU"
+    c = compare(facts_of(aprilgan_grid(activation=None)), "image_auroc")
+    assert c.value is None and c.reason == "activation not recorded (published with GELU)"
+    c = compare(facts_of(aprilgan_grid(class_name_style="display")), "image_auroc")
+    assert c.value is None and "class_name_style=display" in c.reason
 
 
 def test_table_shows_published_and_difference_only_for_comparable_columns():

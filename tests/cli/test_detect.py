@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -72,6 +73,9 @@ def test_detect_cli_matches_anomalib_on_png_files(tmp_path, weights_file, anomal
 def test_detect_outputs_overlays_and_survives_bad_files(tmp_path, weights_file):
     images = write_pngs(tmp_path / "imgs", 3, 90, seed=23)
     (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    jpeg = io.BytesIO()
+    Image.open(images[0]).save(jpeg, "JPEG", quality=90)  # cut mid-scan, closed with an end marker: PIL's grey
+    (tmp_path / "imgs" / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2] + b"\xff\xd9")
     gray = tmp_path / "imgs" / "gray.png"
     Image.fromarray((np.arange(120 * 80).reshape(120, 80) % 255).astype(np.uint8)).save(gray)
     out = tmp_path / "out"
@@ -79,8 +83,9 @@ def test_detect_outputs_overlays_and_survives_bad_files(tmp_path, weights_file):
                 weights_file("vlmad-tiny-vit"), "--out", out, "--save-maps", "--overlay", "--batch-size", "2")
     assert res.returncode == 0, res.stderr
     rows = {Path(r["path"]).name: r for r in read_scores(out)}
-    assert set(rows) == {p.name for p in images} | {"broken.png", "gray.png"}
+    assert set(rows) == {p.name for p in images} | {"broken.png", "gray.png", "cut.jpg"}
     assert rows["broken.png"]["error"] and not rows["broken.png"]["score"]
+    assert "truncated" in rows["cut.jpg"]["error"] and not rows["cut.jpg"]["score"]
     assert "skipped" in res.stderr and "broken.png" in res.stderr
     for name in ("img_0.png", "gray.png"):
         r = rows[name]

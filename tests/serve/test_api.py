@@ -507,7 +507,6 @@ def test_aprilgan_detector_behind_the_service(make_app, make_detector, serve_hel
 
 def test_preprocessing_matches_the_file_loader(make_app, serve_helpers, tmp_path):
     """A 16-bit PNG and an EXIF-rotated JPEG score as `vlmad detect` reads them from disk."""
-    from vlmad.methods.inputs import to_model_input
     from vlmad_runtime.images import load_image
 
     arr16 = (np.random.default_rng(0).random((40, 50)) * 65535).astype(np.uint16)
@@ -525,7 +524,7 @@ def test_preprocessing_matches_the_file_loader(make_app, serve_helpers, tmp_path
             img = load_image(path)
             assert [body["image"]["width"], body["image"]["height"]] == list(img.size)
             with torch.inference_mode():
-                expected = det.predict(to_model_input([img], det.backbone))
+                expected = det.predict([img])  # the method's own file pipeline
             assert body["score"] == pytest.approx(float(expected.image_scores[0]), abs=1e-5)
     assert (body["image"]["width"], body["image"]["height"]) == (30, 60)  # EXIF orientation 6 applied
 

@@ -177,3 +177,19 @@ def test_import_reference_checkpoint(tiny_backbone, tmp_path):
         import_reference_heads(
             tmp_path / "visa_pretrained.pth", tmp_path / "x", tiny_backbone, stages=(1, 2, 2)
         )
+
+
+def test_import_reference_heads_refuses_another_activation(weights_file, tmp_path):
+    """The released heads were trained behind GELU (the reference builds the model without QuickGELU): a
+    QuickGELU backbone is refused before anything is written, with the option that fixes it."""
+    sd = {f"fc.{i}.{k}": torch.zeros(*shape) for i in range(2) for k, shape in (("weight", (32, 64)), ("bias", (32,)))}
+    torch.save({"trainable_linearlayer": sd}, tmp_path / "ref.pth")
+    quick = ClipBackbone.load(ARCH, checkpoint=str(weights_file(ARCH)), quick_gelu=True)
+    with pytest.raises(CheckpointMismatchError, match="trained behind GELU .* uses QuickGELU") as err:
+        import_reference_heads(tmp_path / "ref.pth", tmp_path / "out", quick, stages=(1, 2))
+    assert "quick_gelu=False" in err.value.hint and "--no-quick-gelu" in err.value.hint
+    assert not list(tmp_path.glob("out*"))
+    # heads declared as trained behind QuickGELU go with a QuickGELU backbone, and the sidecar says so
+    path = import_reference_heads(tmp_path / "ref.pth", tmp_path / "out", quick, stages=(1, 2),
+                                  trained_activation="QuickGELU")
+    assert load_heads(path)[1]["backbone"]["activation"] == "QuickGELU"

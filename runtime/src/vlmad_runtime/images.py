@@ -15,7 +15,9 @@ Conventions (shared by :func:`load_image`, :func:`load_mask` and :func:`image_si
   rounding, keeping the full dynamic range instead of clipping at 255. ``I`` data outside that range and
   float (``F``) data outside 0..1 are min-max scaled per image; ``F`` data in 0..1 is multiplied by 255.
 * Truncated files are errors, whatever :data:`PIL.ImageFile.LOAD_TRUNCATED_IMAGES` says: a truncated image
-  decodes to a grey bottom part that looks exactly like an anomaly.
+  decodes to a grey bottom part that looks exactly like an anomaly. JPEGs are checked for decoder under-run as
+  well (see :func:`_check_jpeg_complete`): a cut JPEG that still ends with an end-of-image marker, or whose
+  header claims more pixels than its scan data holds, is refused although PIL decodes it without complaint.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from vlmad_runtime.errors import DatasetLayoutError, ImageLoadError
@@ -45,6 +48,11 @@ _TRUNCATION_LOCK = threading.Lock()
 _CORRUPT_HINT = (
     "re-export or re-copy the file (it may be truncated by an interrupted download/copy), or remove it"
 )
+
+#: PIL formats whose first frame is a plain JPEG stream starting at byte 0 (MPO: phone/camera multi-picture).
+_JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+#: libjpeg(-turbo) warnings that mean "the scan data ran out": the rest of the image would be filled with grey.
+_UNDERRUN_WARNINGS = ("premature end of jpeg file", "premature end of data segment")
 
 
 @contextmanager
@@ -106,9 +114,52 @@ def _open(path: str | Path, max_pixels: int | None) -> Iterator[Image.Image]:
         yield im
 
 
+def _jpeg_stream(im: Image.Image) -> bytes | None:
+    """The encoded bytes behind an opened JPEG/MPO image (its file or upload buffer), or None if unavailable."""
+    fp = getattr(im, "fp", None)
+    if fp is None:
+        return None
+    try:
+        pos = fp.tell()
+        fp.seek(0)
+        data = fp.read()
+        fp.seek(pos)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, bytes) else None
+
+
+def _check_jpeg_complete(im: Image.Image, path: str | Path) -> None:
+    """Refuse a JPEG whose scan data ends before its last pixel (decoder under-run).
+
+    PIL's JPEG decoder silences libjpeg's warnings, so a file cut mid-scan and closed with ``FF D9`` (or a
+    header claiming 6000x6000 over 8x8 of data) decodes "successfully" with grey where the data ran out.
+    libjpeg-turbo (through simplejpeg) reports the under-run when warnings are errors; the check decodes at 1/8
+    scale, which still walks all entropy-coded data (the part that under-runs) but skips most of the IDCT and
+    colour work. Other libjpeg warnings (e.g. extraneous bytes before a marker, common in camera files and
+    harmless) and streams libjpeg-turbo cannot read are left to PIL's own decode. A progressive JPEG cut
+    exactly at a scan boundary is a valid coarser image, not an under-run, and is accepted.
+    """
+    data = _jpeg_stream(im)
+    if data is None:
+        return
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="GRAY", min_factor=8, strict=True)
+    except ValueError as err:
+        message = str(err)
+        if any(w in message.lower() for w in _UNDERRUN_WARNINGS):
+            raise ImageLoadError(
+                str(path), f"file is truncated: the JPEG scan data ends early ({message})", _CORRUPT_HINT
+            ) from None
+    except Exception:  # anything else is judged by PIL's decode below
+        pass
+
+
 def _decode(im: Image.Image, path: str | Path) -> Image.Image:
     """Force a full decode (``Image.open`` is lazy) and return the image in display orientation, detached
     from the file."""
+    if (im.format or "").upper() in _JPEG_FORMATS:
+        _check_jpeg_complete(im, path)
     try:
         with _strict_truncation():
             im.load()

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlmad.backbones.cpu import tune_cpu_allocator
@@ -297,13 +296,14 @@ class ClipBackbone:
         return x[:, 0]
 
     def preprocess_tensor(self, images: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """[0,1] RGB tensors (B,3,H,W) -> model input: bicubic antialiased resize, CLIP mean/std."""
-        size = size or self.image_size
-        if images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-        return (images - mean) / std
+        """[0,1] RGB tensors (B,3,H,W) -> model input: bicubic antialiased resize (not clamped), CLIP mean/std.
+
+        For tensors already in memory (tests, benchmarks). Image *files* go through their method's declared
+        pipeline (:mod:`vlmad.methods.inputs`): APRIL-GAN's resizes the uint8 image with PIL instead.
+        """
+        from vlmad.methods.inputs import normalize, resize_tensor_bicubic
+
+        return normalize(resize_tensor_bicubic(images, size or self.image_size), self.mean, self.std)
 
 
 def _first(value) -> int:

@@ -38,7 +38,9 @@ from vlmad.methods.spec import BACKBONE_KEYS as _SPEC_BACKBONE_KEYS
 from vlmad_runtime.errors import VlmadError
 
 #: bump when the meaning of a row changes (reference policy, metric set, ...): old rows are then recomputed
-ROW_SCHEMA = 1
+#: 2: APRIL-GAN's defaults became the reference's (no QuickGELU, raw class names), so a key made under 1 with
+#: default options named another protocol
+ROW_SCHEMA = 2
 #: method options that change how fast a row runs, never its numbers: not part of the row key
 RUNTIME_KEYS = frozenset({"device", "batch_size", "use_cache", "chunk_tokens"})
 #: backbone options (the rest of a method spec's kwargs are method options)

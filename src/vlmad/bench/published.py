@@ -2,8 +2,11 @@
 
 The numbers (macro averages, percent) live in ``published_results.json`` with their sources. A published number
 is shown next to a result only when the protocol matches: same method (registry name), dataset and shot count;
-real (non-random) weights that are the published model and pretrained tag; the published input size and
-default method settings; evaluation at the model input resolution; the macro mean over the full official
+real (non-random) weights that are the published model and pretrained tag; the published input size, MLP
+activation (where the published model states one: APRIL-GAN's reference builds ViT-L-14-336 at 518 px without
+QuickGELU, so a QuickGELU run, or one that did not record its activation, is not comparable) and default method
+settings (APRIL-GAN: raw folder names in the prompts, as the reference); evaluation at the model input
+resolution; the macro mean over the full official
 category list, every image scored (no ``--limit``, no skipped files), no overridden protocol check; the same
 transductive setting; and the metric computed the same way (AUPRO variant). Otherwise the cell reads "n/a" and
 a footnote says why.
@@ -93,6 +96,9 @@ def protocol_mismatch(facts: dict[str, Any], entry: dict[str, Any], published: d
         if facts.get("image_size") is not None and int(facts["image_size"]) != int(model["image_size"]):
             return f"input size {facts['image_size']} px, published at {model['image_size']} px"
     info = facts.get("info") or {}
+    reason = _activation_mismatch(model, info)
+    if reason:
+        return reason
     settings = default_settings(entry["method"])
     for key, want in settings.items():
         if key in info and info[key] != want:
@@ -121,6 +127,20 @@ def protocol_mismatch(facts: dict[str, Any], entry: dict[str, Any], published: d
         return f"macro over {len(cats)} of {len(official)} categories"
     if not facts.get("complete", True):
         return "some (category, seed) rows are missing"
+    return None
+
+
+def _activation_mismatch(model: dict[str, Any], info: dict[str, Any]) -> str | None:
+    """The published model's MLP activation must be the run's recorded one (same weights, other activation:
+    other features; APRIL-GAN maps differ by ~0.15). Unrecorded is not comparable either."""
+    want = model.get("activation")
+    if not want:
+        return None
+    got = info.get("activation")
+    if got is None:
+        return f"activation not recorded (published with {want})"
+    if got != want:
+        return f"activation {got}, published with {want}"
     return None
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vlmad.cli import app
+from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
     GridCheckpointOpt,
     GridModelOpt,
@@ -45,7 +45,7 @@ def benchmark(
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated reference-draw seeds (few-shot only).")
                      ] = "0",
     categories: Annotated[str | None, typer.Option(
-        "--categories", "-c", help="Comma-separated categories (all by default); 'kind:name' to target one "
+        "--categories", help="Comma-separated categories (all by default); 'kind:name' to target one "
         "dataset.")] = None,
     model: GridModelOpt = None,
     pretrained: GridPretrainedOpt = None,
@@ -93,6 +93,8 @@ def benchmark(
         force_protocol=force_protocol, retry_failed=retry_failed, use_cache=not no_cache, flops=not no_flops,
         progress=not quiet, argv=command_line(ctx),
     )
+    on_interrupt(f"finished rows are kept in {out / 'results.jsonl'}; rerun the same command to resume (nothing "
+                 "finished is recomputed)")
     run_dir = run_benchmark(config)
     console.print(f"results: {run_dir / 'results.jsonl'}")
     console.print(f"summary: {run_dir / 'summary.md'} (tables in {run_dir / 'tables'}, efficiency in "

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
-from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
-
 console = Console(stderr=True, soft_wrap=True)
 
+# one vocabulary for every command (issue 16): -c is always the object class; --categories (no short form) picks
+# dataset categories in benchmark/study/train; --dataset/-d + --root name a dataset; --out/-o is the output
+ClassNameOpt = Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")]
+OptionalClassNameOpt = Annotated[str | None, typer.Option(
+    "--class-name", "-c", help="Object class used in the prompts, e.g. bottle or metal_nut.")]
+CategoriesOpt = Annotated[str | None, typer.Option(
+    "--categories", help="Comma-separated categories (all by default); 'kind:name' to target one dataset.")]
 MethodOpt = Annotated[str | None, typer.Option(
     "--method", "-m", help="Detection method (see `vlmad models`; default: the first one listed).")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="open_clip architecture; default per method.")]
@@ -106,4 +114,33 @@ def build_detector(
 
 
 def warn_random_weights() -> None:
+    from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
     console.print(f"[bold red]WARNING: {RANDOM_WEIGHTS_STAMP}[/] (smoke test of the pipeline only)")
+
+
+@contextmanager
+def progress(total: int, label: str, every_s: float = 10.0) -> Iterator[Callable[[int], None]]:
+    """Per-item progress: a rich bar on a terminal, else a plain line after the first step, then every
+    ``every_s`` seconds and at the end (logs and CI show that a long run is moving)."""
+    if console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(label, total=total)
+            yield lambda n: bar.advance(task, n)
+        return
+    start = last = time.monotonic()
+    done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done, last
+        done += n
+        now = time.monotonic()
+        if done == n or done >= total or now - last >= every_s:
+            last = now
+            rate = done / max(now - start, 1e-9)
+            console.print(f"{label}: {done}/{total} ({now - start:.1f} s, {rate:.2f}/s)", highlight=False)
+
+    yield advance

@@ -7,9 +7,8 @@ from typing import Annotated
 
 import typer
 
-from vlmad.cli import app
+from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import CheckpointOpt, DeviceOpt, console
-from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 
 @app.command()
@@ -28,6 +27,8 @@ def demo(
     """Generate a demo dataset, run WinCLIP zero-shot and K-shot, write scores, overlays and a summary."""
     from vlmad.demo import run_demo
 
+    on_interrupt(f"what finished is kept in {out}; rerun the same command to run the demo again (the generated "
+                 "dataset is reused)")
     res = run_demo(out, model=model, pretrained=pretrained, checkpoint=checkpoint,
                    fallback_random_weights=fallback_random_weights, shots=shots, device=device)
     for name, m in res.metrics.items():
@@ -35,4 +36,6 @@ def demo(
                       f"{m['s_per_image']:.2f} s/image")
     console.print(f"summary: {res.summary_md} and {res.summary_html}")
     if res.random_weights:
+        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
         console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/]")

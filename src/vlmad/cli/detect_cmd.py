@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vlmad.cli import app
+from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
     ArtefactOpt,
     BatchOpt,
     CheckpointOpt,
+    ClassNameOpt,
     DeviceOpt,
     MethodOpt,
     ModelOpt,
@@ -24,15 +24,18 @@ from vlmad.cli.common import (
     artefact_kwargs,
     build_detector,
     console,
+    progress,
 )
-from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.errors import VlmadError
 
 
 @app.command()
 def detect(
-    images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
-    class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
+    images: Annotated[list[str], typer.Argument(help="Image files, folders, quoted glob patterns ('parts/**/*.png')"
+                                                " or .txt files listing one image path per line.")],
+    class_name: ClassNameOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (scores.csv, maps/, overlays/).")],
+    recursive: Annotated[bool, typer.Option("--recursive", "-R", help="Also score images in subfolders.")] = False,
     method: MethodOpt = None,
     reference: Annotated[
         list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
@@ -62,11 +65,12 @@ def detect(
     ] = False,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
-    from vlmad.jobs import expand_images, run_detection
+    from vlmad.cli.inputs import collect_images
+    from vlmad.jobs import run_detection
     from vlmad_runtime.deploy import load_deploy
 
-    paths = expand_images(images)
-    refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))
+    paths = collect_images(images, recursive=recursive)
+    refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
     threshold = load_deploy(deploy)["threshold"] if deploy else None
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
                               prompt_set, no_cache, heads, batch_size,
@@ -76,16 +80,20 @@ def detect(
     if refs:
         with console.status(f"{len(refs)}-shot reference memory"):
             detector.fit(refs)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task("detect", total=len(paths))
+    on_interrupt(f"the images scored so far are kept in {out / 'scores.csv'}; rerunning the same command scores "
+                 "them all again")
+    with progress(len(paths), "detect") as advance:
         rows = run_detection(detector, paths, out, save_maps=save_maps, overlay=overlay, batch_size=batch_size,
-                             on_error=on_error, threshold=threshold,
-                             progress=lambda n: bar.advance(task, n))
+                             on_error=on_error, threshold=threshold, progress=advance)
     failed = [r for r in rows if r.error]
     console.print(f"scored {len(rows) - len(failed)} image(s) -> {out / 'scores.csv'}")
     for r in failed:
         console.print(f"[yellow]skipped[/] {r.path}: {r.error}")
     if detector.info().random_weights:
+        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
         console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/]")
+    if len(failed) == len(rows):
+        raise VlmadError(f"no image could be scored ({len(failed)} unreadable)",
+                         "check the skipped files above; accepted formats: png, jpg, bmp, tif, webp")
 

@@ -14,16 +14,15 @@ from vlmad.cli.common import console
 
 @app.command()
 def models(
-    all_models: Annotated[bool, typer.Option("--all", help="List every open_clip architecture and tag.")] = False,
+    all_models: Annotated[bool, typer.Option("--all", help="Also list every open_clip architecture and tag.")] = False,
 ) -> None:
-    """List methods with their default backbones, and open_clip architectures with pretrained tags."""
+    """List the methods with their default backbones (`--all`: every open_clip architecture with its tags)."""
     from rich.console import Console
 
-    from vlmad.backbones import list_architectures, list_pretrained
     from vlmad.methods.registry import method_specs
 
     out = Console()
-    methods = Table(title="methods")
+    methods = Table(title="methods and their default backbones")
     for col in ("method", "default model", "default pretrained", "notes"):
         methods.add_column(col)
     for spec in method_specs():
@@ -31,18 +30,31 @@ def models(
         notes += [f"--artefact: {spec.artefact.help}"] if spec.artefact else []
         methods.add_row(spec.name, spec.default_model or "-", spec.default_pretrained or "-", ", ".join(notes))
     out.print(methods)
+    if not all_models:
+        out.print("Any open_clip architecture works with --model (with --pretrained TAG or --checkpoint FILE); "
+                  "`vlmad models --all` lists them with their pretrained tags.")
+        return
+    _print_architectures(out)
+
+
+def _print_architectures(out) -> None:
+    """Every open_clip architecture: the ones with pretrained tags first, then the rest (loading open_clip
+    costs seconds, so only `--all` does it)."""
+    from vlmad.backbones import list_architectures, list_pretrained
+
     tags: dict[str, list[str]] = {}
     for arch, tag in list_pretrained():
         tags.setdefault(arch, []).append(tag)
     archs = list_architectures()
-    shown = archs if all_models else [a for a in archs if a.startswith("ViT") or a.startswith("vlmad-")]
-    table = Table(title="architectures" + ("" if all_models else " (ViT; --all for every one)"))
-    table.add_column("architecture")
-    table.add_column("pretrained tags")
-    for arch in shown:
-        table.add_row(arch, ", ".join(tags.get(arch, [])) or ("random init only (tests)" if arch.startswith(
-            "vlmad-") else "-"))
-    out.print(table)
+    for title, group in (("architectures with pretrained weights", [a for a in archs if tags.get(a)]),
+                         ("architectures without pretrained tags (random init or --checkpoint)",
+                          [a for a in archs if not tags.get(a)])):
+        table = Table(title=title)
+        table.add_column("architecture")
+        table.add_column("pretrained tags")
+        for arch in group:
+            table.add_row(arch, ", ".join(tags.get(arch, [])) or "-")
+        out.print(table)
 
 
 @app.command("fetch-weights")

@@ -23,7 +23,6 @@ from vlmad.cli.common import (
     build_detector,
     console,
 )
-from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 from vlmad_runtime.errors import VlmadError
 
 API_KEY_ENV = "VLMAD_API_KEY"
@@ -119,6 +118,8 @@ def serve(
                   + ("required" if api_key else "not required"))
     console.print(f"  web page http://{shown_host}:{port}/   API schema http://{shown_host}:{port}/docs")
     if info.get("random_weights"):
+        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
         console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/] (every response carries a warning)")
 
     _log_to_console(log_level)

@@ -18,7 +18,7 @@ Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
 
 #: Image file extensions the readers accept (compared case-insensitively: VisA ships ``.JPG``).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 @runtime_checkable

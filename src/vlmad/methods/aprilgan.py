@@ -1,5 +1,7 @@
 """APRIL-GAN (Chen et al., VAND 2023 challenge): zero-shot segmentation with trained projection heads, plus
-the few-shot memory bank. Reference behaviour: ByChelsea/VAND-APRIL-GAN (see docs/methods.md).
+the few-shot memory bank. Reference behaviour: ByChelsea/VAND-APRIL-GAN (docs/methods.md), whose defaults vlmad's
+are: ViT-L-14-336 at 518 px *without* QuickGELU (the reference rebuilds the model from its JSON config), raw folder
+names in the prompts, PIL bicubic resizing of uint8 images (:data:`vlmad.methods.inputs.PIL_BICUBIC`).
 
 Equations (``S`` = model input side, ``G`` = patch grid, one entry per stage ``s``, e.g. blocks 6/12/18/24):
 
@@ -38,13 +40,15 @@ from vlmad.backbones.clip import ClipBackbone
 from vlmad.backbones.text_cache import TextEmbeddingCache
 from vlmad.methods.base import Detector, DetectorInfo, Images, Prediction
 from vlmad.methods.heads import ProjectionHeads, backbone_activation
-from vlmad.methods.inputs import to_model_input
+from vlmad.methods.inputs import PIL_BICUBIC, to_model_input
 from vlmad.prompts import PromptSet, class_display_name, load_prompt_set
 from vlmad_runtime.errors import NotReadyError, VlmadError
 
 LOGIT_SCALE = 100.0
 DEFAULT_IMAGE_SIZE = 518
-CLASS_NAME_STYLES = ("display", "raw")
+CLASS_NAME_STYLES = ("raw", "display")
+#: the reference's: raw folder names ("metal_nut") in the prompts
+DEFAULT_CLASS_NAME_STYLE = "raw"
 #: elements of one similarity block in the nearest-neighbour search (64 Mi floats = 256 MiB)
 DEFAULT_ASSOC_ELEMS = 1 << 26
 
@@ -174,14 +178,18 @@ class AprilGan(Detector):
 
     ``stages``: 1-based block indices (default: the heads' stages, else 4 evenly spaced blocks).
     ``prompt_set`` / ``class_name_style`` default to what the heads were trained with, else "aprilgan" /
-    "display". ``class_name_style``: "display" (docs/methods.md: "metal_nut" -> "metal nut") or "raw" (the reference
-    code puts the folder name, underscore included, into the prompts). ``transductive``: declare the
+    "raw". ``class_name_style``: "raw" (the reference code puts the folder name, underscore included, into the
+    prompts; its released heads and published numbers mean that) or "display" ("metal_nut" -> "metal nut"), a
+    named option recorded in ``info()`` like the backbone activation (GELU by default, as the reference).
+    ``transductive``: declare the
     reference's test-set min-max normalisation of the few-shot map maxima; apply it with
     :meth:`normalize_scores_transductive` over a whole class. ``predict`` itself never uses test statistics.
     ``check_weights``: refuse heads whose sidecar says they were trained on other backbone weights.
     """
 
     name = "aprilgan"
+    #: the reference's: PIL bicubic resize of the uint8 image, squashed to S x S
+    preprocessing = PIL_BICUBIC
 
     def __init__(
         self,
@@ -269,7 +277,7 @@ class AprilGan(Detector):
         if prompt_set is None:
             prompt_set = meta.get("prompt_set_definition") or meta.get("prompt_set") or "aprilgan"
         self.prompt_set = load_prompt_set(prompt_set)
-        style = class_name_style or meta.get("class_name_style") or "display"
+        style = class_name_style or meta.get("class_name_style") or DEFAULT_CLASS_NAME_STYLE
         if style not in CLASS_NAME_STYLES:
             raise VlmadError(
                 f"unknown class_name_style {style!r}", f"use one of {', '.join(CLASS_NAME_STYLES)}"
@@ -320,8 +328,14 @@ class AprilGan(Detector):
                 "class_name_style": self.class_name_style,
                 "precision": self.backbone.precision,
                 "activation": backbone_activation(self.backbone),
+                "preprocessing": self.preprocessing.name,
             },
         )
+
+    def preprocess(self, images: Images) -> torch.Tensor:
+        """Paths / PIL images -> model input through this method's reference pipeline (:attr:`preprocessing`);
+        preprocessed (B, 3, S, S) tensors pass through checked."""
+        return to_model_input(images, self.backbone, preprocessing=self.preprocessing)
 
     def prompt_class_name(self, class_name: str) -> str:
         return class_display_name(class_name) if self.class_name_style == "display" else class_name
@@ -339,7 +353,7 @@ class AprilGan(Detector):
 
         Rows are stored L2-normalised (only cosines are ever taken), so ``predict`` does not redo it.
         """
-        refs = to_model_input(reference_images, self.backbone)
+        refs = self.preprocess(reference_images)
         if refs.shape[0] == 0:
             raise VlmadError("fit() got no reference images", "pass at least one normal image")
         per_stage: list[list[torch.Tensor]] = [[] for _ in self.stages]
@@ -374,7 +388,7 @@ class AprilGan(Detector):
                 "APRIL-GAN predict() called before setup(class_name)",
                 "call setup() with the object class name first",
             )
-        batch = to_model_input(images, self.backbone)
+        batch = self.preprocess(images)
         parts = [
             self._predict_batch(batch[i : i + self.batch_size])
             for i in range(0, batch.shape[0], self.batch_size)

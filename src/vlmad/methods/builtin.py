@@ -64,13 +64,16 @@ APRILGAN = MethodSpec(
     summary="APRIL-GAN (VAND 2023): trained linear heads on several stages, few-shot patch memory",
     default_model="ViT-L-14-336",
     default_pretrained="openai",
-    backbone_defaults={"image_size": 518, "quick_gelu": True},
+    # quick_gelu=False: the reference (VAND-APRIL-GAN) at 518 px rebuilds ViT-L-14-336 from its JSON config, which
+    # has no QuickGELU, in both towers; its released heads and published numbers mean that (--quick-gelu is the
+    # option; docs/methods.md)
+    backbone_defaults={"image_size": 518, "quick_gelu": False},
     default_prompt_set="aprilgan",
     options=(
         OptionSpec("stages", (list, tuple), None, "vision blocks whose tokens feed the heads (default per depth)"),
         OptionSpec("prompt_set", _PROMPT_TYPES, None, "prompt set (default: the heads' training set)"),
         OptionSpec("transductive", bool, False, "declare the reference's test-set score normalisation"),
-        OptionSpec("class_name_style", str, None, "how class names enter prompts (e.g. 'folder')"),
+        OptionSpec("class_name_style", str, None, "'raw' folder names (the reference's) or 'display' names"),
         OptionSpec("batch_size", int, 4, "images per forward pass"),
         OptionSpec("head_seed", int, 0, "seed of untrained heads (smoke tests)"),
         OptionSpec("check_weights", bool, True, "refuse heads trained on other backbone weights"),
@@ -82,7 +85,8 @@ APRILGAN = MethodSpec(
         backbone_kwargs="vlmad.methods.aprilgan:backbone_kwargs_from_heads",
         meta="vlmad.training.heads_io:read_heads_meta", required=True, skip_option="allow_untrained"),
     study_axes=GENERIC_AXES + ("stages",),
-    published_settings={"precision": "fp32", "prompt_set": "aprilgan", "heads_untrained": False},
+    published_settings={"precision": "fp32", "prompt_set": "aprilgan", "heads_untrained": False,
+                        "class_name_style": "raw"},
     published_neutral=frozenset({"heads"}),
     train="vlmad.training.aprilgan:train_aprilgan",
     train_cli="vlmad.training.cli:train_aprilgan_command",

@@ -8,7 +8,6 @@ Built-in specs come from :mod:`vlmad.methods.builtin`; a plugin package declares
 from __future__ import annotations
 
 from collections.abc import Iterable
-from importlib.metadata import entry_points
 from typing import Any
 
 from vlmad.methods.spec import MethodSpec
@@ -55,6 +54,8 @@ def _ensure_loaded() -> None:
     for spec in BUILTIN_SPECS:
         if spec.name not in _SPECS:
             register_method(spec)
+    from importlib.metadata import entry_points
+
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         _register_entry_point(ep)
 

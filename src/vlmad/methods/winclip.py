@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from vlmad.backbones.clip import ClipBackbone
 from vlmad.backbones.text_cache import TextEmbeddingCache
 from vlmad.methods.base import Detector, DetectorInfo, Images, Prediction
-from vlmad.methods.inputs import to_model_input
+from vlmad.methods.inputs import TENSOR_BICUBIC, to_model_input
 from vlmad.prompts import PromptSet, class_display_name, load_prompt_set
 from vlmad_runtime.errors import NotReadyError, VlmadError
 
@@ -74,6 +74,8 @@ class WinClip(Detector):
     """WinCLIP / WinCLIP+ behind the Detector contract."""
 
     name = "winclip"
+    #: anomalib 2.7.0's pre-processor on its image tensors (the reference implementation)
+    preprocessing = TENSOR_BICUBIC
 
     def __init__(
         self,
@@ -123,8 +125,14 @@ class WinClip(Detector):
             shots=self._k,
             random_weights=self.backbone.source.is_random,
             extra={"scales": list(self.scales), "image_scale": self.use_image_scale,
-                   "precision": self.backbone.precision, "temperature": self.temperature},
+                   "precision": self.backbone.precision, "temperature": self.temperature,
+                   "preprocessing": self.preprocessing.name},
         )
+
+    def preprocess(self, images: Images) -> torch.Tensor:
+        """Paths / PIL images -> model input through this method's reference pipeline (:attr:`preprocessing`);
+        preprocessed (B, 3, S, S) tensors pass through checked."""
+        return to_model_input(images, self.backbone, preprocessing=self.preprocessing)
 
     def setup(self, class_name: str) -> None:
         """Average the prompt embeddings of each class (normalisation happens in the cosine, as in anomalib)."""
@@ -136,7 +144,7 @@ class WinClip(Detector):
 
     def fit(self, reference_images: Images) -> None:
         """Store window embeddings per scale and ln_post patch tokens of K normal references."""
-        refs = to_model_input(reference_images, self.backbone)
+        refs = self.preprocess(reference_images)
         if refs.shape[0] == 0:
             raise VlmadError("fit() got no reference images", "pass at least one normal image")
         windows, patches = {s: [] for s in self.scales}, []
@@ -156,7 +164,7 @@ class WinClip(Detector):
         if self.text_embeddings is None:
             raise NotReadyError("WinCLIP.predict() called before setup(class_name)",
                                 "call setup() with the object class name first")
-        batch = to_model_input(images, self.backbone)
+        batch = self.preprocess(images)
         scores, maps = [], []
         for start in range(0, batch.shape[0], self.batch_size):
             s, m = self._predict_batch(batch[start:start + self.batch_size])

@@ -96,13 +96,10 @@ class ModelWorker:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """RGB image -> (1, 3, S, S) model input; thread-safe (runs on request threads, off the worker)."""
-        from vlmad.methods.inputs import pil_to_tensor, to_model_input
-
-        backbone = getattr(self.detector, "backbone", None)
-        if backbone is None or not hasattr(backbone, "preprocess_tensor"):
-            return image  # detectors without a CLIP backbone take PIL images in predict()
-        x = pil_to_tensor(image).unsqueeze(0)
-        return to_model_input(backbone.preprocess_tensor(x), backbone)
+        own = getattr(self.detector, "preprocess", None)  # the method's declared reference pipeline
+        if not callable(own):
+            return image  # detectors without one take PIL images in predict()
+        return own([image])
 
     # ------------------------------------------------------------------ calls from the event loop
     async def detect(self, model_input: Any, key: tuple[str, str] | None) -> DetectResult:

@@ -70,7 +70,8 @@ class TrainConfig:
     synthetic_per_image: int = 1
     stages: tuple[int, ...] | None = None
     prompt_set: str = "aprilgan"
-    class_name_style: str = "display"
+    #: the reference's: raw folder names ("metal_nut") in the prompts
+    class_name_style: str = "raw"
     focal_gamma: float = 2.0
     #: memory for cached backbone features of unaugmented images (GiB, on the backbone's device); 0: no cache
     cache_gb: float = 4.0
@@ -222,9 +223,10 @@ class ImageSource:
         return canvas, mask
 
     def tensors(self, img: Image.Image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        from vlmad.methods.inputs import pil_to_tensor
+        from vlmad.methods.aprilgan import AprilGan
 
-        x = self.backbone.preprocess_tensor(pil_to_tensor(img).unsqueeze(0), self.size)[0]
+        bb = self.backbone  # the reference trains on the same PIL pipeline it tests with
+        x = AprilGan.preprocessing(img, self.size, bb.mean, bb.std)[0]
         m = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize(
             (self.size, self.size), Image.Resampling.BILINEAR
         )

@@ -1,5 +1,8 @@
-"""The `vlmad train aprilgan` command (registered by :mod:`vlmad.cli.train_cmd` from the method spec's
+"""The `vlmad train aprilgan` command (mounted by :mod:`vlmad.cli.train_cmd` from the method spec's
 ``train_cli``): train APRIL-GAN's projection heads on a dataset with masks or on synthetic anomalies.
+
+A CLI module that lives next to its training code (layer 5 in docs/architecture.md); it imports torch only
+inside the command.
 
 Writes one heads file per epoch (``epoch_NNN.safetensors`` + ``.json`` sidecar with the held-out metrics) and
 ``train_log.json``; pass the chosen epoch's file to detectors with ``--heads`` / ``heads=PATH``.
@@ -26,9 +29,11 @@ def _parse_stages(text: str | None) -> tuple[int, ...] | None:
 
 
 def train_aprilgan_command(
-    data_root: Path = typer.Argument(..., help="Dataset folder to train on."),
+    root_arg: Path | None = typer.Argument(None, help="Dataset folder (same as --root).", show_default=False),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the per-epoch heads (new or empty)."),
-    kind: str = typer.Option("mvtec", "--kind", help="Dataset kind: mvtec, visa or folder."),
+    root: Path | None = typer.Option(None, "--root", help="Dataset folder to train on."),
+    kind: str = typer.Option("mvtec", "--dataset", "-d", help="Dataset kind: mvtec, visa or folder."),
+    kind_alias: str | None = typer.Option(None, "--kind", hidden=True, help="Old name of --dataset."),
     categories: str | None = typer.Option(
         None, "--categories", help="Comma-separated subset (default: all)."
     ),
@@ -62,7 +67,7 @@ def train_aprilgan_command(
     cache_half: bool = typer.Option(False, "--cache-half", help="Cache features in fp16 (half the memory)."),
     prompt_set: str = typer.Option("aprilgan", "--prompt-set", help="Prompt set name or YAML/JSON file."),
     class_names: str = typer.Option(
-        "display", "--class-names", help="display ('metal nut', docs/methods.md) or raw ('metal_nut', reference code)."
+        "raw", "--class-names", help="raw ('metal_nut', the reference's, default) or display ('metal nut')."
     ),
     model: str | None = typer.Option(None, "--model", help="open_clip architecture (default ViT-L-14-336)."),
     pretrained: str | None = typer.Option(
@@ -78,8 +83,8 @@ def train_aprilgan_command(
     quick_gelu: bool | None = typer.Option(
         None,
         "--quick-gelu/--no-quick-gelu",
-        help="Default: on for OpenAI weights. The reference at 518 px runs "
-        "without it (--no-quick-gelu reproduces that).",
+        help="Default off for APRIL-GAN's ViT-L-14-336 at 518 px, as the reference (which builds the model "
+        "without QuickGELU); --quick-gelu is the named alternative.",
     ),
     device: str = typer.Option("cpu", "--device"),
     precision: str = typer.Option("fp32", "--precision"),
@@ -88,6 +93,12 @@ def train_aprilgan_command(
     """Train APRIL-GAN projection heads (frozen backbone; focal + dice; one checkpoint per epoch)."""
     from vlmad.data import load_dataset
     from vlmad.training.aprilgan import TrainConfig, train_aprilgan
+    from vlmad_runtime.errors import VlmadError
+
+    if (root is None) == (root_arg is None):
+        raise VlmadError("give the dataset folder once", "e.g. vlmad train aprilgan --root /data/visa --dataset visa")
+    data_root = root or root_arg
+    kind = kind_alias or kind
 
     bb: dict = {"device": device, "precision": precision}
     for key, value in (
@@ -132,6 +143,10 @@ def train_aprilgan_command(
         f"training APRIL-GAN heads on {reader.name} {data_root} ({regime}); categories: "
         f"{', '.join(reader.categories)}"
     )
+    from vlmad.cli import on_interrupt
+
+    on_interrupt(f"the finished epochs' heads are kept in {out} (epoch_NNN.safetensors, each usable with --heads); "
+                 "training does not resume: rerun with --overwrite to start again")
     result = train_aprilgan(
         reader, out, regime=regime, config=config, backbone_kwargs=bb, overwrite=overwrite, on_epoch=report
     )
@@ -141,4 +156,4 @@ def train_aprilgan_command(
         typer.echo(
             f"best held-out pixel AUROC at epoch {best}: {result.out_dir / f'epoch_{best:03d}.safetensors'}"
         )
-    typer.echo("use a checkpoint with --artefact PATH (or create_detector('aprilgan', heads=PATH))")
+    typer.echo("use a checkpoint with --artefact PATH (alias --heads) (or create_detector('aprilgan', heads=PATH))")

@@ -30,6 +30,9 @@ FORMAT_VERSION = 1
 PROBE_PER_TENSOR = 8
 PROBE_RTOL = 2e-2
 PROBE_ATOL = 1e-3
+#: the MLP activation the released VAND-APRIL-GAN heads were trained behind (the reference builds ViT-L-14-336
+#: at 518 px without QuickGELU)
+REFERENCE_ACTIVATION = "GELU"
 
 
 class DataLeakageError(VlmadError):
@@ -247,18 +250,31 @@ def import_reference_heads(
     stages=(6, 12, 18, 24),
     trained_on: Mapping[str, Any] | None = None,
     prompt_set: str = "aprilgan",
+    trained_activation: str = REFERENCE_ACTIVATION,
 ) -> Path:
     """Convert a VAND-APRIL-GAN checkpoint (``{'trainable_linearlayer': {'fc.i.weight', ...}}``) to vlmad
     heads.
 
-    ``backbone`` is the vlmad backbone the reference ran (ViT-L-14-336 at 518 px with the OpenAI weights; note
-    that the reference at 518 px builds the model *without* QuickGELU — load with quick_gelu=False for
-    parity). ``trained_on``: e.g. ``{"kind": "visa", "root_name": "visa", "categories": [...], "regime":
+    ``backbone`` is the vlmad backbone the reference ran (ViT-L-14-336 at 518 px with the OpenAI weights, built
+    *without* QuickGELU as the reference does at 518 px: vlmad's APRIL-GAN default). ``trained_activation``:
+    the MLP activation the heads were trained behind ("GELU" for the released checkpoints); a backbone with
+    another one is refused (the heads would see other features: maps off by ~0.15 on the same weights), so
+    the sidecar can never record an activation the heads were not trained with.
+    ``trained_on``: e.g. ``{"kind": "visa", "root_name": "visa", "categories": [...], "regime":
     "cross-dataset"}`` (the reference's visa_pretrained.pth was trained on VisA's test split,
     mvtec_pretrained.pth on MVTec AD's).
     """
-    from vlmad.methods.heads import ProjectionHeads
+    from vlmad.methods.heads import ProjectionHeads, backbone_activation
 
+    act = backbone_activation(backbone)
+    if act != trained_activation:
+        quick = trained_activation == "QuickGELU"
+        raise CheckpointMismatchError(
+            f"reference heads {Path(pth).name} were trained behind {trained_activation} activations but the "
+            f"backbone uses {act}",
+            f"load the backbone with quick_gelu={quick} (CLI: --{'' if quick else 'no-'}quick-gelu), as the "
+            "reference did; pass trained_activation only if the heads were trained otherwise",
+        )
     try:
         obj = torch.load(str(pth), map_location="cpu", weights_only=True)
     except Exception as err:
