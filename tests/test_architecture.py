@@ -90,8 +90,6 @@ LONG_FUNCTION_EXCEPTIONS = {
     "src/vlmad/data/synthetic.py::make_dataset": "writes one dataset layout step by step",
     "src/vlmad/report/build.py::_section_gallery": "gallery section; its map computation moves into the run",
     "src/vlmad/report/build.py::_section_cross_domain": "one matrix section",
-    "src/vlmad/training/aprilgan.py::train_aprilgan": "the training loop, split next",
-    "src/vlmad/study/spec.py::parse_study_spec": "spec validation, split next",
 }
 
 
