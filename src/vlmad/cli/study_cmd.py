@@ -144,10 +144,15 @@ def report(
     if not (run_dir / RESULTS_FILE).is_file():
         raise VlmadError(f"no {RESULTS_FILE} in {run_dir}",
                          "pass the --out folder of `vlmad study` or `vlmad benchmark`")
+    from vlmad.report.build import compute_gallery_maps
     from vlmad.study.runner import StudyDetectorFactory
 
-    paths = build_report(run_dir, factory=StudyDetectorFactory(), gallery=not no_gallery, device=device,
-                         log=lambda m: console.print(m, highlight=False))
+    def log(m: str) -> None:
+        console.print(m, highlight=False)
+
+    if not no_gallery:  # maps of gallery images not stored yet (e.g. a plain benchmark folder)
+        compute_gallery_maps(run_dir, StudyDetectorFactory(), device, log)
+    paths = build_report(run_dir, gallery=not no_gallery, log=log)
     console.print(f"report: {paths['html']} (+ {paths['markdown'].name})")
 
 

@@ -392,10 +392,11 @@ def run_study(spec: StudySpec, options: StudyOptions, log: Log | None = None) ->
         invocation.update(finished=_now(), deploy_files=len(deploy))
         _write_study_file(out, plan, options, invocation)
         if options.report:
-            from vlmad.report.build import build_report
+            from vlmad.report.build import build_report, compute_gallery_maps
 
+            compute_gallery_maps(out, factory, options.device, say)  # stored: the report only reads the folder
             say("writing the report")
-            build_report(out, factory=factory, log=say)
+            build_report(out, log=say)
     return out
 
 
