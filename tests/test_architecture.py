@@ -88,8 +88,6 @@ LONG_FUNCTION_EXCEPTIONS = {
     "src/vlmad/report/recommend.py::recommend": "one decision table, read top to bottom",
     "src/vlmad/bench/tables.py::build_table": "one table assembly; splitting scatters the column rules",
     "src/vlmad/data/synthetic.py::make_dataset": "writes one dataset layout step by step",
-    "src/vlmad/report/build.py::_section_gallery": "gallery section; its map computation moves into the run",
-    "src/vlmad/report/build.py::_section_cross_domain": "one matrix section",
 }
 
 

@@ -399,11 +399,9 @@ def _heads_origin(row: Mapping[str, Any]) -> str | None:
     return str(data["kind"]) + (" (synthetic anomalies)" if regime == "synthetic" else "")
 
 
-def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
-    sec = doc.section("cross-domain", "Cross-domain matrix (trained on x evaluated on)")
-    sec.para("APRIL-GAN's projection heads are trained on one dataset and evaluated on another (the paper's "
-             "zero-shot protocol). Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
-             "the leakage guard unless forced (then labelled not zero-shot).")
+def _cross_domain_cells(ctx: ReportContext) -> dict[tuple[str, str], dict[str, Any]]:
+    """Zero-shot main-grid rows of configurations whose artefact was trained on a dataset, by (trained on,
+    evaluated on): their ok rows, refused rows and whether any was forced."""
     origin_by_label: dict[str, str] = {}
     for r in ctx.ok:
         o = _heads_origin(r)
@@ -422,9 +420,18 @@ def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
             cells[key]["forced"] |= bool((r.get("protocol") or {}).get("protocol_forced"))
         elif r.get("status") == "refused":
             cells[key]["refused"].append(r)
+    return cells
+
+
+def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
+    sec = doc.section("cross-domain", "Cross-domain matrix (trained on x evaluated on)")
+    sec.para("APRIL-GAN's projection heads are trained on one dataset and evaluated on another (the paper's "
+             "zero-shot protocol). Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
+             "the leakage guard unless forced (then labelled not zero-shot).")
+    cells = _cross_domain_cells(ctx)
     if not cells:
         sec.note("No cross-domain runs in this study: no APRIL-GAN configuration with heads trained on a dataset "
-                 "(train them with `vlmad train aprilgan --kind visa ...` and pass `--heads FILE` to `vlmad study`).",
+                 "(train them with `vlmad train aprilgan --dataset visa ...` and pass `--artefact FILE` to `vlmad study`).",
                  "empty")
         ctx.data["cross_domain"] = []
         return
