@@ -431,7 +431,8 @@ def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
     cells = _cross_domain_cells(ctx)
     if not cells:
         sec.note("No cross-domain runs in this study: no APRIL-GAN configuration with heads trained on a dataset "
-                 "(train them with `vlmad train aprilgan --dataset visa ...` and pass `--artefact FILE` to `vlmad study`).",
+                 "(train them with `vlmad train aprilgan --dataset visa ...` and pass `--artefact FILE` to "
+                 "`vlmad study`).",
                  "empty")
         ctx.data["cross_domain"] = []
         return
