@@ -86,7 +86,6 @@ LONG_FUNCTION_EXCEPTIONS = {
     "src/vlmad/study/runner.py::calibrate_study": "owned by the decide work (issue 10), which rewrites it",
     "src/vlmad/methods/aprilgan.py::__init__": "three heads sources (file, module, seeded) with their checks",
     "src/vlmad/report/recommend.py::recommend": "one decision table, read top to bottom",
-    "src/vlmad/bench/tables.py::build_table": "one table assembly; splitting scatters the column rules",
     "src/vlmad/data/synthetic.py::make_dataset": "writes one dataset layout step by step",
 }
 

@@ -285,7 +285,6 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
         return None
     configs = [c for c in configs if any(m in (r.get("metrics") or {}) for r in c.rows for m in present)]
     notes = Footnotes()
-    with_published = kind in DATASET_NAMES
     title = f"{name}: {group}-level metrics (%)"
     categories = sorted({cat for c in configs for cat in c.categories})
     lines = [f"# {title}", "", f"Dataset: {DATASET_NAMES.get(kind, kind)} layout (`{kind}`) at `{root}`, "
@@ -294,11 +293,20 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
         lines += [f"> **WARNING: {RANDOM_WEIGHTS_STAMP}.** Columns marked {RANDOM_MARK} use randomly initialised "
                   "weights (pipeline smoke test).", ""]
     records: list[dict[str, Any]] = []
+    lines += _macro_section(configs, present, kind, root, notes, records)
+    lines += _per_class_section(configs, present, categories, kind, root, records)
+    lines += _legend_section(configs, notes)
+    if kind in DATASET_NAMES:
+        lines += _published_reference(kind)
+    return "\n".join(lines).rstrip() + "\n", records
 
-    # macro summary
-    lines += ["## Macro mean over classes", ""]
+
+def _macro_section(configs: list[Config], present: list[str], kind: str, root: str, notes: Footnotes,
+                   records: list[dict[str, Any]]) -> list[str]:
+    """The macro-mean table, with published numbers and deltas where a configuration has a counterpart."""
+    lines = ["## Macro mean over classes", ""]
     stats = {(c.key, m): macro_stat(c, m) for c in configs for m in present}
-    pubs = {(c.key, m): compare(c.facts(), m) for c in configs for m in present} if with_published else {}
+    pubs = {(c.key, m): compare(c.facts(), m) for c in configs for m in present} if kind in DATASET_NAMES else {}
     # published/Δ columns only for metrics where some configuration has a published counterpart
     pub_cols = [m for m in present if any(p.value is not None or p.reason for (k, mm), p in pubs.items() if mm == m)]
     header = ["configuration", "seeds", "classes"]
@@ -330,10 +338,13 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
     if pub_cols:
         lines.append("- published: the paper's macro number when the protocol matches (Δ = vlmad − published); "
                      "n/a with the reason when it does not; — when nothing is published for that configuration.")
-    lines.append("")
+    return lines + [""]
 
-    # per class, one table per metric
-    lines += ["## Per class", ""]
+
+def _per_class_section(configs: list[Config], present: list[str], categories: list[str], kind: str, root: str,
+                       records: list[dict[str, Any]]) -> list[str]:
+    """One table per metric: a row per class, a column per configuration, the macro mean last."""
+    lines = ["## Per class", ""]
     for m in present:
         lines += [f"### {METRIC_NAMES[m]}", ""]
         header = ["class"] + [c.label for c in configs]
@@ -349,9 +360,12 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
         body.append([f"**{MACRO}**"] + [f"**{fmt(macro_stat(c, m))}**" for c in configs])
         lines += _md_table(header, body)
         lines.append("")
+    return lines
 
-    # legend + footnotes
-    lines += ["## Configurations", ""]
+
+def _legend_section(configs: list[Config], notes: Footnotes) -> list[str]:
+    """What each configuration is, the test images left out, and the footnotes."""
+    lines = ["## Configurations", ""]
     for c in configs:
         lines.append(f"- **{c.label}**: {_describe(c)}")
     lines.append("")
@@ -365,9 +379,7 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
         lines.append("")
     if notes.notes:
         lines += ["Notes:", ""] + [f"{n}  " for n in notes.render()] + [""]
-    if with_published:
-        lines += _published_reference(kind)
-    return "\n".join(lines).rstrip() + "\n", records
+    return lines
 
 
 def _published_reference(kind: str) -> list[str]:
