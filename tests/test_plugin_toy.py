@@ -335,3 +335,22 @@ def _serve(tmp_path: Path, deploy: Path, offset_file: Path, refs: list[Path]) ->
             proc.kill()
             _, err = proc.communicate()
     assert "Traceback" not in err, err[-3000:]
+
+
+def test_discovered_through_an_entry_point(tmp_path):
+    """An installed plugin declares `[vlmad.methods] toy-diff = module:SPEC`; `vlmad models` lists it."""
+    site = tmp_path / "site"
+    dist = site / "vlmad_toy-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: vlmad-toy\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[vlmad.methods]\n{NAME} = test_plugin_toy:TOY\n")
+    path = os.pathsep.join([str(site), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    res = subprocess.run(
+        [sys.executable, "-m", "vlmad", "models"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=path, COLUMNS="200"),
+    )
+    assert res.returncode == 0, res.stderr
+    assert NAME in res.stdout and "toy plugin" not in res.stderr
