@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "vlmad.data": 1,
     "vlmad.backbones": 1,
     "vlmad.provenance": 1,
+    "vlmad.fingerprint": 1,
     "vlmad.methods": 2,
     "vlmad.training": 2,
     "vlmad.bench": 3,
