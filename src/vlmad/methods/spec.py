@@ -113,7 +113,7 @@ class ArtefactSpec:
 
         try:
             data = (self.read_meta(path).get("training") or {}).get("data") or {}
-        except VlmadError:
+        except (VlmadError, OSError, ValueError):  # an unreadable sidecar only costs the nicer label
             data = {}
         kind = data.get("kind")
         return f"{kind}-{self.kind}" if kind else Path(str(path)).stem
