@@ -12,22 +12,32 @@ export HF_HUB_OFFLINE ?= 1
 setup: $(VENV)/.installed
 
 # torch/torchvision first and unpinned: resolves to the build the machine provides (or the user's own)
+# pip's own progress stays visible: torch alone is several GB on a machine with CUDA wheels
 $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
+	@echo "[setup 1/5] creating $(VENV)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "[setup 2/5] upgrading pip"
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch torchvision
-	$(PY) -m pip install -q -e ./runtime
-	$(PY) -m pip install -q -e '.[test,serve]'
+	@echo "[setup 3/5] installing torch + torchvision (the big download: progress below)"
+	$(PY) -m pip install --progress-bar on torch torchvision
+	@echo "[setup 4/5] installing vlmad-runtime"
+	$(PY) -m pip install --progress-bar on -e ./runtime
+	@echo "[setup 5/5] installing vlmad with its test, serve and ray extras"
+	$(PY) -m pip install --progress-bar on -e '.[test,serve,ray]'
+	@echo "[setup] done: $(VENV)"
 	touch $@
 
 # the parity oracle: anomalib 2.7.0 pins open_clip_torch < 2.26.1, so it lives in its own environment
 oracle-env: $(ORACLE)/.installed
 
 $(ORACLE)/.installed:
+	@echo "[oracle 1/3] creating $(ORACLE) (anomalib 2.7.0, the parity reference)"
 	$(PYTHON) -m venv $(ORACLE)
 	$(ORACLE)/bin/python -m pip install -q --upgrade pip
-	$(ORACLE)/bin/python -m pip install -q torch torchvision
-	$(ORACLE)/bin/python -m pip install -q 'anomalib[clip]==2.7.0' safetensors
+	@echo "[oracle 2/3] installing torch + torchvision"
+	$(ORACLE)/bin/python -m pip install --progress-bar on torch torchvision
+	@echo "[oracle 3/3] installing anomalib[clip]==2.7.0"
+	$(ORACLE)/bin/python -m pip install --progress-bar on 'anomalib[clip]==2.7.0' safetensors
 	touch $@
 
 # headless Chromium for the web-page test (Debian package; needs root to install, else the test says it skipped)
@@ -42,7 +52,7 @@ demo: setup
 	HF_HUB_OFFLINE=0 $(VENV)/bin/vlmad demo --out demo-out --fallback-random-weights
 
 test: setup oracle-env browser
-	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python VLMAD_REQUIRE_ORACLE=1 $(PY) -m pytest
+	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python VLMAD_REQUIRE_ORACLE=1 VLMAD_REQUIRE_RAY=1 $(PY) -m pytest
 
 # the inner loop: slow tests skipped; the parity tests run when the oracle env exists (make oracle-env)
 test-fast: setup

@@ -6,11 +6,12 @@ Usage::
     python benchmarks/aprilgan_speed.py --images 4 --shots 4 --threads 2
     python benchmarks/aprilgan_speed.py --no-winclip    # APRIL-GAN + association only
     python benchmarks/aprilgan_speed.py --no-models --assoc-device cuda   # association, vlmad side on a GPU
+    python benchmarks/aprilgan_speed.py --smoke         # tiny model, 1 image, 1 shot: checks the script runs (CI)
 
 What is measured (random-init weights: the cost does not depend on the weight values; no download needed):
 
-* APRIL-GAN: ViT-L-14-336 (QuickGELU) at 518 px, stages 6/12/18/24, untrained heads — zero-shot ``predict`` of
-  N images, ``fit`` of K references, K-shot ``predict`` of the same N images;
+* APRIL-GAN: ViT-L-14-336 (GELU, the reference's default) at 518 px, stages 6/12/18/24, untrained heads —
+  zero-shot ``predict`` of N images, ``fit`` of K references, K-shot ``predict`` of the same N images;
 * WinCLIP: ViT-B-16-plus-240 at 240 px, the same N images zero-shot and K-shot;
 * the few-shot association step at APRIL-GAN's real shapes (4 stages, 37 x 37 = 1369 patches, width 1024, bank
   of K x 1369 tokens per stage): vlmad's batched, chunked matmul
@@ -46,6 +47,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _env import add_smoke_flag, print_environment
 
 
 class PeakRSS:
@@ -120,13 +122,15 @@ def images(n: int, size: int, seed: int) -> torch.Tensor:
 def bench_aprilgan(args, rows):
     from vlmad import create_detector
 
-    print(
-        f"\nAPRIL-GAN: ViT-L-14-336 @ 518 px, random init, untrained heads "
-        f"({args.images} images, {args.shots} shots)"
-    )
     t0 = time.perf_counter()
     det = create_detector(
-        "aprilgan", random_weights=True, allow_untrained=True, use_cache=False, batch_size=args.batch_size
+        "aprilgan", model=args.aprilgan_model, random_weights=True, allow_untrained=True, use_cache=False,
+        batch_size=args.batch_size,
+    )
+    size = det.image_size
+    print(
+        f"\nAPRIL-GAN: {args.aprilgan_model} @ {size} px, random init, untrained heads "
+        f"({args.images} images, {args.shots} shots)"
     )
     print(
         f"  load {time.perf_counter() - t0:.1f} s; stages {det.stages}; "
@@ -138,8 +142,8 @@ def bench_aprilgan(args, rows):
     bb = det.backbone
     flops = vit_flops(1 + bb.grid_size[0] * bb.grid_size[1], bb.width, bb.num_layers)
     print(f"  vision forward: {flops / 1e12:.2f} TFLOP per image ({flops / 2e12:.2f} T multiply-adds)")
-    x = bb.preprocess_tensor(images(args.images, 518, 1))
-    refs = bb.preprocess_tensor(images(args.shots, 518, 2))
+    x = bb.preprocess_tensor(images(args.images, size, 1))
+    refs = bb.preprocess_tensor(images(args.shots, size, 2))
     det.predict(x[:1])  # warm-up
     with measure("aprilgan zero-shot predict", args.images, rows, flops):
         zs = det.predict(x)
@@ -147,7 +151,8 @@ def bench_aprilgan(args, rows):
         det.fit(refs)
     with measure(f"aprilgan {args.shots}-shot predict", args.images, rows, flops):
         fs = det.predict(x)
-    assert zs.anomaly_maps.shape == fs.anomaly_maps.shape == (args.images, 518, 518)
+    assert zs.anomaly_maps.shape == fs.anomaly_maps.shape == (args.images, size, size)
+    args.image_size = size
     banks = [b.clone() for b in det._banks]
     # the test images' own tokens, for the association benchmark (one more forward, not timed)
     from vlmad.methods.aprilgan import patch_tokens
@@ -160,9 +165,11 @@ def bench_aprilgan(args, rows):
 def bench_winclip(args, rows):
     from vlmad import create_detector
 
-    print(f"\nWinCLIP: ViT-B-16-plus-240 @ 240 px, random init ({args.images} images, {args.shots} shots)")
     t0 = time.perf_counter()
-    det = create_detector("winclip", random_weights=True, use_cache=False, batch_size=args.batch_size)
+    det = create_detector("winclip", model=args.winclip_model, random_weights=True, use_cache=False,
+                          batch_size=args.batch_size)
+    print(f"\nWinCLIP: {args.winclip_model} @ {det.image_size} px, random init ({args.images} images, "
+          f"{args.shots} shots)")
     print(f"  load {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     det.setup("bottle")
@@ -173,8 +180,8 @@ def bench_winclip(args, rows):
     for s in det.scales:  # window sequences: [CLS] + s*s patches
         flops += det.windows[s].shape[0] * vit_flops(1 + s * s, bb.width, bb.num_layers)
     print(f"  vision forward incl. windows: {flops / 1e12:.2f} TFLOP per image")
-    x = bb.preprocess_tensor(images(args.images, 240, 1))
-    refs = bb.preprocess_tensor(images(args.shots, 240, 2))
+    x = bb.preprocess_tensor(images(args.images, det.image_size, 1))
+    refs = bb.preprocess_tensor(images(args.shots, det.image_size, 2))
     det.predict(x[:1])
     with measure("winclip zero-shot predict", args.images, rows, flops):
         det.predict(x)
@@ -215,9 +222,13 @@ def vlmad_few_shot(queries, banks, grid, size, upsample: bool):
 
 
 def bench_association(args, banks, queries, rows_assoc):
-    grid, width, n_stage, size = 37, 1024, 4, 518
+    # APRIL-GAN's real shapes (ViT-L-14-336 at 518 px), or those of the model the tokens came from
+    grid, width, n_stage, size = (7, 64, 2, 56) if args.smoke else (37, 1024, 4, 518)
+    if banks is not None:
+        grid, width, n_stage, size = int(round(queries[0].shape[1] ** 0.5)), banks[0].shape[1], len(banks), \
+            args.image_size
     p = grid * grid
-    source = "tokens of the benchmark's test and reference images (random-init ViT-L-14-336)"
+    source = f"tokens of the benchmark's test and reference images (random-init {args.aprilgan_model})"
     if banks is None:
         g = torch.Generator().manual_seed(0)
         banks = [torch.randn(args.shots * p, width, generator=g) for _ in range(n_stage)]
@@ -378,7 +389,15 @@ def main() -> int:
         "--assoc-device", default="cpu", help="where vlmad's association runs (cuda: tokens on the GPU, as after "
         "a GPU forward; sklearn always runs on the host)"
     )
+    ap.add_argument("--aprilgan-model", default="ViT-L-14-336", help=argparse.SUPPRESS)
+    ap.add_argument("--winclip-model", default="ViT-B-16-plus-240", help=argparse.SUPPRESS)
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.images, args.shots, args.assoc_images, args.repeat = 1, 1, 1, 1
+        args.aprilgan_model = args.winclip_model = "vlmad-tiny-vit"
+    print_environment("aprilgan_speed: APRIL-GAN vs WinCLIP speed, few-shot association vs sklearn", args.smoke,
+                      args.threads)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLMAD_CACHE_DIR", tempfile.mkdtemp(prefix="vlmad-bench-"))

@@ -16,6 +16,7 @@ is any error or lost response. Bounded: at most clients x requests per phase and
 
     python benchmarks/serve_load.py                      # 32 clients x 200 requests, 10% malformed in phase 2
     python benchmarks/serve_load.py --clients 8 --requests 20 --max-seconds 60     # quick
+    python benchmarks/serve_load.py --smoke      # 2 clients x 3 requests: checks the script runs (CI)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _env import add_smoke_flag, print_environment
 from PIL import Image
 
 LAUNCH = "import vlmad.cli.serve_cmd; from vlmad.cli import main; main()"
@@ -208,7 +210,11 @@ def main() -> int:
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=float, default=10.0)
     ap.add_argument("--request-timeout", type=float, default=60.0, help="server-side per-request timeout (s)")
+    add_smoke_flag(ap)
     args = ap.parse_args()
+    if args.smoke:
+        args.clients, args.requests, args.max_seconds, args.max_batch_size, args.malformed = 2, 3, 120.0, 2, 0.5
+    print_environment("serve_load: vlmad serve under concurrent load", args.smoke)
     if args.clients < 1 or args.requests < 1 or not 0 <= args.malformed <= 1:
         ap.error("--clients and --requests must be >= 1, --malformed in [0, 1]")
     try:

@@ -100,6 +100,27 @@ def oracle_python() -> str:
     pytest.skip("anomalib oracle environment not configured (set VLMAD_ORACLE_PYTHON or use `make test`)")
 
 
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster (this process is its head and first driver; CPU only, 2 CPUs, small object store),
+    shared by every Ray test. Yields the GCS address other drivers join with ``--ray-address``. Without the
+    ``ray`` package the tests skip, except under VLMAD_REQUIRE_RAY=1 (CI: `make test` installs it) where they fail."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("VLMAD_REQUIRE_RAY") == "1":
+            pytest.fail("VLMAD_REQUIRE_RAY=1 but ray is not installed; run `make setup` (installs vlmad[ray])")
+        pytest.skip("ray not installed (pip install 'vlmad[ray]')")
+    os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
+    os.environ.setdefault("RAY_task_events_report_interval_ms", "100")  # the state API sees a running row sooner
+    ctx = ray.init(num_cpus=2, include_dashboard=True, object_store_memory=100 * 2**20, log_to_driver=False,
+                   logging_level="warning")
+    try:
+        yield ctx.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+
+
 def pytest_report_header(config):
     return f"oracle python: {os.environ.get('VLMAD_ORACLE_PYTHON') or shutil.which('none') or 'not set'}"
 

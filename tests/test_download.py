@@ -195,3 +195,15 @@ def test_offline_says_so(tmp_path, serve):
     with pytest.raises(VlmadError, match="cannot reach") as err:
         download_dataset("visa", tmp_path, url=f"http://127.0.0.1:{port}/v.tar", sha256="0" * 64, log=lambda m: None)
     assert "network" in err.value.hint
+
+
+def test_an_archive_placed_by_hand_is_verified_and_unpacked_without_network(tmp_path):
+    make_dataset(
+        tmp_path / "raw", layout="mvtec", categories=["bottle"], n_train=1, n_test_good=1, n_test_bad=1, size=16
+    )
+    data = tar_of(tmp_path / "raw")
+    root = tmp_path / "root"
+    (root / ".download").mkdir(parents=True)
+    (root / ".download" / "m.tar").write_bytes(data)
+    download_dataset("mvtec", root, url="http://127.0.0.1:9/m.tar", sha256=sha(data), log=lambda m: None)
+    assert len(load_dataset("mvtec", root).samples("bottle", "test")) == 2

@@ -25,10 +25,39 @@ def test_paper_set_differs_only_in_the_duplicate():
     assert diff == [7] and p[7] == "a jpeg corrupted photo of a {}." and len(set(p)) == 21
 
 
-def test_aprilgan_set():
+# The VAND-APRIL-GAN reference's lists (prompt_ensemble.py: prompt_normal, prompt_abnormal, prompt_templates),
+# pinned entry by entry and in order: a changed, dropped or reordered entry changes the text embeddings.
+APRILGAN_REFERENCE_NORMAL = ("{}", "flawless {}", "perfect {}", "unblemished {}", "{} without flaw",
+                             "{} without defect", "{} without damage")
+APRILGAN_REFERENCE_ABNORMAL = ("damaged {}", "broken {}", "{} with flaw", "{} with defect", "{} with damage")
+APRILGAN_REFERENCE_TEMPLATES = (
+    "a bad photo of a {}.", "a low resolution photo of the {}.", "a bad photo of the {}.",
+    "a cropped photo of the {}.", "a bright photo of a {}.", "a dark photo of the {}.", "a photo of my {}.",
+    "a photo of the cool {}.", "a close-up photo of a {}.", "a black and white photo of the {}.",
+    "a bright photo of the {}.", "a cropped photo of a {}.", "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a photo of one {}.",
+    "a close-up photo of the {}.", "a photo of a {}.", "a low resolution photo of a {}.", "a photo of a large {}.",
+    "a blurry photo of a {}.", "a jpeg corrupted photo of the {}.", "a good photo of a {}.",
+    "a photo of the small {}.", "a photo of the large {}.", "a black and white photo of a {}.",
+    "a dark photo of a {}.", "a photo of a cool {}.", "a photo of a small {}.", "there is a {} in the scene.",
+    "there is the {} in the scene.", "this is a {} in the scene.", "this is the {} in the scene.",
+    "this is one {} in the scene.",
+)
+
+
+def test_aprilgan_set_is_the_reference_lists_exactly():
     ps = PROMPT_SETS["aprilgan"]
-    assert (len(ps.normal_states), len(ps.anomalous_states), len(ps.templates)) == (7, 5, 35)
-    assert "broken {}" in ps.anomalous_states and len(set(ps.templates)) == 35
+    assert ps.normal_states == APRILGAN_REFERENCE_NORMAL
+    assert ps.anomalous_states == APRILGAN_REFERENCE_ABNORMAL
+    assert ps.templates == APRILGAN_REFERENCE_TEMPLATES
+    # the reference formats state-major: for each state, every template (prompted_sentence's loop order)
+    normal, anomalous = ps.build("metal_nut")
+    assert normal == [t.format(s.format("metal_nut")) for s in APRILGAN_REFERENCE_NORMAL
+                      for t in APRILGAN_REFERENCE_TEMPLATES]
+    assert anomalous == [t.format(s.format("metal_nut")) for s in APRILGAN_REFERENCE_ABNORMAL
+                         for t in APRILGAN_REFERENCE_TEMPLATES]
+    assert normal[0] == "a bad photo of a metal_nut." and anomalous[35] == "a bad photo of a broken metal_nut."
+    assert anomalous[-1] == "this is one metal_nut with damage in the scene."
 
 
 def test_category_names():

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from vlmad.methods import Detector, Prediction, available_methods, create_detector  # noqa: F401
 
 
+def __dir__() -> list[str]:
+    # the lazy names are part of the API: make them visible to dir(), completion and help()
+    return sorted(set(globals()) | _LAZY)
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import vlmad.methods as methods

@@ -4,7 +4,7 @@ Steps: the archive is fetched into ``<root>/.download/<file>.part`` (an interrup
 with an HTTP ``Range`` request, by itself a few times and on the next run), its SHA-256 is checked against the
 published value, every member is checked before anything is written (no absolute path, no ``..``, no link or
 device pointing outside ``root``), and the tree is moved into ``root``. VisA is converted on the way from the
-official layout (``split_csv/1cls.csv`` + ``Data/Images``) to the MVTec-like layout of docs and
+official layout (``split_csv/1cls.csv`` + ``Data/Images``) to the MVTec-like "converted" layout of
 :mod:`vlmad.data.visa` (``<object>/train/good``, ``test/good``, ``test/bad``, ``ground_truth/bad/<stem>.png``),
 following the official 1-class split. ``root`` is then what ``--root`` of the other commands expects.
 

@@ -131,6 +131,15 @@ class PromptSet:
     def with_name(self, name: str) -> PromptSet:
         return replace(self, name=name)
 
+    def content_hash(self) -> str:
+        """Hash of the states and templates (not the name): deploy files record it, so an edited prompt file
+        under the same name is told apart (see docs on deploy files in vlmad_runtime.deploy)."""
+        import hashlib
+        import json
+
+        body = {k: v for k, v in self.as_dict().items() if k != "name"}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
     def as_dict(self) -> dict:
         return {
             "name": self.name,

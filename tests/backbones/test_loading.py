@@ -40,11 +40,12 @@ class NotATensor:
 def test_unsafe_pickle_and_garbage_are_refused(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"visual.proj": NotATensor()}, evil)
+    with pytest.raises(WeightsUnavailableError, match="cannot read checkpoint"):
+        resolve_model("vlmad-tiny-vit", checkpoint=evil)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a pickle")
-    for bad in (evil, garbage):
-        with pytest.raises(WeightsUnavailableError, match="cannot read checkpoint"):
-            resolve_model("vlmad-tiny-vit", checkpoint=bad)
+    with pytest.raises(WeightsUnavailableError, match="is a text file, not model weights"):
+        resolve_model("vlmad-tiny-vit", checkpoint=garbage)
 
 
 def test_wrong_architecture_checkpoint_is_a_clear_error(weights_file):
@@ -93,3 +94,75 @@ def test_force_image_size_interpolates_positions(weights_file):
     bb = ClipBackbone.load("vlmad-tiny-vit", checkpoint=str(weights_file("vlmad-tiny-vit")), image_size=96)
     assert bb.image_size == 96 and bb.grid_size == (12, 12)
     assert bb.visual.positional_embedding.shape == (145, 64)
+
+
+# --- files that are not float weights (issue 15 item 9, issue 16 "a text file as --checkpoint") ---
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".bin"])
+def test_text_file_as_checkpoint_is_named_as_text(tmp_path, suffix):
+    """Before: `cannot read checkpoint ...: 101` (a KeyError from the pickle reader, whatever the file said)."""
+    path = tmp_path / f"weights{suffix}"
+    path.write_text("hello, these are not weights\nsecond line\n")
+    with pytest.raises(WeightsUnavailableError) as err:
+        resolve_model("vlmad-tiny-vit", checkpoint=path)
+    assert "is a text file" in str(err.value) and "hello, these are not weights" in str(err.value)
+    assert ": 101" not in str(err.value) and "fetch-weights" in err.value.hint
+
+
+def test_lfs_pointer_empty_and_binary_junk_are_named(tmp_path):
+    lfs = tmp_path / "ViT.safetensors"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00ff\nsize 600000000\n")
+    with pytest.raises(WeightsUnavailableError, match="Git LFS pointer") as err:
+        resolve_model("vlmad-tiny-vit", checkpoint=lfs)
+    assert "git lfs pull" in err.value.hint
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsUnavailableError, match="is empty"):
+        resolve_model("vlmad-tiny-vit", checkpoint=empty)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(WeightsUnavailableError, match="neither a safetensors file nor a torch checkpoint"):
+        resolve_model("vlmad-tiny-vit", checkpoint=junk)
+    with pytest.raises(WeightsUnavailableError, match="is a directory"):
+        resolve_model("vlmad-tiny-vit", checkpoint=tmp_path)
+
+
+def test_format_is_read_from_the_content_not_the_name(tmp_path, weights_file):
+    """A safetensors file named .pt (and a torch file named .safetensors) load as what they are."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(weights_file("vlmad-tiny-vit")))
+    st_as_pt = tmp_path / "really_safetensors.pt"
+    st_as_pt.write_bytes(weights_file("vlmad-tiny-vit").read_bytes())
+    pt_as_st = tmp_path / "really_torch.safetensors"
+    torch.save(sd, pt_as_st)
+    for path in (st_as_pt, pt_as_st):
+        model, _ = resolve_model("vlmad-tiny-vit", checkpoint=path)
+        assert torch.equal(model.visual.proj, sd["visual.proj"])
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
+def test_integer_tensors_are_a_clear_error_naming_tensor_and_dtype(tmp_path, weights_file, dtype):
+    """Before: a raw RuntimeError from torch's copy ("Only Tensors of floating point ... can require gradients")."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(weights_file("vlmad-tiny-vit")))
+    sd["visual.conv1.weight"] = (sd["visual.conv1.weight"] * 100).to(dtype)
+    path = tmp_path / "quantised.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(CheckpointMismatchError) as err:
+        resolve_model("vlmad-tiny-vit", checkpoint=path)
+    name = str(dtype).replace("torch.", "")
+    assert "'visual.conv1.weight' has dtype " + name in str(err.value) and "float" in err.value.hint
+
+
+def test_half_precision_checkpoints_still_load(tmp_path, weights_file):
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(weights_file("vlmad-tiny-vit")))
+    path = tmp_path / "half.safetensors"
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in sd.items()}, str(path))
+    model, _ = resolve_model("vlmad-tiny-vit", checkpoint=path)
+    assert model.visual.proj.dtype == torch.float32
+    torch.testing.assert_close(model.visual.proj, sd["visual.proj"].half().float())

@@ -91,7 +91,8 @@ def test_detect_outputs_overlays_and_survives_bad_files(tmp_path, weights_file):
         r = rows[name]
         assert 0.0 <= float(r["score"]) <= 1.0 and not r["error"]
         assert np.load(out / r["map_file"]).shape == (64, 64)
-        assert Image.open(out / r["overlay_file"]).size == Image.open(tmp_path / "imgs" / name).size
+        panel = Image.open(out / r["overlay_file"])  # QC panel: original | heatmap + colour bar, caption below
+        assert panel.height > 256 and panel.width > 2 * 256 * Image.open(tmp_path / "imgs" / name).width // 120
     assert (rows["gray.png"]["width"], rows["gray.png"]["height"]) == ("80", "120")
     stop = vlmad("detect", tmp_path / "imgs", "-c", "bottle", "--model", "vlmad-tiny-vit", "--checkpoint",
                  weights_file("vlmad-tiny-vit"), "--out", tmp_path / "out2", "--on-error", "stop")
@@ -114,7 +115,9 @@ def test_random_weights_are_stamped_everywhere(tmp_path):
 
 def test_user_errors_are_messages_not_tracebacks(tmp_path, weights_file):
     images = write_pngs(tmp_path / "imgs", 1, 64, seed=25)
+    (tmp_path / "notes.txt").write_text("hello\n")
     cases = [
+        (["--checkpoint", tmp_path / "notes.txt"], "is a text file, not model weights"),
         (["--model", "ViT-Nope", "--random-weights"], "unknown model architecture"),
         (["--method", "nope", "--random-weights"], "unknown method"),
         (["--model", "vlmad-tiny-vit-4l", "--checkpoint", weights_file("vlmad-tiny-vit")], "does not fit"),
@@ -132,4 +135,6 @@ def test_models_lists_methods_and_tiny_configs():
     res = vlmad("models")
     assert res.returncode == 0, res.stderr
     assert "winclip" in res.stdout and "ViT-B-16-plus-240" in res.stdout and "laion400m_e31" in res.stdout
-    assert "vlmad-tiny-vit" in res.stdout
+    assert "vlmad-tiny-vit" not in res.stdout and "--all" in res.stdout  # the short list: methods + defaults
+    every = vlmad("models", "--all")
+    assert every.returncode == 0 and "vlmad-tiny-vit" in every.stdout and "ViT-L-14-336" in every.stdout

@@ -148,3 +148,18 @@ def test_dataset_loader_reports_the_underrun_file_as_a_failure(tmp_path):
     failures = [x for x in items if isinstance(x, LoadFailure)]
     assert len(items) == 2 and [f.sample.image_path for f in failures] == [cut]
     assert "truncated" in failures[0].reason
+
+
+def test_mpo_two_frame_jpegs_load_their_first_frame_and_are_checked_too(tmp_path):
+    """Phone/camera .jpg files with two pictures (MPO): the first frame is a JPEG stream like any other."""
+    first, second = _photo(64, 80, seed=6), np.zeros((64, 80, 3), np.uint8)
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(first).save(path, format="MPO", save_all=True, append_images=[Image.fromarray(second)])
+    assert Image.open(path).format == "MPO"
+    expected = np.asarray(Image.open(path).convert("RGB"))
+    np.testing.assert_array_equal(np.asarray(load_image(path)), expected)
+    data = path.read_bytes()
+    end_of_first = data.find(EOI)
+    path.write_bytes(data[: end_of_first // 2] + data[end_of_first:])  # first frame cut mid-scan
+    with pytest.raises(ImageLoadError, match="truncated"):
+        load_image(path)

@@ -235,3 +235,50 @@ def test_object_without_train_rows(tmp_path):
     ds = VisA(root)
     assert len(ds.samples("obj", "test")) == 3
     _csv_error(root, str(root / "split_csv" / "1cls.csv"), "no train images", split="train")
+
+
+# --- the split file must not choose files outside the dataset root (issue 15 item 10) ---
+
+
+def _escape_cases(outside: Path) -> list[tuple[int, str, str]]:
+    """(column, value, expected fragment): image column 3, mask column 4."""
+    return [
+        (3, str(outside), "is absolute"),
+        (3, "../outside.png", "contains '..'"),
+        (3, "obj/Data/../../../outside.png", "contains '..'"),
+        (3, "obj\\..\\..\\outside.png", "contains '..'"),
+        (3, "C:\\data\\outside.png", "is absolute"),
+        (3, "C:outside.png", "is absolute"),
+        (3, "\\\\server\\share\\outside.png", "is absolute"),
+        (4, str(outside), "is absolute"),
+        (4, "obj/../../outside.png", "contains '..'"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(9))
+def test_csv_paths_outside_the_root_are_refused_with_the_line(tmp_path, case):
+    """Before: an absolute path or '../' in 1cls.csv was read (here: a real image next to the dataset)."""
+    root = _small_raw(tmp_path)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes((root / _rows(root)[-1][3]).read_bytes())
+    column, value, fragment = _escape_cases(outside)[case]
+    rows = _rows(root)
+    line = len(rows)  # the last row (an anomalous test image with a mask); line numbers count the header
+    rows[-1][column] = value
+    _write_rows(root, rows)
+    with pytest.raises(DatasetLayoutError) as info:
+        VisA(root)
+    msg = str(info.value)
+    assert f"1cls.csv, line {line}:" in msg and fragment in msg and repr(value) in msg
+    assert "relative to the dataset root" in info.value.hint
+
+
+def test_dots_inside_names_are_not_parent_references(tmp_path):
+    root = _small_raw(tmp_path)
+    rows = _rows(root)
+    src = root / rows[-1][3]
+    renamed = src.with_name("a..b" + src.suffix)
+    src.rename(renamed)
+    rows[-1][3] = str(renamed.relative_to(root))
+    _write_rows(root, rows)
+    assert renamed in [s.image_path for s in VisA(root).samples("obj", "test")]

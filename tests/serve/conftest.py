@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import io
+import os
 import struct
 import time
 import zlib
@@ -12,6 +14,29 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+
+#: the import names of the ``serve`` extra (fastapi, uvicorn, python-multipart, httpx)
+SERVE_EXTRA_MODULES = ("fastapi", "uvicorn", "multipart", "httpx")
+
+
+def _missing_serve_modules() -> list[str]:
+    missing = []
+    for name in SERVE_EXTRA_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+# The service tests skip (pytest.importorskip) where the serve extra is not installed, which is right on a
+# minimal install but would let CI pass with the whole service untested. VLMAD_REQUIRE_SERVE=1 (set by .ci/run)
+# makes a missing module stop the run instead, before any of these tests can skip.
+if os.environ.get("VLMAD_REQUIRE_SERVE") == "1" and (_missing := _missing_serve_modules()):
+    raise pytest.UsageError(
+        f"VLMAD_REQUIRE_SERVE=1 but the serve extra is not importable (missing: {', '.join(_missing)}); "
+        "install it with `pip install -e '.[serve]'` (make setup does)"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +93,7 @@ def png_header_only(width: int, height: int) -> bytes:
 def running_client(app, ready: bool = True, timeout: float = 60.0):
     from fastapi.testclient import TestClient
 
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with TestClient(app, raise_server_exceptions=False, base_url="http://127.0.0.1") as client:
         if ready:
             deadline = time.monotonic() + timeout
             while client.get("/readyz").status_code != 200:

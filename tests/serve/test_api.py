@@ -104,10 +104,13 @@ def test_threshold_gives_decisions_and_deploy_mismatch_warns(make_app, serve_hel
     from vlmad.serve.app import load_deploy
 
     deploy = tmp_path / "deploy.json"
-    deploy.write_text(json.dumps({"threshold": 0.0, "method": "aprilgan", "class_name": "screw",
-                                  "expected_false_alarm_rate": 0.01, "calibration": {"mode": "normal-quantile"},
-                                  "detector": {"model": "ViT-L-14-336", "shots": 4}}))
-    data = load_deploy(deploy)
+    deploy.write_text(json.dumps({"format": 2, "threshold": 0.0, "method": "aprilgan", "class_name": "screw",
+                                  "expected_false_alarm_rate": 0.01,
+                                  "calibration": {"mode": "normal-quantile", "n_images": 9},
+                                  "fingerprint": {"model": "ViT-L-14-336", "shots": 4}, "pixel": None,
+                                  "detector": {"model": "ViT-L-14-336", "shots": 4}, "created": "2026-01-01",
+                                  "vlmad_version": "0.2.0"}))
+    data = load_deploy(deploy).record  # the record only: warnings; the fingerprint check: test_deploy_check.py
     with serve_helpers.client(make_app(threshold=data["threshold"], deploy=data, deploy_path=str(deploy))) as c:
         body = detect(c, serve_helpers.png(4)).json()
         info = c.get("/v1/info").json()

@@ -159,3 +159,121 @@ def test_page_upload_shows_score_decision_and_heatmap(browser_exe, live_server, 
     # the only console errors allowed are the 400 of the deliberate bad upload
     unexpected = [e for e in errors if "400" not in e]
     assert not unexpected, unexpected
+
+
+ATTACK_PAGE = """<!doctype html><html><body><script>
+const png = Uint8Array.from(atob("{png}"), c => c.charCodeAt(0));
+const form = new FormData();
+form.append("images", new Blob([png], {{type: "image/png"}}), "poison.png");
+window.attack = fetch("{target}/v1/references/good?replace=true", {{method: "POST", mode: "no-cors", body: form}})
+  .then(() => "sent", e => "failed: " + e);
+</script></body></html>"""
+
+
+@pytest.fixture
+def attacker_site(tmp_path):
+    """Another origin on loopback (its own port) serving one page; yields (url, write_page)."""
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a, **k: None
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", lambda html: (tmp_path / "index.html").write_text(html)
+    httpd.shutdown()
+    thread.join(10)
+
+
+def test_a_page_of_another_origin_cannot_poison_references_or_rebind_dns(browser_exe, live_server, attacker_site):
+    """Issue 15 item 1 as it was found: a no-cors multipart POST from another origin replaced the reference set,
+    and a rebound host name reached the API. Both must be refused by the server (403), key or no key."""
+    import base64
+
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    url, _ = live_server
+    site, write_page = attacker_site
+    write_page(ATTACK_PAGE.format(png=base64.b64encode(part_image(False, 64)).decode(), target=url))
+    port = url.rsplit(":", 1)[1]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_exe, args=[
+            "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP attacker.example 127.0.0.1"])
+        try:
+            page = browser.new_page()
+            page.goto(site + "/")
+            assert page.evaluate("window.attack") == "sent"  # the browser sent it (opaque answer)
+            rebound = page.goto(f"http://attacker.example:{port}/v1/info")
+            assert rebound.status == 403 and "unknown_host" in rebound.text()
+        finally:
+            browser.close()
+    assert httpx.get(url + "/v1/references").json()["sets"] == []  # nothing was stored
+    metrics = httpx.get(url + "/metrics").text
+    assert re.search(r'vlmad_errors_total\{code="cross_origin_refused"\} 1', metrics), metrics
+
+
+def test_page_draws_colour_bar_contour_and_not_calibrated_note(browser_exe, make_app, make_detector, tmp_path):
+    """A deploy file calibrated 1-shot on one reference set: with that set the page shows a decision, the colour
+    bar with the pixel threshold and the predicted contour; zero-shot it says the threshold is not calibrated."""
+    import uvicorn
+    from playwright.sync_api import expect, sync_playwright
+
+    from vlmad.fingerprint import detector_fingerprint, image_digest, reference_fingerprint
+    from vlmad.study.calibration import pixel_calibration
+    from vlmad_runtime.deploy import validate_deploy
+
+    det = make_detector(random=True)
+    good = Image.open(io.BytesIO(part_image(False))).convert("RGB")
+    det.setup("bottle")
+    det.fit([good])
+    _, maps = det.predict([good]).numpy()
+    pixel = pixel_calibration([maps[0]], 0.01)
+    info = det.info().as_dict()
+    det.reset_references()
+    dep = validate_deploy({
+        "format": 2, "threshold": 0.5, "method": info["method"], "class_name": "bottle",
+        "expected_false_alarm_rate": 0.5, "calibration": {"mode": "normal-quantile", "n_images": 1},
+        "fingerprint": detector_fingerprint(info, "bottle", reference_fingerprint([image_digest(good)])),
+        "pixel": pixel.as_dict(), "detector": info, "created": "2026-01-01", "vlmad_version": "0.2.0"})
+    app = make_app(detector=det, deployment=dep, threshold=dep.threshold)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    assert wait_until_ready(url, 60, alive=thread.is_alive, poll_s=0.1)
+    import httpx
+
+    files = [("images", ("g.png", part_image(False), "image/png"))]
+    assert httpx.post(url + "/v1/references/bottle-good", files=files, timeout=30).status_code == 201
+    (tmp_path / "scratched.png").write_bytes(part_image(True))
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=browser_exe, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1200, "height": 1100})
+            page.goto(url + "/")
+            expect(page.locator("#status")).to_contain_text("ready", timeout=20_000)
+            page.set_input_files("#file", str(tmp_path / "scratched.png"))  # zero-shot: not calibrated
+            expect(page.locator("#decision-note")).to_contain_text("threshold not calibrated", timeout=20_000)
+            expect(page.locator("#decision")).to_have_text("no decision")
+            page.select_option("#refset", "bottle-good")
+            page.set_input_files("#file", str(tmp_path / "scratched.png"))
+            expect(page.locator("#decision")).to_have_text(re.compile(r"^(anomalous|normal)$"), timeout=20_000)
+            expect(page.locator("#decision-note")).to_be_hidden()
+            expect(page.locator("#colour-bar")).to_be_visible()
+            expect(page.locator("#bar-threshold")).to_be_visible()
+            expect(page.locator("#bar-source")).to_contain_text("calibrated on 1 normal image")
+            page.wait_for_function("document.getElementById('contour').naturalWidth > 0", timeout=10_000)
+            expect(page.locator("#contour")).to_be_visible()
+            shot = tmp_path / "serve-page-deploy.png"
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(15)
+    artefacts = os.environ.get("VLMAD_TEST_ARTIFACTS")
+    if artefacts:
+        Path(artefacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(artefacts) / shot.name)

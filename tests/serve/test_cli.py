@@ -27,15 +27,22 @@ def vlmad(*args, env_extra=None, **kw):
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
+# a deploy file of another detector (class screw; no other field of the tiny detector recorded)
+OTHER_DETECTOR = json.dumps({
+    "format": 2, "threshold": 0.25, "method": "winclip", "class_name": "screw", "expected_false_alarm_rate": 0.01,
+    "calibration": {"mode": "normal-quantile", "n_images": 99}, "fingerprint": {"class_name": "screw"},
+    "pixel": None, "detector": {}, "created": "2026-01-01", "vlmad_version": "0.2.0"})
+
+
 def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
     import httpx
 
     deploy = tmp_path / "deploy.json"
-    deploy.write_text(json.dumps({"threshold": 0.25, "method": "winclip", "class_name": "screw",
-                                  "expected_false_alarm_rate": 0.01, "calibration": {}, "detector": {}}))
+    deploy.write_text(OTHER_DETECTOR)
     port = free_port()
     proc = vlmad("serve", "--class-name", "bottle", "--model", "vlmad-tiny-vit", "--random-weights",
-                 "--deploy", deploy, "--port", port, "--data-dir", tmp_path / "data", "--max-batch-size", "4",
+                 "--deploy", deploy, "--force-deploy", "--port", port, "--data-dir", tmp_path / "data",
+                 "--max-batch-size", "4",
                  "--max-wait-ms", "5", "--log-level", "warning", env_extra={"VLMAD_API_KEY": "k-123"})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -54,6 +61,7 @@ def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
         assert res.status_code == 200, res.text
         body = res.json()
         assert body["decision"] in ("anomalous", "normal") and body["warning"].startswith("random weights")
+        assert body["calibrated"] is False and "threshold not calibrated for this detector" in body["decision_note"]
         assert "server" not in {k.lower() for k in res.headers}  # no server banner
     finally:
         proc.send_signal(signal.SIGINT)
@@ -69,14 +77,32 @@ def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    ('{"method": "winclip"}', 'has no "threshold"'),
+    ('{"method": "winclip"}', "deploy format none"),
+    ('{"threshold": 0.5, "format": 2}', "lacks"),
+    ("OTHER", "calibrated for another detector"),
     ("{oops", "is not valid JSON"),
 ])
 def test_serve_cli_refuses_a_bad_deploy_file(tmp_path, content, message):
     deploy = tmp_path / "deploy.json"
-    deploy.write_text(content)
+    deploy.write_text(OTHER_DETECTOR if content == "OTHER" else content)
     proc = vlmad("serve", "--class-name", "bottle", "--model", "vlmad-tiny-vit", "--random-weights",
                  "--deploy", deploy, "--port", free_port(), "--data-dir", tmp_path / "data")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert message in err and "hint:" in err and "Traceback" not in err
+
+
+def test_serve_cli_checks_the_port_before_loading_the_model(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        # an unknown model would fail the load: the port error must come first, so no model is loaded
+        proc = vlmad("serve", "--class-name", "bottle", "--model", "no-such-model", "--random-weights",
+                     "--port", port, "--data-dir", tmp_path / "data")
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err
+    assert "no-such-model" not in err and "Traceback" not in err and "startup complete" not in err.lower()

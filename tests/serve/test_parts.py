@@ -17,6 +17,7 @@ from vlmad.serve.batching import BatcherClosedError, DynamicBatcher, QueueFullEr
 from vlmad.serve.limits import ApiError, Limits, decode_image, validate_set_name
 from vlmad.serve.metrics import ServiceMetrics
 from vlmad.serve.references import MemoryCache, ReferenceStore, capture_memory, restore_memory
+from vlmad_runtime.errors import VlmadError
 
 
 # ---------------------------------------------------------------------------------------------- batcher
@@ -186,7 +187,7 @@ def test_memory_capture_and_restore_equal_a_fresh_fit(make_detector, method):
     fit_a = det.predict(query)
     mem_b = capture_memory(det, refs_b)
     fit_b = det.predict(query).image_scores
-    assert mem_a.shots == 2 and mem_b.shots == 3 and mem_a.nbytes > 0 and not mem_a.exported
+    assert mem_a.shots == 2 and mem_b.shots == 3 and mem_a.nbytes > 0
     restore_memory(det, mem_a)
     again_a = det.predict(query)
     torch.testing.assert_close(again_a.image_scores, fit_a.image_scores, rtol=0, atol=1e-6)
@@ -203,40 +204,34 @@ def test_memory_capture_and_restore_equal_a_fresh_fit(make_detector, method):
     torch.testing.assert_close(det.predict(query).image_scores, fit_a.image_scores, rtol=0, atol=1e-6)
 
 
-def test_memory_capture_prefers_export_load_pair():
-    class Det:
-        def __init__(self):
-            self.bank, self._k = None, 0
-
-        @property
-        def shots(self):
-            return self._k
-
-        def reset_references(self):
-            self.bank, self._k = None, 0
-
-        def fit(self, images):
-            self.bank, self._k = list(images), len(images)
-
-        def export_references(self):
-            return {"bank": self.bank}
-
-        def load_references(self, state):
-            self.bank, self._k = state["bank"], len(state["bank"])
-
-    d = Det()
-    mem = capture_memory(d, ["x", "y"])
-    assert mem.exported and mem.state == {"bank": ["x", "y"]}
-    d.reset_references()
-    restore_memory(d, mem)
-    assert d.bank == ["x", "y"] and d.shots == 2
+@pytest.mark.parametrize("method", ["winclip", "aprilgan"])
+def test_memory_goes_through_the_detector_state_protocol(make_detector, method):
+    """No attribute diffing: what serve keeps is exactly ``export_references()``, and a state that does not fit
+    the detector is refused with a hint instead of silently producing other scores."""
+    det = make_detector(method)
+    det.setup("bottle")
+    size = det.image_size
+    mem = capture_memory(det, [rgb(30, (size, size))])
+    assert mem.state.keys() == det.export_references().keys() and mem.state["shots"] == 1
+    assert det.export_references()["shots"] == 1
+    det.reset_references()
+    assert det.export_references()["shots"] == 0
+    wrong = dict(mem.state)
+    if method == "winclip":
+        wrong["window_bank"] = {99: next(iter(mem.state["window_bank"].values()))}
+    else:
+        wrong["banks"] = mem.state["banks"][:1]
+    with pytest.raises(VlmadError, match="fit the references again"):
+        det.load_references(wrong)
+    det.load_references({"shots": 0})
+    assert det.shots == 0
 
 
 def test_memory_cache_is_lru_bounded_in_bytes_and_drops_old_versions():
     from vlmad.serve.references import ReferenceMemory
 
     def mem(n):
-        return ReferenceMemory({"t": torch.zeros(n)}, 1, False, n * 4)
+        return ReferenceMemory({"t": torch.zeros(n)}, 1, n * 4)
 
     cache = MemoryCache(max_bytes=1000)
     cache.put(("a", "1"), mem(100))
@@ -297,3 +292,29 @@ def test_prometheus_text_format():
     assert "vlmad_batch_size_count 2" in text and "vlmad_batch_size_sum 11" in text
     assert "# TYPE vlmad_batch_size histogram" in text and "vlmad_test_gauge 2.5" in text
     assert m.batch_size.count_and_sum() == (2, 11)
+
+
+def test_zero_shot_only_detectors_export_an_empty_memory_and_refuse_a_k_shot_one():
+    from vlmad.methods.base import Detector
+
+    class ZeroShot(Detector):
+        name = "zero-shot-only"
+
+        def setup(self, class_name):
+            pass
+
+        def predict(self, images):
+            raise NotImplementedError
+
+        @property
+        def image_size(self):
+            return 8
+
+        def info(self):
+            raise NotImplementedError
+
+    det = ZeroShot()
+    assert det.export_references() == {"shots": 0}
+    det.load_references({"shots": 0})
+    with pytest.raises(NotImplementedError, match="cannot load a few-shot memory"):
+        det.load_references({"shots": 2})

@@ -167,6 +167,9 @@ def test_deploy_files(quick_run):
         for ref in cal["references"]:  # calibration never scores a reference image
             assert ref not in scores
         assert cal["warning"] == RANDOM_WEIGHTS_STAMP
+        fp = dep.fingerprint  # the detector the threshold is bound to (vlmad detect/serve --deploy check it)
+        assert fp["class_name"] == row["dataset"]["category"] and fp["shots"] == row["shots"]
+        assert (fp["reference_fingerprint"] is None) == (row["shots"] == 0) and fp["model"] == row["detector"]["model"]
 
 
 def test_rerun_recomputes_nothing(quick_run, monkeypatch):
@@ -191,6 +194,31 @@ def test_rerun_recomputes_nothing(quick_run, monkeypatch):
     study = json.loads((out / "study.json").read_text())
     assert study["invocations"][-1]["computed"] == 0 and len(study["invocations"]) == 2
     assert "gallery" in (out / "report.html").read_text()
+
+
+def test_deploy_uses_the_current_draws_csv_not_the_newest(quick_run):
+    """Another draw's calibration CSV, newer on disk, must not be used (no mtime)."""
+    out, args = quick_run
+    files = sorted((out / "deploy").glob("*/*/*.json"))
+    before = {f: load_deploy(f).record for f in files}
+    current = out / before[files[0]]["calibration"]["scores_file"]
+    row_key = before[files[0]]["calibration"]["row_key"]
+    stale = current.with_name(f"{row_key}-00000000.csv")
+    lines = current.read_text().splitlines()
+    header = lines[0].split(",")
+    score_col = header.index("score")
+    rows = [line.split(",") for line in lines[1:]]
+    for r in rows:
+        r[score_col] = "9.5"
+    stale.write_text("\n".join([lines[0], *(",".join(r) for r in rows)]) + "\n")
+    try:
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        after = load_deploy(files[0]).record
+        assert after["threshold"] == before[files[0]]["threshold"] < 9.5
+        assert after["calibration"]["scores_file"] == before[files[0]]["calibration"]["scores_file"]
+    finally:
+        stale.unlink()
 
 
 def test_report_command_rebuilds_the_report(quick_run):

@@ -92,7 +92,8 @@ def test_mismatching_backbones_are_refused_with_a_hint(saved, weights_file):
     other_arch = ClipBackbone.load("vlmad-tiny-vit-4l", checkpoint=str(weights_file("vlmad-tiny-vit-4l")))
     with pytest.raises(CheckpointMismatchError) as err:
         AprilGan(other_arch, heads=path)
-    assert "architecture" in str(err.value) and "--model vlmad-tiny-vit" in err.value.hint
+    assert "architecture" in str(err.value) and "(vlmad-tiny-vit at 64 px)" in err.value.hint
+    assert "leave out --model" in err.value.hint and "--image-size" not in err.value.hint  # detect has no such flag
     bigger = ClipBackbone.load(ARCH, checkpoint=ckpt, image_size=72)
     with pytest.raises(CheckpointMismatchError, match="input size 64 vs 72"):
         AprilGan(bigger, heads=path)
@@ -177,6 +178,79 @@ def test_import_reference_checkpoint(tiny_backbone, tmp_path):
         import_reference_heads(
             tmp_path / "visa_pretrained.pth", tmp_path / "x", tiny_backbone, stages=(1, 2, 2)
         )
+
+
+# --- the sidecar is checked, not trusted (issue 15 item 8) ---
+
+
+def _edit_sidecar(path, edit):
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    edit(meta)
+    sidecar.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("drop", ["remove", "empty", "null"])
+def test_sha256_is_mandatory_so_a_modified_weights_file_never_loads(saved, drop):
+    """The reproduction: without the hash the integrity check was skipped and a flipped byte loaded silently."""
+    _, path = saved
+
+    def strip(meta):
+        if drop == "remove":
+            del meta["sha256"]
+        else:
+            meta["sha256"] = "" if drop == "empty" else None
+
+    _edit_sidecar(path, strip)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(HeadsFileError, match="sha256") as err:
+        load_heads(path)
+    assert err.value.hint
+
+
+MALFORMED = {
+    "format_version-string": (lambda m: m.update(format_version="x"), "'format_version' must be a positive integer"),
+    "format_version-bool": (lambda m: m.update(format_version=True), "'format_version' must be"),
+    "format_version-missing": (lambda m: m.pop("format_version"), "lacks 'format_version'"),
+    "sha256-not-hex": (lambda m: m.update(sha256="z" * 64), "'sha256' must be the 64"),
+    "stages-null": (lambda m: m.update(stages=None), "'stages' must be a non-empty list"),
+    "stages-empty": (lambda m: m.update(stages=[]), "'stages' must be a non-empty list"),
+    "stages-strings": (lambda m: m.update(stages=["6", "12"]), "'stages' must be"),
+    "stages-zero": (lambda m: m.update(stages=[0, 1]), "'stages' must be"),
+    "backbone-null": (lambda m: m.update(backbone=None), "'backbone' must be an object"),
+    "backbone-missing": (lambda m: m.pop("backbone"), "lacks 'backbone'"),
+    "arch-missing": (lambda m: m["backbone"].pop("arch"), "lacks backbone.'arch'"),
+    "width-string": (lambda m: m["backbone"].update(width="64"), "backbone.'width' must be"),
+    "image_size-negative": (lambda m: m["backbone"].update(image_size=-1), "backbone.'image_size' must be"),
+    "probe-nan-string": (lambda m: m["backbone"].update(weights_probe=["nan"]), "backbone.'weights_probe'"),
+    "activation-number": (lambda m: m["backbone"].update(activation=1), "backbone.'activation'"),
+    "class_name_style": (lambda m: m.update(class_name_style="fancy"), "'class_name_style' must be"),
+    "training-list": (lambda m: m.update(training=[1]), "'training' must be an object"),
+    "categories-string": (lambda m: m["training"]["data"].update(categories="candle"), "'training.data'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_sidecar_fields_are_clear_errors(saved, tiny_backbone, case):
+    _, path = saved
+    edit, message = MALFORMED[case]
+    _edit_sidecar(path, edit)
+    with pytest.raises(HeadsFileError) as err:
+        read_heads_meta(path)
+    assert message in str(err.value) and str(path.with_suffix(".json")) in str(err.value)
+    assert "sidecar written together with the weights" in err.value.hint
+    with pytest.raises(HeadsFileError):  # what a user runs: a message, never a TypeError/KeyError traceback
+        AprilGan(tiny_backbone, heads=path)
+
+
+def test_newer_format_version_asks_for_an_upgrade(saved):
+    _, path = saved
+    _edit_sidecar(path, lambda m: m.update(format_version=99))
+    with pytest.raises(HeadsFileError, match="newer than this vlmad supports") as err:
+        read_heads_meta(path)
+    assert err.value.hint == "upgrade vlmad"
 
 
 def test_import_reference_heads_refuses_another_activation(weights_file, tmp_path):

@@ -9,12 +9,14 @@ seconds and names ``--checkpoint``.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
@@ -74,12 +76,23 @@ class WeightsSource:
         return self.kind == "random"
 
 
+def hub_address() -> tuple[str, int]:
+    """(host, port) of the hub the weights come from: ``HF_ENDPOINT`` when set (a mirror or a proxy, which
+    huggingface_hub then downloads from), else huggingface.co:443."""
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or f"https://{HUB_HOST}")
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    return endpoint.hostname or HUB_HOST, port
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Cheap TCP probe so that offline machines fail in seconds instead of after the hub's retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+    """Cheap TCP probe so that offline machines fail in seconds instead of after the hub's retries.
+
+    ``HF_HUB_OFFLINE=1`` answers False without touching the network. The probe goes to :func:`hub_address`, so
+    a machine that reaches the hub only through ``HF_ENDPOINT`` is not mistaken for an offline one."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         return False
     try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+        with socket.create_connection(hub_address(), timeout=timeout):
             return True
     except OSError:
         return False
@@ -106,27 +119,90 @@ def file_fingerprint(path: Path) -> str:
     return value
 
 
+_CHECKPOINT_HINT = "use a safetensors file (preferred) or a plain torch state dict loadable with weights_only=True"
+
+
+def sniff_checkpoint(path: Path) -> str:
+    """What a checkpoint file holds, judged by its bytes, not its name: "safetensors", "torch" (zip archive or
+    legacy pickle), "empty", "lfs-pointer" (a Git LFS stub checked out without ``git lfs pull``), "text" or "unknown".
+
+    The loader is chosen by content, so a mislabelled file still loads and a text file (an LFS stub, an HTML
+    error page saved by a failed download, a config passed by mistake) is named as such instead of failing
+    inside a parser with an opaque message."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    size = path.stat().st_size
+    if size == 0:
+        return "empty"
+    if head.startswith(b"PK\x03\x04") or (len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5):
+        return "torch"
+    if len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head.startswith(b"version https://git-lfs"):
+        return "lfs-pointer"
+    try:  # incremental: a 4 KiB cut through a multi-byte character is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return "unknown"
+    return "text" if "\x00" not in text else "unknown"
+
+
+def _not_weights_error(path: Path, kind: str) -> WeightsUnavailableError:
+    if kind == "lfs-pointer":
+        return WeightsUnavailableError(
+            f"checkpoint {path} is a Git LFS pointer (a small text stub), not the weights",
+            "fetch the real file with `git lfs pull` (or download it again), then pass that path",
+        )
+    if kind == "text":
+        first = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[:1]
+        shown = first[0][:60] if first else ""
+        return WeightsUnavailableError(
+            f"checkpoint {path} is a text file, not model weights (it starts with {shown!r})",
+            "pass the .safetensors/.pt weights file itself; a text file here is often an HTML error page saved by "
+            "a failed download (`vlmad fetch-weights` downloads weights properly)",
+        )
+    if kind == "empty":
+        return WeightsUnavailableError(f"checkpoint {path} is empty (0 bytes)",
+                                       "the download or copy was interrupted; fetch the weights again")
+    return WeightsUnavailableError(f"checkpoint {path} is neither a safetensors file nor a torch checkpoint",
+                                   _CHECKPOINT_HINT)
+
+
+def _describe(err: BaseException) -> str:
+    """An exception as a readable phrase: a bare ``KeyError(101)`` would print as just ``101``."""
+    text = str(err)
+    return text if any(c.isalpha() for c in text) else f"{type(err).__name__}({text})"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict: safetensors (memory-mapped) or a torch pickle with ``weights_only=True``."""
     if not path.exists():
         raise WeightsUnavailableError(
             f"checkpoint {path} does not exist", "pass the path of a .safetensors (or .pt/.pth) state dict"
         )
+    if path.is_dir():
+        raise WeightsUnavailableError(f"checkpoint {path} is a directory", "pass the path of the weights file")
     try:
-        if path.suffix == ".safetensors":
+        kind = sniff_checkpoint(path)
+    except OSError as err:
+        raise WeightsUnavailableError(f"cannot read checkpoint {path}: {err}", "check the file's permissions") from err
+    if kind not in ("safetensors", "torch"):
+        raise _not_weights_error(path, kind)
+    try:
+        if kind == "safetensors":
             from safetensors.torch import load_file
 
             sd = load_file(str(path))
         else:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+            with open(path, "rb") as fh:  # a file object: torch.load must not guess the format from the name
+                obj = torch.load(fh, map_location="cpu", weights_only=True)
             sd = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     except Exception as err:  # corrupt file, unsafe pickle, wrong format
         raise WeightsUnavailableError(
-            f"cannot read checkpoint {path}: {err}",
-            "use a safetensors file (preferred) or a plain torch state dict loadable with weights_only=True",
+            f"cannot read checkpoint {path} ({kind}): {_describe(err)}", _CHECKPOINT_HINT
         ) from err
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise WeightsUnavailableError(f"checkpoint {path} is not a state dict of tensors")
+        raise WeightsUnavailableError(f"checkpoint {path} is not a state dict of tensors", _CHECKPOINT_HINT)
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
@@ -199,10 +275,27 @@ def load_weights_into(model_arch: str, sd: dict[str, torch.Tensor], quick_gelu: 
             f"checkpoint {source} does not fit architecture {model_arch}: " + "; ".join(detail),
             "pass the --model the checkpoint was saved from (see `vlmad models`)",
         )
+    _check_dtypes(sd, expected, model_arch, source)
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     _materialise_meta_buffers(model)
     return model.eval().requires_grad_(False)
+
+
+def _check_dtypes(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], arch: str, source: str) -> None:
+    """Floating-point model tensors need floating-point checkpoint tensors (fp32/fp16/bf16 are all converted);
+    integer or boolean ones (a quantised export, a mislabelled file) would fail deep in torch's copy."""
+    bad = [k for k, want in expected.items() if want.is_floating_point() and not sd[k].is_floating_point()]
+    if bad:
+        k = bad[0]
+        raise CheckpointMismatchError(
+            f"checkpoint {source}: tensor {k!r} has dtype {str(sd[k].dtype).replace('torch.', '')}, but "
+            f"{arch} needs floating-point weights ({len(bad)} such tensor{'s' if len(bad) > 1 else ''}, "
+            f"e.g. {', '.join(bad[:3])})",
+            "save the weights as a float state dict (float32, float16 or bfloat16), e.g. "
+            "`save_file({k: v.float() for k, v in model.state_dict().items()}, path)`; integer tensors mean a "
+            "quantised or corrupted export",
+        )
 
 
 def resolve_model(
@@ -220,7 +313,10 @@ def resolve_model(
 
     register_tiny_configs()
     if arch not in open_clip.list_models():
-        close = [m for m in open_clip.list_models() if arch.lower().split("-")[0] in m.lower()][:8]
+        import difflib
+
+        by_lower = {m.lower(): m for m in open_clip.list_models()}
+        close = [by_lower[m] for m in difflib.get_close_matches(arch.lower(), list(by_lower), n=8, cutoff=0.6)]
         raise UnknownNameError(
             f"unknown model architecture {arch!r}",
             f"run `vlmad models` for the list{'; similar: ' + ', '.join(close) if close else ''}",
@@ -292,7 +388,8 @@ def _download_or_fail(cfg: dict, arch: str, tag: str, download, offline_timeout:
 
 def _offline_error(arch: str, tag: str, online: bool, err: object) -> WeightsUnavailableError:
     where = "the hub is reachable but the download failed" if online else (
-        f"this machine cannot reach {HUB_HOST} (offline or firewalled) and the weights are not in the local cache"
+        f"this machine cannot reach {hub_address()[0]} (offline or firewalled) and the weights are not in the local "
+        "cache"
     )
     return WeightsUnavailableError(
         f"pretrained weights {arch}/{tag} are not available: {where} ({err})",

@@ -107,6 +107,13 @@ class BenchmarkConfig:
     tags: dict[str, Any] = field(default_factory=dict)
     detector_factory: DetectorFactory | None = None
     argv: list[str] | None = None
+    # where rows run (vlmad.bench.executors): "local" or "ray" with its address and per-row resources
+    executor: str = "local"
+    ray_address: str | None = None
+    cpus_per_row: float = 1.0
+    gpus_per_row: float = 0.0
+    row_retries: int = 2
+    ray_mode: str = "actors"  # or "tasks": a fresh worker per row (benchmarks/ray_overhead.py compares them)
 
     def public_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("detector_factory",)}
@@ -149,6 +156,9 @@ def _validate(config: BenchmarkConfig) -> tuple[list[dict[str, Any]], tuple[str,
         raise VlmadError("--num-workers must be >= 0")
     P.parse_int_list(config.shots, "shots")
     P.parse_int_list(config.seeds, "seeds")
+    from vlmad.bench.executors import check_executor
+
+    check_executor(config)
     return specs, P.parse_aupro(config.aupro), P.parse_eval_resolution(config.eval_resolution)
 
 
@@ -282,7 +292,9 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
                     runner.ui = ui
                     ui.log(f"grid: {len(plans)} row(s), {len(plans) - len(pending)} already in "
                            f"{out / RESULTS_FILE}, {len(pending)} to compute")
-                    runner.run(specs, pending)
+                    from vlmad.bench.executors import run_rows
+
+                    run_rows(runner, specs, pending)
         finally:
             invocation.update(finished=_now(), computed=runner.computed,
                               interrupted=runner.computed < len(pending))
@@ -718,5 +730,5 @@ def _row_line(row: Mapping[str, Any]) -> str:
     seed = "" if row["seed"] is None else f" s{row['seed']}"
     ds = row["dataset"]
     t = row.get("timing", {})
-    return (f"[green]✓[/] {ds['category']} {row['method_label']} {row['shots']}-shot{seed}: "
+    return (f"[green]✓[/] {ds['kind']}/{ds['category']} {row['method_label']} {row['shots']}-shot{seed}: "
             f"{'  '.join(p for p in parts if p) or 'no metric'}  ({t.get('predict_s', 0):.1f} s)")

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import shlex
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -598,7 +599,7 @@ def _summary(out: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mapping[
         lines.append(f"- environment: vlmad {env.get('vlmad')}, torch {env.get('torch')}, open_clip "
                      f"{env.get('open_clip')}, device {env.get('device')}, {env.get('torch_threads')} torch threads")
     if latest.get("argv"):
-        lines.append(f"- last command: `{' '.join(str(a) for a in latest['argv'])}`")
+        lines.append(f"- last command: `{shlex.join(str(a) for a in latest['argv'])}`")
     lines.append("")
     if failed:
         lines += ["## Rows not computed", ""]

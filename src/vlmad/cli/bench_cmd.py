@@ -16,6 +16,14 @@ from vlmad.cli.common import (
     GridRandomOpt,
     GridSetOpt,
 )
+from vlmad.cli.executor_opts import (
+    CpusPerRowOpt,
+    ExecutorOpt,
+    GpusPerRowOpt,
+    RayAddressOpt,
+    RowRetriesOpt,
+    executor_kwargs,
+)
 from vlmad_runtime.errors import VlmadError
 
 HELP = (
@@ -73,6 +81,11 @@ def benchmark(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
     no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    cpus_per_row: CpusPerRowOpt = 1.0,
+    gpus_per_row: GpusPerRowOpt = 0.0,
+    row_retries: RowRetriesOpt = 2,
 ) -> None:
     from vlmad.bench import BenchmarkConfig, build_method_specs, run_benchmark
     from vlmad.bench.protocol import parse_aupro, parse_eval_resolution, parse_int_list
@@ -92,6 +105,7 @@ def benchmark(
         limit=limit, eval_resolution=parse_eval_resolution(eval_resolution), aupro=aupro, on_error=on_error,
         force_protocol=force_protocol, retry_failed=retry_failed, use_cache=not no_cache, flops=not no_flops,
         progress=not quiet, argv=command_line(ctx),
+        **executor_kwargs(executor, ray_address, cpus_per_row, gpus_per_row, row_retries),
     )
     on_interrupt(f"finished rows are kept in {out / 'results.jsonl'}; rerun the same command to resume (nothing "
                  "finished is recomputed)")
@@ -102,10 +116,14 @@ def benchmark(
 
 
 def command_line(ctx: typer.Context) -> list[str]:
-    """The command as typed, rebuilt from the parsed options (correct under any launcher or test runner)."""
+    """The command as typed, rebuilt from the parsed options (correct under any launcher or test runner); shown
+    with :func:`shlex.join` it can be pasted back into a shell."""
     argv = ["vlmad", ctx.info_name or "benchmark"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
+        if param.param_type_name == "argument":  # positional: written as typed, never as a flag
+            argv += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
+            continue
         if value is None or value == param.default or param.name == "ctx":
             continue
         flag = max(param.opts, key=len)

@@ -23,7 +23,9 @@ READER_FOR_LAYOUT = {"mvtec": "mvtec", "visa": "visa", "visa-converted": "visa",
 
 @app.command("make-dataset")
 def make_dataset_cmd(
-    out: Path = typer.Argument(..., help="Folder to create (must be new or empty)."),
+    out_arg: Path | None = typer.Argument(None, help="Folder to create (must be new or empty); or --out.",
+                                          show_default=False),
+    out_opt: Path | None = typer.Option(None, "--out", "-o", help="Folder to create (must be new or empty)."),
     layout: str = typer.Option("mvtec", "--layout", help=f"One of: {', '.join(LAYOUTS)}."),
     categories: str = typer.Option(",".join(DEFAULT_CATEGORIES), "--categories", help="Comma-separated."),
     n_train: int = typer.Option(8, "--n-train", help="Normal reference images per category."),
@@ -35,7 +37,11 @@ def make_dataset_cmd(
     """Write a synthetic anomaly-detection dataset (procedural images, pasted defects, exact masks)."""
     from vlmad.data import load_dataset
     from vlmad.data.synthetic import make_dataset
+    from vlmad_runtime.errors import VlmadError
 
+    if (out_arg is None) == (out_opt is None):
+        raise VlmadError("give the folder to create once", "e.g. vlmad make-dataset data/ or --out data/")
+    out = out_arg or out_opt
     root = make_dataset(
         out,
         layout=layout,  # type: ignore[arg-type]  # validated by make_dataset

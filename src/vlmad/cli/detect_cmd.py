@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,7 +26,15 @@ from vlmad.cli.common import (
     console,
     progress,
 )
+from vlmad_runtime.deploy import NOT_CALIBRATED_NOTE
 from vlmad_runtime.errors import VlmadError
+
+if TYPE_CHECKING:
+    from vlmad.jobs import DetectionRow
+    from vlmad.methods.base import Detector
+    from vlmad_runtime.deploy import Deployment
+
+NON_FINITE = "non_finite_score"  # vlmad.jobs.NON_FINITE (not imported here: keeps `vlmad --help` torch-free)
 
 
 @app.command()
@@ -54,24 +62,50 @@ def detect(
     no_cache: NoCacheOpt = False,
     heads: ArtefactOpt = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Write maps/<stem>.npy (float32).")] = False,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Write overlays/<stem>.png heatmaps.")] = False,
+    overlay: Annotated[bool, typer.Option(
+        "--overlay", help="Write overlays/<stem>.png QC panels: original, heatmap with colour bar (calibrated scale "
+                          "with --deploy, else one scale per run), predicted mask, score, decision.")] = False,
+    save_masks: Annotated[bool, typer.Option(
+        "--save-masks", help="Write masks/<stem>.png binary defect masks (needs --deploy with a pixel threshold); "
+                             "scores.csv gets defect_area.")] = False,
     deploy: Annotated[
-        Path | None, typer.Option("--deploy", help="deploy.json with a calibrated threshold -> decisions.")
+        Path | None, typer.Option("--deploy", help="deploy.json from `vlmad calibrate` -> decisions; refused when "
+                                                   "it was calibrated for another detector.")
     ] = None,
+    force_deploy: Annotated[bool, typer.Option(
+        "--force-deploy", help="Use --deploy even when it was calibrated for another detector; every row is "
+                               "labelled 'threshold not calibrated for this detector'.")] = False,
     on_error: Annotated[str, typer.Option("--on-error", help="skip (record) or stop on unreadable images.")] = "skip",
     allow_untrained: Annotated[
         bool, typer.Option("--allow-untrained", help="Run without the method's required artefact, e.g. random "
                            "APRIL-GAN heads (smoke test only).")
     ] = False,
+    executor: Annotated[str, typer.Option(
+        "--executor", help="local, or ray: a Ray Data pipeline over an actor pool (large sets; list files are "
+        "streamed; a rerun resumes).")] = "local",
+    workers: Annotated[int, typer.Option("--workers", min=1, help="With --executor ray: detector actors.")] = 1,
+    gpus_per_worker: Annotated[float, typer.Option(
+        "--gpus-per-worker", min=0, help="With --executor ray: GPUs per detector actor.")] = 0.0,
+    ray_address: Annotated[str | None, typer.Option(
+        "--ray-address", help="With --executor ray: 'auto' or host:port joins a cluster; default: a local one.")
+    ] = None,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
     from vlmad.cli.inputs import collect_images
-    from vlmad.jobs import run_detection
+    from vlmad.jobs import DetectionOptions, run_detection
     from vlmad_runtime.deploy import load_deploy
+
+    if executor != "local":
+        from vlmad.cli.ray_detect import detect_on_ray_cli
+
+        return detect_on_ray_cli(images, class_name, out, method, reference, reference_dir, model, pretrained,
+                                 checkpoint, random_weights, device, precision, batch_size, prompt_set, no_cache,
+                                 heads, save_maps, overlay, deploy, on_error, allow_untrained, executor, workers,
+                                 gpus_per_worker, ray_address, recursive, force_deploy, save_masks)
 
     paths = collect_images(images, recursive=recursive)
     refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
-    threshold = load_deploy(deploy)["threshold"] if deploy else None
+    deployment = load_deploy(deploy) if deploy else None
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
                               prompt_set, no_cache, heads, batch_size,
                               extra=artefact_kwargs(method, None, skip=True) if allow_untrained else None)
@@ -80,20 +114,57 @@ def detect(
     if refs:
         with console.status(f"{len(refs)}-shot reference memory"):
             detector.fit(refs)
+    forced = check_deploy(deployment, detector, class_name, refs, force_deploy)
+    opts = DetectionOptions(save_maps=save_maps, overlay=overlay, save_masks=save_masks, batch_size=batch_size,
+                            on_error=on_error, deployment=deployment, forced=forced)
     on_interrupt(f"the images scored so far are kept in {out / 'scores.csv'}; rerunning the same command scores "
                  "them all again")
     with progress(len(paths), "detect") as advance:
-        rows = run_detection(detector, paths, out, save_maps=save_maps, overlay=overlay, batch_size=batch_size,
-                             on_error=on_error, threshold=threshold, progress=advance)
-    failed = [r for r in rows if r.error]
-    console.print(f"scored {len(rows) - len(failed)} image(s) -> {out / 'scores.csv'}")
-    for r in failed:
-        console.print(f"[yellow]skipped[/] {r.path}: {r.error}")
+        rows = run_detection(detector, paths, out, opts, progress=advance)
+    failed = report_rows(rows, out)
     if detector.info().random_weights:
         from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
         console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/]")
+    if any(r.error == NON_FINITE for r in rows):
+        raise VlmadError(f"{sum(r.error == NON_FINITE for r in rows)} image(s) got a non-finite score (NaN/inf): "
+                         "no decision for them (error non_finite_score in scores.csv)",
+                         "the weights produce NaN/inf: check --checkpoint/--heads and --precision")
     if len(failed) == len(rows):
         raise VlmadError(f"no image could be scored ({len(failed)} unreadable)",
                          "check the skipped files above; accepted formats: png, jpg, bmp, tif, webp")
+
+
+def check_deploy(deployment: Deployment | None, detector: Detector, class_name: str, refs: list[Path],
+                 force: bool) -> bool:
+    """Compare the deploy file's fingerprint with this detector's; refuse a mismatch unless ``force``.
+
+    Returns True when a mismatch was forced through (rows are then labelled)."""
+    from vlmad.fingerprint import detector_fingerprint, references_fingerprint
+
+    if deployment is None:
+        if force:
+            raise VlmadError("--force-deploy without --deploy", "pass --deploy deploy.json")
+        return False
+    running = detector_fingerprint(detector.info().as_dict(), class_name, references_fingerprint(refs))
+    diffs = deployment.check(running, force=force)
+    for name, recorded, now in diffs:
+        console.print(f"[bold yellow]--force-deploy:[/] {name} calibrated {recorded!r}, running {now!r}")
+    if diffs:
+        console.print(f"[bold yellow]every decision is labelled '{NOT_CALIBRATED_NOTE}'[/]")
+    return bool(diffs)
+
+
+def report_rows(rows: list[DetectionRow], out: Path) -> list[DetectionRow]:
+    """Print the summary, the heatmap scale in use and the rows without a result; returns those rows."""
+    import json
+
+    scale = json.loads((out / "run.json").read_text()).get("heatmap_scale")
+    if scale:
+        console.print(f"overlays: heatmap scale [{scale['lo']:.4g}, {scale['hi']:.4g}], {scale['source']}")
+    failed = [r for r in rows if r.error]
+    console.print(f"scored {len(rows) - len(failed)} image(s) -> {out / 'scores.csv'}")
+    for r in failed:
+        console.print(f"[yellow]{'no decision' if r.error == NON_FINITE else 'skipped'}[/] {r.path}: {r.error}")
+    return failed
 

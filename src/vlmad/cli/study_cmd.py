@@ -18,6 +18,14 @@ from vlmad.cli.common import (
     GridSetOpt,
     MethodOpt,
 )
+from vlmad.cli.executor_opts import (
+    CpusPerRowOpt,
+    ExecutorOpt,
+    GpusPerRowOpt,
+    RayAddressOpt,
+    RowRetriesOpt,
+    executor_kwargs,
+)
 from vlmad_runtime.errors import VlmadError
 
 _PRESET_BLURBS = {"seed-full": "the papers' full protocol", "prompt-ablation": "prompt-ensemble ablation",
@@ -94,6 +102,11 @@ def study(
     no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write the report at the end.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
+    cpus_per_row: CpusPerRowOpt = 1.0,
+    gpus_per_row: GpusPerRowOpt = 0.0,
+    row_retries: RowRetriesOpt = 2,
 ) -> None:
     from vlmad.bench.protocol import parse_int_list
     from vlmad.bench.specs import split_names
@@ -117,13 +130,14 @@ def study(
         seeds=parse_int_list(seeds, "seeds") if seeds else None, limit=limit, device=device,
         batch_size=batch_size, num_workers=num_workers, force_protocol=force_protocol, retry_failed=retry_failed,
         use_cache=not no_cache, flops=not no_flops, progress=not quiet, report=not no_report,
-        argv=command_line(ctx))
+        argv=command_line(ctx),
+        **executor_kwargs(executor, ray_address, cpus_per_row, gpus_per_row, row_retries))
     on_interrupt(f"finished rows are kept in {out / 'results.jsonl'}; rerun the same command to resume (nothing "
                  "finished is recomputed)")
     log = (lambda m: None) if quiet else (lambda m: console.print(m, highlight=False))
     run_dir = run_study(study_spec, options, log=log)
     console.print(f"results: {run_dir / 'results.jsonl'}")
-    if not no_report:
+    if not no_report and quiet:  # otherwise the report step has printed it
         console.print(f"report: {run_dir / 'report.html'} (+ report.md)")
     if (run_dir / "deploy").is_dir():
         console.print(f"deploy files: {run_dir / 'deploy'}")
@@ -152,8 +166,7 @@ def report(
 
     if not no_gallery:  # maps of gallery images not stored yet (e.g. a plain benchmark folder)
         compute_gallery_maps(run_dir, StudyDetectorFactory(), device, log)
-    paths = build_report(run_dir, gallery=not no_gallery, log=log)
-    console.print(f"report: {paths['html']} (+ {paths['markdown'].name})")
+    build_report(run_dir, gallery=not no_gallery, log=log)
 
 
 CALIBRATE_HELP = (
@@ -206,13 +219,18 @@ def calibrate(
     precision: Annotated[str, typer.Option("--precision", help="fp32, int8 (CPU), fp16/bf16 (GPU).")] = "fp32",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
+    pixel_fp_rate: Annotated[float, typer.Option(
+        "--pixel-fp-rate", min=1e-6, max=0.5, help="Target share of a normal image's pixels above the pixel "
+                                                  "threshold (defect masks, heatmap colour bar).")] = 0.001,
 ) -> None:
     from vlmad.cli.common import build_detector, console
+    from vlmad.fingerprint import detector_fingerprint, references_fingerprint
     from vlmad.jobs import expand_images
     from vlmad.study.calibration import (
         deploy_record,
         f1_optimal_threshold,
         normal_quantile_threshold,
+        pixel_calibration,
         score_images,
         write_deploy,
     )
@@ -220,7 +238,10 @@ def calibrate(
     if (normal_dir is None) == (dataset is None):
         raise VlmadError("give either --normal-dir DIR or --dataset KIND --root PATH --category C",
                          "--normal-dir: held-out normal images; --dataset: a labelled validation split")
-    refs = expand_images(([reference_dir] if reference_dir else []) + list(reference or []))
+    from vlmad.cli.inputs import collect_images
+
+    # the same expansion as `vlmad detect`, so both see the same reference set (fingerprint)
+    refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
     extra: dict = {}
     labels: list[bool] | None = None
     if normal_dir is not None:
@@ -275,10 +296,15 @@ def calibrate(
     if refs:
         with console.status(f"{len(refs)}-shot reference memory"):
             detector.fit(refs)
+    pixels: list = []
+    normal_images = set(images) if labels is None else {p for p, y in zip(images, labels, strict=True) if not y}
     with console.status(f"scoring {len(images)} calibration image(s)"):
-        scores, errors = score_images(detector, images, batch_size)
+        scores, errors = score_images(detector, images, batch_size, pixels)
     failed = [(str(p), e) for p, e in zip(images, errors, strict=True) if e]
     keep = [i for i, s in enumerate(scores) if s is not None]
+    read = [p for p, e in zip(images, errors, strict=True) if not e]
+    normal_pixels = [px for p, px in zip(read, pixels, strict=True) if p in normal_images]
+    pixel = pixel_calibration(normal_pixels, pixel_fp_rate) if normal_pixels else None
     if chosen_mode == "normal-quantile":
         cal = normal_quantile_threshold([scores[i] for i in keep], quantile)
     else:
@@ -290,11 +316,21 @@ def calibrate(
         extra["warning"] = RANDOM_WEIGHTS_STAMP
     from vlmad.methods.registry import default_method
 
-    record = deploy_record(cal, method or default_method(), class_name, detector.info().as_dict(), extra)
+    info = detector.info().as_dict()
+    record = deploy_record(cal, method or default_method(), class_name, info, extra, pixel=pixel,
+                           fingerprint=detector_fingerprint(info, class_name, references_fingerprint(refs)))
     write_deploy(out, record)
     far = record["expected_false_alarm_rate"]
-    console.print(f"threshold {record['threshold']:.6g} ({chosen_mode}, {cal.details['n_images']} image(s)); expected "
+    n = cal.details["n_images"]
+    console.print(f"{n} calibration image(s) after excluding {len(refs)} reference(s); at best they support a "
+                  f"false-alarm rate of {100 / (n + 1):.2f} % (1 / (n + 1))")
+    console.print(f"threshold {record['threshold']:.6g} ({chosen_mode}, {n} image(s)); expected "
                   f"false-alarm rate {'n/a' if far is None else f'{100 * far:.2f} %'} -> {out}")
+    if pixel is None:
+        console.print("[yellow]no normal image to calibrate the heatmap scale / pixel threshold on[/]")
+    else:
+        console.print(f"heatmap scale [{pixel.map_scale[0]:.4g}, {pixel.map_scale[1]:.4g}], pixel threshold "
+                      f"{pixel.pixel_threshold:.4g} at {100 * pixel_fp_rate:g} % normal pixels")
     if cal.details.get("note"):
         console.print(f"[yellow]note:[/] {cal.details['note']}")
     for p, e in failed:

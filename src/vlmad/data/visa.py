@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
 from vlmad.data.base import BaseDataset, Split, list_subdirs
@@ -52,6 +52,24 @@ RAW_HINT = (
 CONVERTED_HINT = (
     "VisA converted layout: <root>/<object>/train/good, test/good, test/bad and ground_truth/bad/<stem>.png"
 )
+
+
+def _check_inside_root(value: str, column: str, where: str) -> None:
+    """Refuse a CSV path that would be read outside the dataset root: absolute (POSIX, drive or UNC) or with a
+    ``..`` component (either separator). The split file is data, possibly downloaded; it must not choose which
+    files on the machine are read. Symlinks inside the root are the user's own choice and are followed."""
+    posix, windows = PurePosixPath(value), PureWindowsPath(value)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
+        problem = "is absolute"
+    elif ".." in windows.parts:  # PureWindowsPath splits on both '/' and '\\'
+        problem = "contains '..'"
+    else:
+        return
+    raise DatasetLayoutError(
+        f"{where}: {column} path {value!r} {problem}, which would read a file outside the dataset root",
+        "paths in split_csv/1cls.csv must be relative to the dataset root and stay inside it "
+        "(e.g. candle/Data/Images/Normal/0000.JPG)",
+    )
 
 
 @dataclass(frozen=True)
@@ -147,6 +165,9 @@ class VisA(BaseDataset):
         label = label.lower()
         if label not in ("normal", "anomaly"):
             raise DatasetLayoutError(f"{where}: label {label!r} is neither 'normal' nor 'anomaly'", RAW_HINT)
+        for column, value in (("image", image), ("mask", mask)):
+            if value:
+                _check_inside_root(value, column, where)
         if label == "anomaly" and not mask:
             raise DatasetLayoutError(
                 f"{where}: anomalous image {self.root / image} has no mask", "fill in its 'mask' column"

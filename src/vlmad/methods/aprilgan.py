@@ -329,6 +329,7 @@ class AprilGan(Detector):
                 "precision": self.backbone.precision,
                 "activation": backbone_activation(self.backbone),
                 "preprocessing": self.preprocessing.name,
+                "prompt_hash": self.prompt_set.content_hash(),
             },
         )
 
@@ -381,6 +382,16 @@ class AprilGan(Detector):
         self.heads.heads = nn.ModuleList([self.heads.heads[i] for i in idx])
         self.stages = wanted
         self.reset_references()
+
+    def export_references(self) -> dict[str, Any]:
+        return {"shots": self._k, "banks": list(self._banks)}
+
+    def load_references(self, state: dict[str, Any]) -> None:
+        shots, banks = int(state["shots"]), list(state.get("banks") or [])
+        if shots and len(banks) != len(self.stages):
+            raise VlmadError(f"reference memory has {len(banks)} stage banks, this detector uses "
+                             f"{len(self.stages)} stages", "fit the references again with this detector")
+        self._banks, self._k = banks, shots
 
     def predict(self, images: Images) -> AprilGanPrediction:
         if self.text_embeddings is None:

@@ -7,8 +7,10 @@ One shape for every method lets the harness, the CLI and the service treat WinCL
 
 from __future__ import annotations
 
+import functools
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,31 @@ class Prediction:
     """Output of :meth:`Detector.predict`.
 
     ``image_scores``: (B,) float32, higher = more anomalous. ``anomaly_maps``: (B, H, W) float32 at the model input
-    resolution; callers resize to the original image size when needed.
+    resolution; callers resize to the original image size when needed. ``inputs``: which input each row is (the
+    path as given, a PIL image's file name, ``<image i>`` otherwise; None for a tensor batch). After
+    :meth:`decide`, ``threshold`` and ``decisions`` ("anomalous"/"normal", score >= threshold) are set.
     """
 
     image_scores: torch.Tensor
     anomaly_maps: torch.Tensor
+    inputs: list[str] | None = field(default=None, kw_only=True)
+    threshold: float | None = field(default=None, kw_only=True)
+    decisions: list[str] | None = field(default=None, kw_only=True)
+
+    def decide(self, deploy: float | str | Path | dict[str, Any]) -> Prediction:
+        """Set ``decisions`` from a threshold: a number, a deploy.json path (``vlmad calibrate``) or its dict."""
+        if isinstance(deploy, (int, float)):
+            threshold = float(deploy)
+        else:
+            from vlmad_runtime.deploy import load_deploy
+
+            threshold = float((deploy if isinstance(deploy, dict) else load_deploy(Path(deploy)))["threshold"])
+        scores = self.image_scores.detach().float().cpu().tolist()
+        self.threshold = threshold
+        # a non-finite score is no decision (""), never "normal"
+        self.decisions = ["" if not math.isfinite(s) else "anomalous" if s >= threshold else "normal"
+                          for s in scores]
+        return self
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
         return (
@@ -62,8 +84,40 @@ class DetectorInfo:
         return out
 
 
+def input_ids(images: Images) -> list[str] | None:
+    """What identifies each input of ``predict`` in its result (None for a preprocessed tensor batch)."""
+    if isinstance(images, torch.Tensor):
+        return None
+    items = [images] if isinstance(images, (str, Path, Image.Image)) else list(images)
+    return [str(x) if isinstance(x, (str, Path)) else (getattr(x, "filename", "") or f"<image {i}>")
+            for i, x in enumerate(items)]
+
+
+def _recording_inputs(predict: Callable[..., Prediction]) -> Callable[..., Prediction]:
+    @functools.wraps(predict)
+    def wrapper(self: Detector, images: Images, *args: Any, **kwargs: Any) -> Prediction:
+        pred = predict(self, images, *args, **kwargs)
+        if isinstance(pred, Prediction) and pred.inputs is None:
+            ids = input_ids(images)
+            pred.inputs = ids if ids is not None and len(ids) == len(pred) else None
+        return pred
+
+    wrapper._records_inputs = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class Detector(ABC):
-    """Zero-/few-shot anomaly detector. Subclasses live one per file in :mod:`vlmad.methods`."""
+    """Zero-/few-shot anomaly detector. Subclasses live one per file in :mod:`vlmad.methods`.
+
+    Every subclass's ``predict`` is wrapped once (``__init_subclass__``) so that its :class:`Prediction` says
+    which input each row is, whatever the method.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("predict")
+        if own is not None and not getattr(own, "__isabstractmethod__", False) and not hasattr(own, "_records_inputs"):
+            cls.predict = _recording_inputs(own)  # type: ignore[method-assign]
 
     name: str = "detector"
     #: True when predictions use statistics of the whole test set (must be labelled in results)
@@ -91,6 +145,22 @@ class Detector(ABC):
 
         raise VlmadError(f"{self.name} has no feature stages to restrict",
                          "the stages ablation applies to methods whose spec lists the 'stages' axis")
+
+    def export_references(self) -> dict[str, Any]:
+        """The few-shot memory ``fit`` built, as a state that :meth:`load_references` makes active again.
+
+        Lets a service keep several reference sets fitted and switch between them without re-encoding the images
+        (the tensors are shared, not copied). A detector with a few-shot mode must override both methods.
+        """
+        if self.shots:
+            raise NotImplementedError(f"{self.name} cannot export its few-shot memory")
+        return {"shots": 0}
+
+    def load_references(self, state: dict[str, Any]) -> None:
+        """Make a state from :meth:`export_references` the active few-shot memory (replacing the current one)."""
+        if int(state.get("shots", 0)):
+            raise NotImplementedError(f"{self.name} cannot load a few-shot memory")
+        self.reset_references()
 
     @abstractmethod
     def predict(self, images: Images) -> Prediction:

@@ -53,7 +53,7 @@ class ProjectionHeads(nn.Module):
 
 
 def backbone_activation(backbone: Any) -> str:
-    """Name of the vision tower's MLP activation ("QuickGELU" for OpenAI weights, "GELU" otherwise)."""
+    """Name of the vision tower's MLP activation ("QuickGELU" or "GELU"; recorded in the protocol)."""
     mlp = backbone.visual.transformer.resblocks[0].mlp
     act = mlp.gelu if hasattr(mlp, "gelu") else mlp[1]
     return type(act).__name__

@@ -10,6 +10,7 @@ nearest-neighbour distances to K normal references' window embeddings and patch 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,7 @@ class WinClip(Detector):
             random_weights=self.backbone.source.is_random,
             extra={"scales": list(self.scales), "image_scale": self.use_image_scale,
                    "precision": self.backbone.precision, "temperature": self.temperature,
-                   "preprocessing": self.preprocessing.name},
+                   "preprocessing": self.preprocessing.name, "prompt_hash": self.prompt_set.content_hash()},
         )
 
     def preprocess(self, images: Images) -> torch.Tensor:
@@ -159,6 +160,16 @@ class WinClip(Detector):
 
     def reset_references(self) -> None:
         self._window_bank, self._patch_bank, self._k = {}, None, 0
+
+    def export_references(self) -> dict[str, Any]:
+        return {"shots": self._k, "window_bank": dict(self._window_bank), "patch_bank": self._patch_bank}
+
+    def load_references(self, state: dict[str, Any]) -> None:
+        shots, windows = int(state["shots"]), dict(state.get("window_bank") or {})
+        if shots and set(windows) != set(self.scales):
+            raise VlmadError(f"reference memory has window scales {sorted(windows)}, this detector uses "
+                             f"{sorted(self.scales)}", "fit the references again with this detector")
+        self._window_bank, self._patch_bank, self._k = windows, state.get("patch_bank"), shots
 
     def predict(self, images: Images) -> Prediction:
         if self.text_embeddings is None:

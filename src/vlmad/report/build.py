@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shlex
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -226,7 +227,7 @@ def _section_overview(doc: Doc, ctx: ReportContext) -> None:
     invocations = study.get("invocations") or []
     for inv in invocations[-3:]:
         if inv.get("argv"):
-            items.append(f"Command ({inv.get('started', '')}): `{' '.join(str(a) for a in inv['argv'])}` — "
+            items.append(f"Command ({inv.get('started', '')}): `{shlex.join(str(a) for a in inv['argv'])}` — "
                          f"{inv.get('computed', 0)} row(s) computed.")
     env = (ctx.invocations[-1].get("environment") if ctx.invocations else None) or {}
     if env:

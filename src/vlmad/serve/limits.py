@@ -43,6 +43,10 @@ class Limits:
     request_timeout_s: float = 30.0
     #: images in one reference set
     max_reference_images: int = 32
+    #: decoded pixels of all images of one reference-set upload together (checked from each header before decoding)
+    max_reference_pixels: int = 64_000_000
+    #: longest side a reference image is stored at (downscaled on upload; the models see at most 518 px)
+    reference_max_side: int = 2048
     #: bytes of one reference-set upload request (all images together)
     max_reference_request_bytes: int = 128 * MiB
     #: reference sets kept on disk
@@ -51,6 +55,8 @@ class Limits:
     max_queue: int = 512
     #: images decoded at the same time (each decode holds the full-resolution image in memory)
     max_concurrent_decodes: int = 4
+    #: bytes of request bodies held at once by all requests together (beyond: 503, retry later)
+    max_body_bytes_in_flight: int = 256 * MiB
     #: longest side of a server-rendered overlay PNG (the original image is downscaled to it)
     overlay_max_side: int = 1024
 
@@ -124,7 +130,9 @@ def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[Ima
                        "re-export the image") from None
     with im:
         fmt = (im.format or "").upper()
-        if fmt not in limits.allowed_formats:
+        # MPO (phones, stereo cameras) is a JPEG with more frames after it; the file loader reads its first frame
+        jpeg_family = fmt == "MPO" and "JPEG" in limits.allowed_formats
+        if fmt not in limits.allowed_formats and not jpeg_family:
             raise ApiError(415, "unsupported_image_format",
                            f"{label} is a {fmt or 'unknown'} image; accepted formats: "
                            f"{', '.join(limits.allowed_formats)}",
@@ -167,6 +175,45 @@ def decode_base64(value: Any, field_name: str, limits: Limits) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------- request bodies
+class BodyBudget:
+    """Bytes of request bodies the service holds at once, all requests together (event-loop use only).
+
+    Per-request caps alone let N concurrent uploads hold N times the cap (30 x 20 MiB raised RSS by ~1 GB); here
+    each request reserves its declared ``Content-Length`` (or each chunk as it arrives) and is refused with 503
+    when the total would pass ``limit``. A lone request always fits: the limit is at least the largest body cap.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self.used = 0
+
+    def hold(self) -> BodyHold:
+        return BodyHold(self)
+
+
+class BodyHold:
+    """One request's share of a :class:`BodyBudget`; ``release()`` (idempotent) gives it back."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.bytes = 0
+
+    def grow_to(self, n: int) -> None:
+        extra = n - self.bytes
+        if extra <= 0:
+            return
+        b = self.budget
+        if b.used + extra > b.limit and b.used > 0:
+            raise ApiError(503, "busy", f"the server is already receiving {b.used} bytes of other uploads "
+                           f"(limit {b.limit})", "retry in a moment", headers={"Retry-After": "1"})
+        b.used += extra
+        self.bytes = n
+
+    def release(self) -> None:
+        self.budget.used -= self.bytes
+        self.bytes = 0
+
+
 @dataclass
 class Part:
     """One multipart part: form field or file."""

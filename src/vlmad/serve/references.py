@@ -9,13 +9,14 @@ name a file anywhere else.
 
 In memory, a detector holds one few-shot memory at a time (``fit``/``reset_references``). The model worker fits a
 set once and keeps the resulting memory in a byte-bounded LRU (:class:`MemoryCache`): switching sets is then a few
-attribute assignments. :func:`capture_memory` / :func:`restore_memory` work for any detector: they use the
-detector's ``export_references()`` / ``load_references(state)`` when it has them, and otherwise record which
-attributes ``fit`` rebinds (WinCLIP: ``_window_bank``, ``_patch_bank``, ``_k``; APRIL-GAN: ``_banks``, ``_k``).
+attribute assignments. :func:`capture_memory` / :func:`restore_memory` go through the detector's own state
+protocol, ``export_references()`` / ``load_references(state)`` (vlmad.methods.base.Detector), never through its
+attributes.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -25,7 +26,7 @@ import time
 import uuid
 import zipfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,11 @@ class ReferenceSetInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _exists(name: str) -> ApiError:
+    return ApiError(409, "reference_set_exists", f"reference set {name!r} already exists",
+                    "DELETE it first, or POST with ?replace=true to overwrite it")
 
 
 class ReferenceSetNotFoundError(ApiError):
@@ -145,57 +151,72 @@ class ReferenceStore:
         return info, images
 
     # ------------------------------------------------------------------ changes
-    def put(self, name: str, images: Sequence[Image.Image], original_names: Sequence[str | None] = (),
+    def put(self, name: str, images: Iterable[Image.Image], original_names: Sequence[str | None] = (),
             replace: bool = False) -> tuple[ReferenceSetInfo, bool]:
-        """Store ``images`` as set ``name`` atomically; returns (info, created)."""
+        """Store ``images`` as set ``name`` atomically; returns (info, created).
+
+        ``images`` may be a generator: each image is PNG-encoded into the new file as soon as it is produced, so
+        an upload holds one decoded image at a time. A full disk answers 507 and leaves the old set in place.
+        """
         path = self._path(name)
-        if not images:
-            raise ApiError(400, "no_images", "a reference set needs at least one image")
-        with self._lock:
-            exists = name in self._index
-            if exists and not replace:
-                raise ApiError(409, "reference_set_exists", f"reference set {name!r} already exists",
-                               "DELETE it first, or POST with ?replace=true to overwrite it")
-            if not exists and len(self._index) >= self.max_sets:
-                raise ApiError(507, "too_many_reference_sets",
-                               f"the service already holds {len(self._index)} reference sets (limit {self.max_sets})",
-                               "delete sets that are no longer used")
-        names = list(original_names) + [None] * (len(images) - len(original_names))
-        entries, blobs = [], []
-        for i, (img, orig) in enumerate(zip(images, names, strict=False)):
-            buf = io.BytesIO()
-            img.convert("RGB").save(buf, format="PNG", compress_level=1)
-            blobs.append((f"{i:03d}.png", buf.getvalue()))
-            entries.append({"file": f"{i:03d}.png", "width": img.width, "height": img.height,
-                            "original_name": (orig or "")[:200]})
-        info = ReferenceSetInfo(name=name, version=uuid.uuid4().hex, created=time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                time.gmtime()), count=len(images), images=entries,
-                                bytes=sum(len(b) for _, b in blobs))
-        manifest = dict(info.as_dict(), format=FORMAT_VERSION)
+        self._check_writable(name, replace)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".zip", dir=self.root)
         try:
             with os.fdopen(fd, "wb") as fh:
-                with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
-                    zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
-                    for fname, blob in blobs:
-                        zf.writestr(fname, blob)
+                info = self._write_zip(fh, name, images, original_names)
                 fh.flush()
                 os.fsync(fh.fileno())
             with self._lock:
                 created = name not in self._index
                 if not created and not replace:  # created concurrently since the check above
-                    raise ApiError(409, "reference_set_exists", f"reference set {name!r} already exists",
-                                   "DELETE it first, or POST with ?replace=true to overwrite it")
+                    raise _exists(name)
                 os.replace(tmp, path)
                 self._index[name] = info
             fsync_dir(self.root)
-        except BaseException:
+        except BaseException as err:
             try:
                 os.unlink(tmp)
             except OSError:
                 pass
+            if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ApiError(507, "insufficient_storage", f"no space left to store reference set {name!r} "
+                               f"in {self.root} ({err.strerror})",
+                               "free disk space on the server (or delete unused reference sets) and retry"
+                               ) from None
             raise
         return info, created
+
+    def _check_writable(self, name: str, replace: bool) -> None:
+        with self._lock:
+            exists = name in self._index
+            if exists and not replace:
+                raise _exists(name)
+            if not exists and len(self._index) >= self.max_sets:
+                raise ApiError(507, "too_many_reference_sets",
+                               f"the service already holds {len(self._index)} reference sets (limit {self.max_sets})",
+                               "delete sets that are no longer used")
+
+    @staticmethod
+    def _write_zip(fh: Any, name: str, images: Iterable[Image.Image], original_names: Sequence[str | None]
+                   ) -> ReferenceSetInfo:
+        """Write the images (one at a time) and then the manifest into an open file; returns the set's info."""
+        entries, total = [], 0
+        with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
+            for i, img in enumerate(images):
+                buf = io.BytesIO()
+                img.convert("RGB").save(buf, format="PNG", compress_level=1)
+                zf.writestr(f"{i:03d}.png", buf.getvalue())
+                total += buf.tell()
+                orig = original_names[i] if i < len(original_names) else None
+                entries.append({"file": f"{i:03d}.png", "width": img.width, "height": img.height,
+                                "original_name": (orig or "")[:200]})
+            if not entries:
+                raise ApiError(400, "no_images", "a reference set needs at least one image")
+            info = ReferenceSetInfo(name=name, version=uuid.uuid4().hex,
+                                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                    count=len(entries), images=entries, bytes=total)
+            zf.writestr(MANIFEST, json.dumps(dict(info.as_dict(), format=FORMAT_VERSION), indent=1))
+        return info
 
     def delete(self, name: str) -> ReferenceSetInfo:
         path = self._path(name)
@@ -215,13 +236,12 @@ class ReferenceStore:
 class ReferenceMemory:
     """One reference set's few-shot memory as ``fit`` left it in the detector, ready to be re-activated.
 
-    ``state``: the detector's ``export_references()`` result when ``exported``, else the attributes ``fit``
-    rebound; ``shots``: K; ``nbytes``: tensor bytes held (for the cache budget).
+    ``state``: the detector's ``export_references()``; ``shots``: K; ``nbytes``: tensor bytes held (for the cache
+    budget).
     """
 
     state: dict[str, Any]
     shots: int
-    exported: bool
     nbytes: int
 
 
@@ -235,23 +255,12 @@ def _nbytes(obj: Any) -> int:
     return 0
 
 
-def _has_export(detector: Any) -> bool:
-    return callable(getattr(detector, "export_references", None)) and callable(
-        getattr(detector, "load_references", None))
-
-
 def capture_memory(detector: Any, images: Sequence[Image.Image]) -> ReferenceMemory:
     """``fit`` the detector on ``images`` (it keeps that memory active) and return the memory for later reuse."""
     detector.reset_references()
-    if _has_export(detector):
-        detector.fit(list(images))
-        state = detector.export_references()
-        return ReferenceMemory(state, int(detector.shots), True, _nbytes(state))
-    before = dict(vars(detector))
     detector.fit(list(images))
-    after = vars(detector)
-    state = {k: v for k, v in after.items() if k not in before or before[k] is not v}
-    return ReferenceMemory(state, int(detector.shots), False, _nbytes(state))
+    state = detector.export_references()
+    return ReferenceMemory(state, int(detector.shots), _nbytes(state))
 
 
 def restore_memory(detector: Any, memory: ReferenceMemory | None) -> None:
@@ -259,11 +268,7 @@ def restore_memory(detector: Any, memory: ReferenceMemory | None) -> None:
     detector.reset_references()
     if memory is None:
         return
-    if memory.exported:
-        detector.load_references(memory.state)
-    else:
-        for k, v in memory.state.items():
-            setattr(detector, k, v)
+    detector.load_references(memory.state)
     if int(detector.shots) != memory.shots:
         raise RuntimeError(f"restoring a {memory.shots}-shot reference memory left the detector at "
                            f"{detector.shots} shots")

@@ -16,16 +16,16 @@ positive), placed midway between the chosen score and the next lower one; the ex
 false-positive rate on the split's normal images (``None`` when it has none). Fitted and measured on the same
 images, it is optimistic.
 
-``deploy.json`` (fixed schema; tools rely on it)::
+**heatmap scale and pixel threshold.** ``vlmad calibrate`` also samples the pixel scores of the normal images:
+their median and a high quantile become the fixed scale overlays are drawn on, and their ``1 - pixel_fp_rate``
+quantile the pixel threshold of defect masks (:func:`pixel_calibration`).
 
-    {"threshold": float, "method": str, "class_name": str, "expected_false_alarm_rate": float | null,
-     "calibration": {"mode": "normal-quantile" | "f1-optimal", "quantile"?: float, "n_images": int, ...},
-     "detector": DetectorInfo.as_dict(), "created": ISO 8601, "vlmad_version": str}
+``deploy.json``: format, validation and the detector fingerprint check live in :mod:`vlmad_runtime.deploy`
+(one reader for detect, serve and every other consumer); :func:`deploy_record` builds a record.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,11 +35,21 @@ from typing import Any
 
 import numpy as np
 
+from vlmad_runtime.deploy import (
+    FORMAT_VERSION,
+    MODES,
+    Deployment,
+    PixelCalibration,
+    load_deploy,
+    normalize,
+    validate_deploy,
+    write_deploy,
+)
 from vlmad_runtime.errors import ImageLoadError, VlmadError
 
-DEPLOY_KEYS = ("threshold", "method", "class_name", "expected_false_alarm_rate", "calibration", "detector",
-               "created", "vlmad_version")
-MODES = ("normal-quantile", "f1-optimal")
+__all__ = ["MODES", "Calibration", "Deployment", "deploy_record", "f1_optimal_threshold", "load_deploy",
+           "normal_quantile_threshold", "pixel_calibration", "rates_at", "score_images", "validate_deploy",
+           "write_deploy"]
 
 
 @dataclass
@@ -131,106 +141,68 @@ def f1_optimal_threshold(scores: Sequence[float], labels: Sequence[bool]) -> Cal
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# deploy.json
+# deploy.json (format, validation and fingerprint matching: vlmad_runtime.deploy)
+
+PIXEL_SAMPLES_PER_IMAGE = 4096
+SCALE_HIGH_QUANTILE = 0.9999
+
+
+def pixel_calibration(samples: Sequence[np.ndarray], fp_rate: float = 0.001) -> PixelCalibration:
+    """Heatmap scale and pixel threshold from pixel scores of normal images.
+
+    Scale: [median, max(q(0.9999), pixel threshold)] of the normal pixels, so a normal part is drawn cool and
+    only pixels beyond what normal parts produce saturate. Pixel threshold: the (1 - ``fp_rate``) quantile, i.e.
+    about ``fp_rate`` of a normal image's pixels are flagged by the defect mask."""
+    if not 0.0 < fp_rate < 1.0:
+        raise VlmadError(f"pixel false-positive rate must be in (0, 1), got {fp_rate}", "e.g. --pixel-fp-rate 0.001")
+    pix = np.concatenate([np.asarray(s, dtype=np.float64).ravel() for s in samples]) if samples else np.empty(0)
+    pix = pix[np.isfinite(pix)]
+    if pix.size == 0:
+        raise VlmadError("no finite pixel score to calibrate the heatmap on", "check the weights (NaN outputs)")
+    lo = float(np.median(pix))
+    thr = float(np.quantile(pix, 1.0 - fp_rate))
+    hi = max(float(np.quantile(pix, SCALE_HIGH_QUANTILE)), thr)
+    if not hi > lo:
+        hi = lo + max(abs(lo) * 1e-6, 1e-9)
+    details = {"n_pixels": int(pix.size), "n_images": len(samples), "median": lo, "q99": float(np.quantile(pix, 0.99)),
+               "max": float(pix.max()),
+               "scale_rule": f"[median, max(q{SCALE_HIGH_QUANTILE}, pixel_threshold)] of normal pixels"}
+    return PixelCalibration((lo, hi), thr, float(fp_rate), details)
 
 
 def deploy_record(calibration: Calibration, method: str, class_name: str, detector_info: Mapping[str, Any],
-                  extra_calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                  extra_calibration: Mapping[str, Any] | None = None, *, fingerprint: Mapping[str, Any],
+                  pixel: PixelCalibration | None = None) -> dict[str, Any]:
+    """A deploy record (format of :mod:`vlmad_runtime.deploy`) for ``fingerprint``'s detector."""
     from vlmad_runtime.version import __version__
 
     cal = {**calibration.details, **dict(extra_calibration or {})}
     return {
+        "format": FORMAT_VERSION,
         "threshold": float(calibration.threshold),
         "method": str(method),
         "class_name": str(class_name),
         "expected_false_alarm_rate": None if calibration.expected_false_alarm_rate is None
         else float(calibration.expected_false_alarm_rate),
         "calibration": cal,
-        "detector": dict(detector_info),
+        "fingerprint": normalize(dict(fingerprint)),
+        "pixel": None if pixel is None else pixel.as_dict(),
+        "detector": normalize(dict(detector_info)),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "vlmad_version": __version__,
     }
-
-
-def _same(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    strip = ("created", "vlmad_version")
-    return ({k: v for k, v in a.items() if k not in strip}
-            == json.loads(json.dumps({k: v for k, v in b.items() if k not in strip})))
-
-
-def write_deploy(path: str | Path, record: Mapping[str, Any]) -> bool:
-    """Write ``deploy.json`` atomically; an existing file with the same content (but its date) is left alone.
-
-    Returns True when the file was (re)written."""
-    from vlmad_runtime.fileio import atomic_write_text
-
-    validate_deploy(record)
-    p = Path(path)
-    if p.is_file():
-        try:
-            if _same(json.loads(p.read_text()), record):
-                return False
-        except (OSError, ValueError):
-            pass
-    atomic_write_text(p, json.dumps(record, indent=2, sort_keys=False) + "\n")
-    return True
-
-
-def validate_deploy(data: Any, where: str = "deploy.json") -> dict[str, Any]:
-    if not isinstance(data, Mapping):
-        raise VlmadError(f"{where} must hold a JSON object")
-    missing = [k for k in DEPLOY_KEYS if k not in data]
-    if missing:
-        raise VlmadError(f"{where} lacks {', '.join(missing)}", "write it with `vlmad calibrate ... --out deploy.json`")
-    try:
-        threshold = float(data["threshold"])
-    except (TypeError, ValueError):
-        raise VlmadError(f"{where}: threshold {data['threshold']!r} is not a number") from None
-    if not math.isfinite(threshold):
-        raise VlmadError(f"{where}: threshold is not finite")
-    far = data["expected_false_alarm_rate"]
-    if far is not None and not (isinstance(far, (int, float)) and 0.0 <= float(far) <= 1.0):
-        raise VlmadError(f"{where}: expected_false_alarm_rate must be null or in [0, 1], got {far!r}")
-    cal = data["calibration"]
-    if not isinstance(cal, Mapping) or cal.get("mode") not in MODES or not isinstance(cal.get("n_images"), int):
-        raise VlmadError(f"{where}: calibration must hold mode ({' or '.join(MODES)}) and n_images")
-    if not isinstance(data["detector"], Mapping):
-        raise VlmadError(f"{where}: detector must be an object (DetectorInfo.as_dict())")
-    return dict(data)
-
-
-@dataclass
-class Deployment:
-    """A loaded ``deploy.json``: ``decide(score)`` -> "anomalous" | "normal"."""
-
-    threshold: float
-    method: str
-    class_name: str
-    expected_false_alarm_rate: float | None
-    record: dict[str, Any]
-
-    def decide(self, score: float) -> str:
-        return "anomalous" if float(score) >= self.threshold else "normal"
-
-
-def load_deploy(path: str | Path) -> Deployment:
-    p = Path(path).expanduser()
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as err:
-        raise VlmadError(f"cannot read {p}: {err}", "pass a deploy.json written by `vlmad calibrate`") from err
-    rec = validate_deploy(data, str(p))
-    return Deployment(float(rec["threshold"]), str(rec["method"]), str(rec["class_name"]),
-                      rec["expected_false_alarm_rate"], rec)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # scoring images (for calibration)
 
 
-def score_images(detector: Any, paths: Sequence[Path], batch_size: int = 8
-                 ) -> tuple[list[float | None], list[str]]:
-    """Image scores of a ready detector (setup/fit done) for ``paths``; unreadable files give None + reason."""
+def score_images(detector: Any, paths: Sequence[Path], batch_size: int = 8,
+                 pixel_samples: list[np.ndarray] | None = None) -> tuple[list[float | None], list[str]]:
+    """Image scores of a ready detector (setup/fit done) for ``paths``; unreadable files give None + reason.
+
+    With ``pixel_samples`` (a list), an evenly strided sample of each image's map pixels is appended to it (the
+    normal pixel distribution that :func:`pixel_calibration` turns into a heatmap scale and pixel threshold)."""
     from vlmad_runtime.images import load_image
 
     scores: list[float | None] = [None] * len(paths)
@@ -244,7 +216,10 @@ def score_images(detector: Any, paths: Sequence[Path], batch_size: int = 8
             except ImageLoadError as err:
                 errors[i] = err.reason
         if imgs:
-            pred = detector.predict(imgs)
-            for i, s in zip(idx, pred.image_scores.detach().float().cpu().numpy(), strict=True):
+            image_scores, maps = detector.predict(imgs).numpy()
+            for i, s, amap in zip(idx, image_scores, maps, strict=True):
                 scores[i] = float(s)
+                if pixel_samples is not None:
+                    flat = amap.ravel()
+                    pixel_samples.append(flat[:: max(1, flat.size // PIXEL_SAMPLES_PER_IMAGE)].copy())
     return scores, errors

@@ -92,6 +92,12 @@ class StudyOptions:
     progress: bool = False
     report: bool = True
     argv: list[str] | None = None
+    # where rows run (vlmad.bench.executors); one Ray connection serves every phase
+    executor: str = "local"
+    ray_address: str | None = None
+    cpus_per_row: float = 1.0
+    gpus_per_row: float = 0.0
+    row_retries: int = 2
 
 
 @dataclass
@@ -224,7 +230,9 @@ def plan_study(spec: StudySpec, options: StudyOptions) -> StudyPlan:
             batch_size=options.batch_size, num_workers=options.num_workers, limit=limit,
             eval_resolution=spec.eval_resolution, aupro=spec.aupro, force_protocol=options.force_protocol,
             retry_failed=options.retry_failed, use_cache=options.use_cache, flops=options.flops,
-            progress=options.progress, tags=tags, argv=options.argv)
+            progress=options.progress, tags=tags, argv=options.argv, executor=options.executor,
+            ray_address=options.ray_address, cpus_per_row=options.cpus_per_row, gpus_per_row=options.gpus_per_row,
+            row_retries=options.row_retries)
 
     phases = [Phase("main grid", config(datasets, methods, shots, seeds, {}))]
     notes: list[str] = []
@@ -353,7 +361,9 @@ def run_study(spec: StudySpec, options: StudyOptions, log: Log | None = None) ->
     say = log or (lambda _msg: None)
     out = Path(options.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out, ".study.lock", "vlmad study"):
+    from vlmad.bench.executors import executor_scope
+
+    with RunLock(out, ".study.lock", "vlmad study"), executor_scope(options.executor, options.ray_address):
         plan = plan_study(spec, options)
         factory = StudyDetectorFactory()
         invocation: dict[str, Any] = {"started": _now(), "argv": options.argv if options.argv is not None
@@ -463,6 +473,7 @@ def calibrate_study(out: Path, plan: StudyPlan, factory: StudyDetectorFactory, o
     specs = {m["label"]: m for m in plan.methods}
     readers: dict[tuple[str, str], Any] = {}
     pending: dict[str, list[tuple[Mapping[str, Any], list[Path], Path]]] = {}
+    draws: dict[str, Path] = {}  # row key -> the calibration CSV of this draw (never another draw's, by mtime)
     for row in targets:
         if cal.mode == "f1-optimal-test":
             continue
@@ -475,6 +486,7 @@ def calibrate_study(out: Path, plan: StudyPlan, factory: StudyDetectorFactory, o
             continue
         draw = hash_key({"images": [relpath(p, Path(ds["root"])) for p in images]}, 8)
         csv_path = out / CALIBRATION_DIR / f"{row['row_key']}-{draw}.csv"
+        draws[row["row_key"]] = csv_path
         if not csv_path.exists():
             pending.setdefault(row["method_label"], []).append((row, images, csv_path))
     if pending:
@@ -504,7 +516,7 @@ def calibrate_study(out: Path, plan: StudyPlan, factory: StudyDetectorFactory, o
     written: list[Path] = []
     for row in targets:
         try:
-            path = _deploy_for_row(out, row, names, cal, specs)
+            path = _deploy_for_row(out, row, names, cal, specs, draws.get(row["row_key"]))
         except VlmadError as err:  # e.g. no anomalous test image for F1, no readable held-out normal
             say(f"[yellow]no deploy file[/] for {row['method_label']} {row['shots']}-shot "
                 f"{row['dataset']['kind']}/{row['dataset']['category']}: {err.message}")
@@ -515,7 +527,11 @@ def calibrate_study(out: Path, plan: StudyPlan, factory: StudyDetectorFactory, o
 
 
 def _deploy_for_row(out: Path, row: Mapping[str, Any], names: Mapping[tuple[str, str], str], cal: Any,
-                    specs: Mapping[str, Mapping[str, Any]]) -> Path | None:
+                    specs: Mapping[str, Mapping[str, Any]], draw_csv: Path | None) -> Path | None:
+    """The row's deploy file from ``draw_csv``: exactly the calibration CSV of the current draw (None: no
+    held-out normal image for this row)."""
+    from vlmad.fingerprint import detector_fingerprint, references_fingerprint
+
     ds = row["dataset"]
     test = read_scores(out / row["scores_file"])
     test_scores = [t["score"] for t in test if t["score"] is not None]
@@ -532,19 +548,21 @@ def _deploy_for_row(out: Path, row: Mapping[str, Any], names: Mapping[tuple[str,
         extra.update(source="test split scores of the row (threshold fitted on the evaluation images: optimistic)",
                      scores_file=row["scores_file"])
     else:
-        files = sorted((out / CALIBRATION_DIR).glob(f"{row['row_key']}-*.csv"), key=lambda p: p.stat().st_mtime)
-        if not files:
+        if draw_csv is None or not draw_csv.is_file():
             return None
-        normal = read_scores(files[-1])
+        normal = read_scores(draw_csv)
         calib = normal_quantile_threshold([r["score"] for r in normal], cal.quantile)
         extra.update(source="held-out normal train images (few-shot references excluded)",
-                     scores_file=files[-1].relative_to(out).as_posix(), selection_seed=cal.seed,
+                     scores_file=draw_csv.relative_to(out).as_posix(), selection_seed=cal.seed,
                      max_images=cal.max_images)
     test_rates = rates_at(calib.threshold, test_scores, test_labels)
     extra.update(test_false_alarm_rate=test_rates["false_alarm_rate"], test_recall=test_rates["recall"],
                  test_precision=test_rates["precision"], test_n_normal=test_rates["n_normal"],
                  test_n_anomalous=test_rates["n_anomalous"])
-    record = deploy_record(calib, row["method"], ds["category"], row.get("detector") or {}, extra)
+    refs = [Path(ds["root"]) / p for p in row.get("references") or []]
+    fingerprint = detector_fingerprint(row.get("detector") or {}, ds["category"], references_fingerprint(refs))
+    record = deploy_record(calib, row["method"], ds["category"], row.get("detector") or {}, extra,
+                           fingerprint=fingerprint)
     if row.get("random_weights"):
         from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 

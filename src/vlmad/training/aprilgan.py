@@ -333,7 +333,8 @@ def train_aprilgan(
 
     ``dataset``: a reader from :func:`vlmad.data.load_dataset` or a ``(kind, root)`` pair. ``backbone``: a
     loaded :class:`~vlmad.backbones.ClipBackbone`, else one is built from ``backbone_kwargs`` with APRIL-GAN's
-    defaults (ViT-L-14-336, OpenAI weights, QuickGELU, 518 px). ``on_epoch`` receives each epoch's record.
+    defaults (ViT-L-14-336, OpenAI weights, no QuickGELU as the reference, 518 px). ``on_epoch`` receives each
+    epoch's record.
     """
     from vlmad.metrics import aupro, pixel_auroc
     from vlmad.metrics._common import UndefinedMetricError

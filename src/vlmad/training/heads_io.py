@@ -15,8 +15,10 @@ fp16), and are refused on different weights (e.g. random init vs OpenAI) with a 
 from __future__ import annotations
 
 import json
+import math
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,11 @@ FORMAT_VERSION = 1
 PROBE_PER_TENSOR = 8
 PROBE_RTOL = 2e-2
 PROBE_ATOL = 1e-3
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_SIDECAR_HINT = (
+    "use the sidecar written together with the weights by `vlmad train aprilgan` (or re-save the heads); "
+    "a hand-edited sidecar is not trusted"
+)
 #: the MLP activation the released VAND-APRIL-GAN heads were trained behind (the reference builds ViT-L-14-336
 #: at 518 px without QuickGELU)
 REFERENCE_ACTIVATION = "GELU"
@@ -111,8 +118,9 @@ def check_compatible(meta: Mapping[str, Any], backbone, check_weights: bool = Tr
     """Raise :class:`CheckpointMismatchError` when heads trained per ``meta`` do not fit ``backbone``."""
     bb = meta.get("backbone", {})
     hint_bb = (
-        f"load the backbone the heads were trained on (--model {bb.get('arch')} --image-size "
-        f"{bb.get('image_size')}{' --pretrained ' + bb['pretrained'] if bb.get('pretrained') else ''}), "
+        f"use the backbone the heads were trained on ({bb.get('arch')} at {bb.get('image_size')} px"
+        f"{', ' + bb['pretrained'] if bb.get('pretrained') else ''}): leave out --model and the options are taken "
+        "from the heads file, "
         "or train heads for this backbone with `vlmad train aprilgan`"
     )
     problems = []
@@ -180,7 +188,8 @@ def save_heads(heads, path: str | Path, meta: Mapping[str, Any]) -> Path:
 
 
 def read_heads_meta(path: str | Path) -> dict[str, Any]:
-    """The sidecar of a heads file, validated (format, version)."""
+    """The sidecar of a heads file, validated (format, version, the fields loading relies on; see
+    :func:`validate_sidecar`)."""
     weights, sidecar = heads_paths(path)
     if not sidecar.exists():
         raise HeadsFileError(
@@ -189,21 +198,105 @@ def read_heads_meta(path: str | Path) -> dict[str, Any]:
             "together (reference .pth checkpoints: convert with vlmad.training.import_reference_heads)",
         )
     try:
-        meta = json.loads(sidecar.read_text())
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise HeadsFileError(f"cannot read heads sidecar {sidecar}: {err}", "re-save the heads") from err
     if not isinstance(meta, dict) or meta.get("format") != HEADS_FORMAT:
         raise HeadsFileError(f"{sidecar} is not an APRIL-GAN heads sidecar (format {HEADS_FORMAT!r})")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    validate_sidecar(meta, sidecar)
+    return meta
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_probe(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value
+    )
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+#: (field, check, what it must be); required fields first in each table. Loading, compatibility checks and the
+#: leakage guard read exactly these, so a malformed value is reported here instead of as a traceback there.
+_REQUIRED = (
+    ("format_version", _is_count, "a positive integer"),
+    ("sha256", lambda v: isinstance(v, str) and _SHA256_RE.fullmatch(v) is not None,
+     "the 64 lower-case hex digits of the weights file's sha256"),
+    ("stages", lambda v: isinstance(v, list) and bool(v) and all(_is_count(x) for x in v),
+     "a non-empty list of transformer block numbers (integers >= 1)"),
+    ("backbone", lambda v: isinstance(v, dict), "an object describing the backbone the heads were trained on"),
+)
+_REQUIRED_BACKBONE = (
+    ("arch", _is_name, "the architecture name"),
+    ("image_size", _is_count, "the input size in pixels (integer >= 1)"),
+    ("width", _is_count, "the vision width (integer >= 1)"),
+    ("embed_dim", _is_count, "the embedding width (integer >= 1)"),
+)
+_OPTIONAL_FIELDS = (
+    ("prompt_set", _optional(_is_name), "a prompt-set name"),
+    ("class_name_style", _optional(lambda v: v in ("display", "raw")), "'display' or 'raw'"),
+    ("training", _optional(lambda v: isinstance(v, dict)), "an object (or null)"),
+)
+_OPTIONAL_BACKBONE = (
+    ("activation", _optional(_is_name), "an activation name such as 'GELU' or 'QuickGELU' (or null)"),
+    ("weights_probe", _optional(_is_probe), "a list of finite numbers (or null)"),
+    ("weights_id", _optional(_is_name), "a weights identifier (or null)"),
+    ("pretrained", _optional(_is_name), "a pretrained tag (or null)"),
+    ("num_layers", _optional(_is_count), "the number of transformer blocks (integer >= 1)"),
+)
+
+
+def _check_fields(obj: Mapping[str, Any], table, required: bool, where: str, sidecar: Path) -> None:
+    for key, check, what in table:
+        if key not in obj:
+            if required:
+                raise HeadsFileError(f"heads sidecar {sidecar} lacks {where}{key!r} ({what})", _SIDECAR_HINT)
+            continue
+        if not check(obj[key]):
+            shown = json.dumps(obj[key])
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            raise HeadsFileError(
+                f"heads sidecar {sidecar}: {where}{key!r} must be {what}, got {shown}", _SIDECAR_HINT
+            )
+
+
+def validate_sidecar(meta: Mapping[str, Any], sidecar: Path) -> None:
+    """Raise :class:`HeadsFileError` naming the field when the sidecar is not one vlmad can trust.
+
+    The sha256 is mandatory: without it a modified weights file would load silently, so a sidecar that lost it
+    is refused rather than trusted.
+    """
+    _check_fields(meta, _REQUIRED, True, "", sidecar)
+    if meta["format_version"] > FORMAT_VERSION:
         raise HeadsFileError(
-            f"{sidecar} has format version {meta.get('format_version')}, newer than this vlmad "
-            f"supports ({FORMAT_VERSION})",
+            f"{sidecar} has format version {meta['format_version']}, newer than this vlmad supports "
+            f"({FORMAT_VERSION})",
             "upgrade vlmad",
         )
-    for key in ("backbone", "stages"):
-        if key not in meta:
-            raise HeadsFileError(f"heads sidecar {sidecar} lacks {key!r}", "re-save the heads with vlmad")
-    return meta
+    _check_fields(meta, _OPTIONAL_FIELDS, False, "", sidecar)
+    _check_fields(meta["backbone"], _REQUIRED_BACKBONE, True, "backbone.", sidecar)
+    _check_fields(meta["backbone"], _OPTIONAL_BACKBONE, False, "backbone.", sidecar)
+    data = (meta.get("training") or {}).get("data")
+    if data is not None:
+        ok = isinstance(data, dict) and all(
+            isinstance(data.get(k), str) for k in ("kind", "regime", "root_name") if data.get(k) is not None
+        )
+        cats = data.get("categories") if isinstance(data, dict) else None
+        if not ok or (cats is not None and not (isinstance(cats, list) and all(_is_name(c) for c in cats))):
+            raise HeadsFileError(
+                f"heads sidecar {sidecar}: 'training.data' must be an object with string kind/regime/root_name "
+                "and a list of category names",
+                _SIDECAR_HINT,
+            )
 
 
 def load_heads(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -218,7 +311,7 @@ def load_heads(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
             "keep NAME.safetensors next to NAME.json",
         )
     sha = _sha256(weights)
-    if meta.get("sha256") and meta["sha256"] != sha:
+    if meta["sha256"] != sha:  # mandatory, checked by read_heads_meta
         raise HeadsFileError(
             f"heads weights {weights} do not match their sidecar "
             f"(sha256 {sha[:12]} vs {str(meta['sha256'])[:12]})",

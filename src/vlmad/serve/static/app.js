@@ -81,7 +81,7 @@
     if (!file) return;
     const form = new FormData();
     form.append("image", file, file.name || "image");
-    const params = new URLSearchParams({ heatmap: "color" });
+    const params = new URLSearchParams({ heatmap: "color", mask: "true" });
     const ref = $("refset").value;
     if (ref) params.set("references", ref);
     setStatus(`scoring ${file.name || "image"}…`);
@@ -108,8 +108,11 @@
     $("result").hidden = false;
     $("score").textContent = r.score.toFixed(4);
     const dec = $("decision");
-    dec.textContent = r.decision || "no threshold";
+    dec.textContent = r.decision || (r.decision_note ? "no decision" : "no threshold");
     dec.className = "badge " + (r.decision || "");
+    const note = $("decision-note");
+    note.textContent = r.decision_note ? "⚠ " + r.decision_note : "";
+    note.hidden = !r.decision_note;
     $("result-meta").textContent = `${item.name} · ${r.image.width}×${r.image.height} · ${r.method}` +
       (r.references ? ` · references "${r.references}" (${r.shots}-shot)` : " · zero-shot") +
       ` · batch of ${r.batch_size} · ${r.timing_ms.total.toFixed(0)} ms`;
@@ -119,7 +122,30 @@
     $("img-original").src = item.url;
     $("img-base").src = item.url;
     $("heat").src = item.heat;
+    const contour = r.heatmap.contour_png_b64;
+    $("contour").hidden = !contour;
+    if (contour) $("contour").src = "data:image/png;base64," + contour;
+    drawColourBar(r.heatmap.scale, r.heatmap.defect_area);
     applyOpacity();
+  }
+
+  // colour bar of the fixed heatmap scale (jet: lo = blue, hi = red) with the pixel threshold marked
+  function drawColourBar(scale, area) {
+    const bar = $("colour-bar");
+    if (!scale) { bar.hidden = true; return; }
+    bar.hidden = false;
+    $("bar-hi").textContent = Number(scale.hi).toPrecision(3);
+    $("bar-lo").textContent = Number(scale.lo).toPrecision(3);
+    const mark = $("bar-threshold");
+    const t = scale.pixel_threshold;
+    mark.hidden = t === null || t === undefined;
+    if (!mark.hidden) {
+      const frac = Math.min(1, Math.max(0, (t - scale.lo) / (scale.hi - scale.lo)));
+      mark.style.bottom = (100 * frac).toFixed(1) + "%";
+      mark.title = `pixel threshold ${Number(t).toPrecision(3)}`;
+    }
+    $("bar-source").textContent = `scale: ${scale.source}` +
+      (area === null || area === undefined ? "" : ` · defect area ${(100 * area).toFixed(2)} % (white contour)`);
   }
 
   function renderHistory() {
