@@ -44,7 +44,7 @@ LAYERS: dict[str, int] = {
     "vlmad.testing": 3,
     "vlmad.study": 4,
     "vlmad.report": 4,
-    "vlmad.demo": 4,
+    "vlmad.demo": 5,  # a scripted CLI session (console output, progress bars)
     "vlmad.cli": 5,
     "vlmad.__main__": 5,
     "vlmad": 5,
@@ -59,23 +59,14 @@ UPWARD_EXCEPTIONS = {
 
 #: import cycles allowed, and why (each entry: the modules of one strongly connected component)
 CYCLE_EXCEPTIONS = {
-    frozenset({"vlmad.cli", "vlmad.cli.commands"})
-    | frozenset(
-        f"vlmad.cli.{m}"
-        for m in (
-            "bench_cmd",
-            "data_cmd",
-            "demo_cmd",
-            "detect_cmd",
-            "models_cmd",
-            "serve_cmd",
-            "study_cmd",
-            "train_cmd",
-            "export_cmd",
-            "download_cmd",
-            "calibrate_cmd",
-        )
-    ): "Typer registration: vlmad.cli defines `app`, then imports the command modules that attach to it",
+    frozenset(
+        {"vlmad.bench.executors", "vlmad.bench.ray_remote", "vlmad.bench.row_worker", "vlmad.bench.runner"}
+    ): "the Ray executor: the runner hands rows to an executor whose remote worker (another process) runs a _Runner "
+    "on them; the loop is lazy imports across a process boundary",
+}
+#: packages whose modules may import each other in a loop, and why
+CYCLE_PACKAGES = {
+    "vlmad.cli": "Typer registration: vlmad.cli defines `app`, then imports the command modules that attach to it",
 }
 
 MAX_FUNCTION_LINES = 60
@@ -224,7 +215,12 @@ def test_layer_map():
 
 
 def test_no_import_cycles():
-    cycles = [c for c in strongly_connected(import_graph()) if not any(c <= allowed for allowed in CYCLE_EXCEPTIONS)]
+    cycles = [
+        c
+        for c in strongly_connected(import_graph())
+        if not any(c <= allowed for allowed in CYCLE_EXCEPTIONS)
+        and not any(all(m == p or m.startswith(p + ".") for m in c) for p in CYCLE_PACKAGES)
+    ]
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(sorted(c)) for c in cycles)
 
 
