@@ -1,6 +1,6 @@
 """WinCLIP (zero-shot) and WinCLIP+ (few-shot), Jeong et al., CVPR 2023.
 
-Reference behaviour: anomalib 2.7.0 ``WinClipModel`` (see DESIGN.md). Scores are
+Reference behaviour: anomalib 2.7.0 ``WinClipModel`` (see docs/methods.md). Scores are
 ``softmax(cos(x, [t_normal, t_anomalous]) / 0.07)[..., 1]`` for the full image and for every sliding window
 (scales 2 and 3 on the patch grid); window scores become a per-patch map by a harmonic mean over the windows that
 cover each patch (one sparse matmul), and the scales are combined by another harmonic mean. WinCLIP+ adds
