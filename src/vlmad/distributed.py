@@ -56,8 +56,9 @@ def iter_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Iterat
         elif GLOB_CHARS & set(str(item)):
             yield from _pattern(str(path))
         else:
-            raise VlmadError(f"input {path} does not exist",
-                             "pass image files, folders, glob patterns or a .txt list of paths")
+            raise VlmadError(
+                f"input {path} does not exist", "pass image files, folders, glob patterns or a .txt list of paths"
+            )
 
 
 def stem_namer(inputs: Sequence[str | Path], recursive: bool = False) -> tuple[int, Any]:
@@ -200,13 +201,17 @@ class _Predictor:
         cols["score"] = [np.nan] * n
         cols["width"] = [-1] * n
         cols["height"] = [-1] * n
-        ok = [i for i in range(n) if not batch["error"][i]]
+        errors = [str(e) for e in batch["error"]]
+        ok = [i for i in range(n) if not errors[i]]
         if ok:
             images = [Image.fromarray(np.asarray(batch["image"][i], dtype=np.uint8)) for i in ok]
             scores, maps = self.detector.predict(images).numpy()
             for j, i in enumerate(ok):
                 img, name = images[j], str(batch["name"][i])
                 cols["width"][i], cols["height"][i] = img.size
+                if not np.isfinite(scores[j]) or not np.isfinite(maps[j]).all():
+                    errors[i] = "non_finite_score"  # as local detect: no score, no decision, never "normal"
+                    continue
                 cols["score"][i] = float(scores[j])
                 if self.threshold is not None:
                     cols["decision"][i] = "anomalous" if scores[j] >= self.threshold else "normal"
@@ -219,7 +224,7 @@ class _Predictor:
         return {
             "idx": batch["idx"],
             "path": batch["path"],
-            "error": batch["error"],
+            "error": np.array(errors, object),
             "score": np.array(cols["score"], np.float64),
             "width": np.array(cols["width"], np.int64),
             "height": np.array(cols["height"], np.int64),
@@ -272,13 +277,12 @@ def detect_on_ray(
             (out / sub).mkdir(exist_ok=True)
     if progress is not None and done:
         progress(len(done))
-    new_file = not done
-    with RayConnection(ray_address) as ray, open(csv_path, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        if new_file:
-            writer.writeheader()
-            fh.flush()
-        if pending:
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writeheader()
+    if pending:  # nothing left: no Ray instance is started
+        with RayConnection(ray_address) as ray, open(csv_path, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
             ds = _pipeline(
                 ray,
                 out,

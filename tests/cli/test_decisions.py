@@ -196,3 +196,15 @@ def test_two_overlays_of_one_run_share_one_scale(mvtec_root, weights_file, tmp_p
     assert maps[0].max() != pytest.approx(maps[1].max())  # per-image min-max would give two different bars
     bars = [colour_bar_crop(out / r["overlay_file"]) for r in rows]
     assert bars[0].shape == bars[1].shape and np.array_equal(bars[0], bars[1])
+
+
+def test_ray_executor_checks_the_deploy_file_like_local_detect(calibrated, mvtec_root, tmp_path):
+    """The fingerprint check runs before any Ray work: a mismatch is refused, a forced one too (rows could not
+    be labelled there)."""
+    images = [mvtec_root / "demo_object" / "test" / "good"]
+    for extra in ({}, {"--force-deploy": True}):
+        res = invoke(*detect_args(images, tmp_path / "ray", calibrated["zero"], weights=calibrated["weights"],
+                                  **{"-c": "demo_texture", "--executor": "ray", **extra}))
+        assert res.exit_code != 0 and isinstance(res.exception, VlmadError), res.output
+        assert "class_name" in res.exception.message or "--force-deploy" in res.exception.message
+        assert not (tmp_path / "ray" / "scores.csv").exists()

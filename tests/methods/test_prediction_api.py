@@ -44,7 +44,14 @@ def test_predictions_carry_inputs_and_decisions_from_a_deploy_file(tmp_path, met
     assert pred.inputs == [str(p) for p in paths] and pred.decisions is None
     middle = float(pred.image_scores.sort().values[1])
     deploy = tmp_path / "deploy.json"
-    deploy.write_text(json.dumps({"threshold": middle}))
+    from vlmad.fingerprint import detector_fingerprint
+
+    info = det.info().as_dict()
+    deploy.write_text(json.dumps({  # deploy format 2 (vlmad_runtime.deploy), as `vlmad calibrate` writes it
+        "format": 2, "threshold": middle, "method": info["method"], "class_name": "bottle",
+        "expected_false_alarm_rate": None, "calibration": {"mode": "f1-optimal", "n_images": 3},
+        "fingerprint": detector_fingerprint(info, "bottle", None), "pixel": None, "detector": info,
+        "created": "2026-01-01", "vlmad_version": "0.2.0"}))
     assert pred.decide(deploy) is pred and pred.threshold == middle
     expect = ["anomalous" if s >= middle else "normal" for s in pred.image_scores.tolist()]
     assert pred.decisions == expect and expect.count("anomalous") == 2
@@ -54,3 +61,8 @@ def test_predictions_carry_inputs_and_decisions_from_a_deploy_file(tmp_path, met
 def test_prediction_stays_positional_for_subclasses():
     p = Prediction(torch.zeros(2), torch.zeros(2, 4, 4))
     assert p.inputs is None and p.decide(0.0).decisions == ["anomalous", "anomalous"]
+
+
+def test_non_finite_scores_get_no_decision():
+    p = Prediction(torch.tensor([0.2, float("nan"), float("inf"), 0.9]), torch.zeros(4, 4, 4))
+    assert p.decide(0.5).decisions == ["normal", "", "", "anomalous"]

@@ -114,6 +114,10 @@ class Deployment:
             raise VlmadError(f"non-finite score {score!r}: no decision", "check the weights (NaN/inf outputs)")
         return "anomalous" if float(score) >= self.threshold else "normal"
 
+    def __getitem__(self, key: str) -> Any:
+        """A field of the validated record (``dep["threshold"]``), as callers of the old dict reader read it."""
+        return self.threshold if key == "threshold" else self.record[key]
+
     def mismatches(self, running: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
         return fingerprint_differences(self.fingerprint, running)
 

@@ -35,6 +35,8 @@ def detect_on_ray_cli(
     gpus_per_worker: float,
     ray_address: str | None,
     recursive: bool = False,
+    force_deploy: bool = False,
+    save_masks: bool = False,
 ) -> None:
     """Same options and outputs as local detect; the detector is built on each Ray actor, not here."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -47,7 +49,8 @@ def detect_on_ray_cli(
     if executor != "ray":
         raise VlmadError(f"--executor must be local or ray, got {executor!r}")
     refs = [p.resolve() for p in collect_images(([reference_dir] if reference_dir else []) + list(reference or []))]
-    threshold = load_deploy(deploy)["threshold"] if deploy else None
+    if save_masks:
+        raise VlmadError("--save-masks is not available with --executor ray", "use --executor local")
     kwargs: dict[str, Any] = dict(
         method=method,
         model=model,
@@ -62,6 +65,7 @@ def detect_on_ray_cli(
         batch_size=batch_size,
         extra={"allow_untrained": True} if allow_untrained else None,
     )
+    threshold = checked_threshold(load_deploy(deploy), kwargs, class_name, refs, force_deploy) if deploy else None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("detect (ray)", total=None)
@@ -86,3 +90,21 @@ def detect_on_ray_cli(
         f"scored {counts['scored']} image(s), {counts['errors']} unreadable, {counts['skipped']} already "
         f"done -> {out / 'scores.csv'}"
     )
+
+
+def checked_threshold(deployment: Any, builder_kwargs: dict[str, Any], class_name: str, refs: list[Path],
+                      force: bool) -> float:
+    """The deploy file's threshold after its fingerprint check against this detector (built here once: the
+    actors build their own copies), exactly as local detect checks it; forced mismatches are refused here
+    because Ray rows cannot carry the 'not calibrated' label."""
+    from vlmad.cli.common import build_detector
+    from vlmad.cli.detect_cmd import check_deploy
+
+    detector = build_detector(**builder_kwargs)
+    detector.setup(class_name)
+    if refs:
+        detector.fit(refs)
+    if check_deploy(deployment, detector, class_name, refs, force):
+        raise VlmadError("--force-deploy is not available with --executor ray (rows cannot be labelled "
+                         "'threshold not calibrated')", "use --executor local, or recalibrate for this detector")
+    return float(deployment.threshold)

@@ -8,6 +8,7 @@ One shape for every method lets the harness, the CLI and the service treat WinCL
 from __future__ import annotations
 
 import functools
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,9 @@ class Prediction:
             threshold = float((deploy if isinstance(deploy, dict) else load_deploy(Path(deploy)))["threshold"])
         scores = self.image_scores.detach().float().cpu().tolist()
         self.threshold = threshold
-        self.decisions = ["anomalous" if s >= threshold else "normal" for s in scores]
+        # a non-finite score is no decision (""), never "normal"
+        self.decisions = ["" if not math.isfinite(s) else "anomalous" if s >= threshold else "normal"
+                          for s in scores]
         return self
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
@@ -134,6 +137,14 @@ class Detector(ABC):
     @property
     def shots(self) -> int:
         return 0
+
+    def restrict_stages(self, stages: Sequence[int]) -> None:
+        """Use only a subset of the detector's feature stages (study stage ablation); methods without stages
+        refuse."""
+        from vlmad_runtime.errors import VlmadError
+
+        raise VlmadError(f"{self.name} has no feature stages to restrict",
+                         "the stages ablation applies to methods whose spec lists the 'stages' axis")
 
     def export_references(self) -> dict[str, Any]:
         """The few-shot memory ``fit`` built, as a state that :meth:`load_references` makes active again.
