@@ -169,13 +169,18 @@ def per_row(root: Path, work: Path, seeds: int, repeats: int) -> dict:
     out: dict = {
         "rows": n,
         "repeats": repeats,
-        "local": {"s_per_row": (med[n] - med[1]) / (n - 1), "fixed_s": med[1] - (med[n] - med[1]) / (n - 1)},
+        "local": {
+            "s_per_row": (med[n] - med[1]) / (n - 1),
+            "fixed_s": med[1] - (med[n] - med[1]) / (n - 1),
+            "wall_s": med[n],
+        },
     }
     for mode, values in remote.items():
         per = statistics.median(v[1] for v in values)
         out[f"ray {mode}"] = {
             "s_per_row": per,
             "fixed_s": statistics.median(v[0] for v in values),
+            "wall_s": statistics.median(v[2] for v in values),
             "overhead_s_per_row": per - out["local"]["s_per_row"],
         }
     return out
@@ -215,6 +220,7 @@ def per_image(work: Path, n: int, repeats: int) -> dict:
         out[mode] = {
             "ms_per_image": 1000 * statistics.median(v[1] for v in values),
             "fixed_s": statistics.median(v[0] for v in values),
+            "wall_s": statistics.median(v[2] for v in values),
         }
     out["overhead_ms_per_image"] = out["ray"]["ms_per_image"] - out["local"]["ms_per_image"]
     return out
