@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,15 +45,12 @@ CLASS_NAME = "bottle"
 
 
 def peak_rss_mb() -> float:
-    """This process's own peak RSS. ``ru_maxrss`` is not: Linux carries it over fork and exec, so a worker would
-    report its parent's peak when that is higher; ``VmHWM`` belongs to the process's own address space."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's own peak RSS in MiB (vlmad's one reader: ``VmHWM``, not ``ru_maxrss``, which Linux carries
+    over fork and exec)."""
+    from vlmad.bench.profile import MB, process_peak_rss
+
+    peak = process_peak_rss()
+    return float("nan") if peak is None else peak / MB
 
 
 def reference_flops(bb, scales) -> float:

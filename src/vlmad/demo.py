@@ -39,9 +39,9 @@ class DemoResult:
 
 
 def _say(msg: str) -> None:
-    from vlmad.cli.common import console
+    from rich.console import Console
 
-    console.print(msg, highlight=False)
+    Console(stderr=True, soft_wrap=True).print(msg, highlight=False)
 
 
 def run_demo(
@@ -56,10 +56,10 @@ def run_demo(
     device: str = "cpu",
     seed: int = 0,
 ) -> DemoResult:
-    from vlmad import create_detector
     from vlmad.data import load_dataset
     from vlmad.data.synthetic import make_dataset
     from vlmad.jobs import DetectionOptions, run_detection
+    from vlmad.methods.registry import create_detector, default_method
     from vlmad.metrics import image_auroc, pixel_auroc
 
     out_dir = Path(out_dir)
@@ -78,7 +78,7 @@ def run_demo(
     t0 = time.perf_counter()
     _say(f"loading WinCLIP ({model}) ...")
     try:
-        detector = create_detector("winclip", **kwargs)
+        detector = create_detector(default_method(), **kwargs)
     except WeightsUnavailableError as err:
         _say(f"[bold yellow]Pretrained weights {model}/{pretrained} could not be loaded:[/] {err.message}")
         _say("To run the demo with real weights: on a machine with network run `vlmad demo` there, or fetch the "
@@ -91,7 +91,7 @@ def run_demo(
         _say(f"[bold red]Falling back to RANDOM WEIGHTS as asked (--fallback-random-weights): "
              f"{RANDOM_WEIGHTS_STAMP}.[/]")
         kwargs.pop("pretrained", None)
-        detector = create_detector("winclip", random_weights=True, **kwargs)
+        detector = create_detector(default_method(), random_weights=True, **kwargs)
         random_weights = True
     load_s = time.perf_counter() - t0
 

@@ -1,4 +1,4 @@
-"""APRIL-GAN against straightforward implementations of DESIGN.md's equations, and the detector's contract.
+"""APRIL-GAN against straightforward implementations of docs/methods.md's equations, and the detector's contract.
 
 The independent implementation below uses open_clip's own ``forward_intermediates`` / ``encode_text`` (not
 vlmad's fast blocks), explicit per-image / per-stage loops, a two-channel softmax after upsampling and
@@ -60,7 +60,7 @@ def design_text(model, tokenizer, prompt_set, name):
 
 
 def design_predict(model, heads: ProjectionHeads, text, x, stages, bank=None):
-    """DESIGN.md's APRIL-GAN equations, one image and one stage at a time."""
+    """docs/methods.md's APRIL-GAN equations, one image and one stage at a time."""
     v = model.visual
     size = x.shape[-1]
     scores, maps = [], []
@@ -257,16 +257,12 @@ def test_seeded_heads_leave_global_rng_alone():
 
 def test_registered_with_winclip_backbone_options():
     from vlmad import available_methods
-    from vlmad.methods.builtin import split_backbone_kwargs
-    from vlmad.methods.registry import DEFAULT_MODELS
+    from vlmad.methods.registry import get_spec, split_backbone_kwargs
 
     assert "aprilgan" in available_methods()
-    assert DEFAULT_MODELS["aprilgan"] == {
-        "model": "ViT-L-14-336",
-        "pretrained": "openai",
-        "image_size": 518,
-        "quick_gelu": False,
-    }
+    spec = get_spec("aprilgan")
+    assert (spec.default_model, spec.default_pretrained) == ("ViT-L-14-336", "openai")
+    assert dict(spec.backbone_defaults) == {"image_size": 518, "quick_gelu": False}
     bb, rest = split_backbone_kwargs(
         "aprilgan", {"device": "cpu", "precision": "fp32", "allow_untrained": True}
     )

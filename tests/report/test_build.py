@@ -23,6 +23,9 @@ def bench_run(tmp_path_factory, mvtec_root):
 
 
 def test_report_of_a_benchmark_folder(bench_run):
+    from vlmad.report.build import compute_gallery_maps
+
+    assert compute_gallery_maps(bench_run) == {}  # the run's step; the report below only reads the folder
     paths = build_report(bench_run)
     html = paths["html"].read_text()
     for section in ("overview", "recommend", "results", "shot-curves", "efficiency", "cross-domain",
@@ -30,7 +33,7 @@ def test_report_of_a_benchmark_folder(bench_run):
         assert f'<section id="{section}">' in html, section
     assert "vlmad benchmark report" in html and "No cross-domain runs in this study" in html
     assert "No prompt ablation in this study" in html and "No deploy.json in this run" in html
-    # the gallery rebuilt the detector from run.json's method spec and cached its maps
+    # the gallery step rebuilt the detector from run.json's method spec and stored its maps
     assert html.count("data-gallery-item=") == 2 * 4
     assert len(list((bench_run / "report_files" / "gallery_cache").glob("*.npz"))) == 2
     assert " ± " in html  # few-shot cells: mean ± std over the two seeds
@@ -65,3 +68,13 @@ def test_cross_domain_matrix_from_heads_rows(bench_run, tmp_path):
     (cell,) = [c for c in data["cross_domain"] if c["trained_on"] == "visa"]
     macro = sum(r["metrics"]["pixel_auroc"] for r in rows) / len(rows)
     assert cell["pixel_auroc"] == pytest.approx(macro, abs=1e-12)
+
+
+def test_report_reads_the_folder_only(bench_run, tmp_path):
+    """Without stored gallery maps the report says so; it never rebuilds a detector to compute them."""
+    run = tmp_path / "no-maps"
+    shutil.copytree(bench_run, run)
+    shutil.rmtree(run / "report_files" / "gallery_cache", ignore_errors=True)
+    html = build_report(run)["html"].read_text()
+    assert "data-gallery-item=" not in html and "no maps (not stored in this run folder" in html
+    assert not (run / "report_files" / "gallery_cache").exists()

@@ -91,7 +91,7 @@ def test_options_and_errors(tmp_path, mvtec_root):
     spec = parse_study_spec({"datasets": ["mvtec", "visa"], "methods": ["winclip", "aprilgan"]})
     with pytest.raises(VlmadError, match="--root visa=PATH"):
         plan_study(spec, StudyOptions(out=tmp_path, roots={"mvtec": mvtec_root}, random_weights=True))
-    with pytest.raises(VlmadError, match="needs trained APRIL-GAN heads"):
+    with pytest.raises(VlmadError, match="needs its heads file"):
         plan_study(spec, StudyOptions(out=tmp_path, roots={"mvtec": mvtec_root}, datasets=["mvtec"],
                                       random_weights=True))
     plan = plan_study(spec, StudyOptions(out=tmp_path, roots={"mvtec": mvtec_root}, datasets=["mvtec"],

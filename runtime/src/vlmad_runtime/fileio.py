@@ -50,3 +50,14 @@ def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> P
 
 def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> Path:
     return atomic_save(path, lambda tmp: tmp.write_text(text, encoding="utf-8", newline=""), durable)
+
+
+def sha256_file(path: str | Path, block_size: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in blocks (the one file-hashing helper of vlmad and its runtime)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(block_size), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -10,7 +10,6 @@ seconds and names ``--checkpoint``.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from vlmad_runtime.errors import CheckpointMismatchError, UnknownNameError, WeightsUnavailableError
-from vlmad_runtime.fileio import atomic_write_text
+from vlmad_runtime.fileio import atomic_write_text, sha256_file
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 HUB_HOST = "huggingface.co"
@@ -111,11 +110,7 @@ def file_fingerprint(path: Path) -> str:
         index = {}
     if key in index:
         return index[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    value = digest.hexdigest()
+    value = sha256_file(path)
     index[key] = value
     try:
         atomic_write_text(index_path, json.dumps(index), durable=False)

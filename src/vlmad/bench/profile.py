@@ -206,10 +206,10 @@ def flops_per_image(detector: Any, one_input: Any) -> float | None:
 def environment(device: str | None = None) -> dict[str, Any]:
     import numpy
 
-    import vlmad
+    from vlmad_runtime.version import __version__
 
     env: dict[str, Any] = {
-        "vlmad": vlmad.__version__,
+        "vlmad": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from vlmad.data.sample import Sample
+from vlmad.methods.spec import BACKBONE_KEYS as _SPEC_BACKBONE_KEYS
 from vlmad_runtime.errors import VlmadError
 
 #: bump when the meaning of a row changes (reference policy, metric set, ...): old rows are then recomputed
@@ -43,8 +44,7 @@ ROW_SCHEMA = 2
 #: method options that change how fast a row runs, never its numbers: not part of the row key
 RUNTIME_KEYS = frozenset({"device", "batch_size", "use_cache", "chunk_tokens"})
 #: backbone options (the rest of a method spec's kwargs are method options)
-BACKBONE_KEYS = frozenset({"model", "pretrained", "checkpoint", "random_weights", "seed", "quick_gelu",
-                           "image_size", "device", "precision", "chunk_tokens", "fast"})
+BACKBONE_KEYS = frozenset(_SPEC_BACKBONE_KEYS)
 REFERENCE_POLICY = "numpy default_rng(seed).permutation(sorted train split)[:K], unreadable files skipped"
 LIMIT_POLICY = "N//2 anomalous (round-robin over defect types) + rest normal, file-name order"
 ZERO_SHOT_NOTE = "zero-shot is deterministic: run once per (method, category), seeds do not apply"
@@ -120,10 +120,10 @@ def weights_identity(method: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     weights option and the default model), or declared in a safetensors checkpoint's metadata as written by
     ``vlmad fetch-weights``.
     """
-    from vlmad.methods.registry import DEFAULT_MODELS, _load_builtin
+    from vlmad.methods.registry import get_spec
 
-    _load_builtin()
-    defaults = DEFAULT_MODELS.get(method, {})
+    spec = get_spec(method)
+    defaults = {"model": spec.default_model, "pretrained": spec.default_pretrained}
     model = kwargs.get("model") or defaults.get("model")
     if kwargs.get("random_weights"):
         return {"source": "random", "model": model, "tag": None, "tag_from": None}

@@ -26,15 +26,28 @@ from vlmad.data.visa import VISA_CATEGORIES
 PUBLISHED_FILE = Path(__file__).with_name("published_results.json")
 OFFICIAL_CATEGORIES: dict[str, tuple[str, ...]] = {"mvtec": MVTEC_CATEGORIES, "visa": VISA_CATEGORIES}
 DATASET_NAMES = {"mvtec": "MVTec AD", "visa": "VisA"}
-#: method settings the published numbers were produced with (compared with the detector's recorded info)
-DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
-    "winclip": {"prompt_set": "winclip", "precision": "fp32", "scales": [2, 3], "image_scale": True,
-                "temperature": 0.07},
-    "aprilgan": {"precision": "fp32", "prompt_set": "aprilgan", "heads_untrained": False, "class_name_style": "raw"},
-}
 
-#: method options that every published-protocol run passes (checked elsewhere, e.g. by check_protocol)
-NEUTRAL_OPTIONS: dict[str, set[str]] = {"aprilgan": {"heads"}}
+
+def default_settings(method: str) -> dict[str, Any]:
+    """Method settings the published numbers were produced with (the spec's ``published_settings``)."""
+    from vlmad.methods.registry import get_spec
+    from vlmad_runtime.errors import UnknownNameError
+
+    try:
+        return dict(get_spec(method).published_settings)
+    except UnknownNameError:
+        return {}
+
+
+def neutral_options(method: str) -> set[str]:
+    """Method options every published-protocol run passes (checked elsewhere, e.g. by check_protocol)."""
+    from vlmad.methods.registry import get_spec
+    from vlmad_runtime.errors import UnknownNameError
+
+    try:
+        return set(get_spec(method).published_neutral)
+    except UnknownNameError:
+        return set()
 
 
 @lru_cache(maxsize=4)
@@ -86,10 +99,11 @@ def protocol_mismatch(facts: dict[str, Any], entry: dict[str, Any], published: d
     reason = _activation_mismatch(model, info)
     if reason:
         return reason
-    for key, want in DEFAULT_SETTINGS.get(entry["method"], {}).items():
+    settings = default_settings(entry["method"])
+    for key, want in settings.items():
         if key in info and info[key] != want:
             return f"non-default setting {key}={info[key]} (published: {want})"
-    allowed = set(DEFAULT_SETTINGS.get(entry["method"], {})) | NEUTRAL_OPTIONS.get(entry["method"], set())
+    allowed = set(settings) | neutral_options(entry["method"])
     extra = {k: v for k, v in (facts.get("method_options") or {}).items() if k not in allowed}
     if extra:
         return "non-default method options (" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + ")"

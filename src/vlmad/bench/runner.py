@@ -40,6 +40,7 @@ from vlmad.bench.profile import (
 )
 from vlmad.bench.results import RESULTS_FILE, SCORES_DIR, ResultsStore, RunLock, append_invocation, write_scores
 from vlmad.methods.base import Detector
+from vlmad.provenance import code_fingerprint
 from vlmad_runtime.errors import VlmadError
 
 DetectorFactory = Callable[[dict[str, Any]], Detector]
@@ -336,6 +337,45 @@ class _RowFailed(Exception):
         self.hint = err.hint if isinstance(err, VlmadError) else None
 
 
+@dataclass
+class _CategoryContext:
+    """What every row of one (method, category) shares: protocol-check extras, timings, the test-set facts."""
+
+    extras: dict[str, Any]
+    forced: bool
+    setup_s: float
+    text_cache: str | None
+    model_load_s: float
+    has_masks: bool
+    eval_size: tuple[int, int] | None
+    preprocess: Any
+    train: list[Any] | None = None  # the train split, read once when a few-shot row needs it
+
+
+@dataclass
+class _Fitted:
+    """The fit step of a row: reference paths, references skipped as unreadable, load and fit seconds."""
+
+    refs: list[str] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    ref_load_s: float = 0.0
+    fit_s: float = 0.0
+
+
+@dataclass
+class _Predicted:
+    """The predict step of a row: scored items, finalized scores/maps, per-batch seconds, memory facts."""
+
+    streamed: bool
+    on_cuda: bool
+    items: list[Any] = field(default_factory=list)
+    batch_s: list[tuple[float, int]] = field(default_factory=list)
+    rss_increase: int = 0
+    scores: torch.Tensor | None = None
+    maps: torch.Tensor | None = None
+    finalize_s: float = 0.0
+
+
 class _Runner:
     def __init__(self, config: BenchmarkConfig, out: Path, store: ResultsStore, readers: dict[str, Any],
                  variants: tuple[str, ...], eval_res: str | int) -> None:
@@ -428,9 +468,9 @@ class _Runner:
         data = TestSetCache(test, preprocess, eval_size, has_masks, self.cfg.num_workers,
                             prefetch=max(8, 2 * self.cfg.batch_size))
         self.ui.category(where, total=sum(p.n_test for p in rows))
-        ctx = {"extras": extras, "forced": forced, "setup_s": setup_s, "text_cache": text_cache,
-               "model_load_s": model_load_s, "test": test, "has_masks": has_masks, "eval_size": eval_size,
-               "preprocess": preprocess, "train": None}
+        ctx = _CategoryContext(extras=extras, forced=forced, setup_s=setup_s, text_cache=text_cache,
+                               model_load_s=model_load_s, has_masks=has_masks, eval_size=eval_size,
+                               preprocess=preprocess)
         for plan in rows:
             try:
                 row = self._run_row(detector, spec, reader, plan, data, ctx)
@@ -446,59 +486,91 @@ class _Runner:
 
     # -------------------------------------------------------------- one row
     def _run_row(self, detector: Detector, spec: dict[str, Any], reader: Any, plan: RowPlan, data: TestSetCache,
-                 ctx: dict[str, Any]) -> dict[str, Any]:
-        cfg = self.cfg
-        root = Path(plan.dataset.root)
-        device = cfg.device
+                 ctx: _CategoryContext) -> dict[str, Any]:
+        """One row: fit the references, predict the test set, compute metrics and efficiency, write the scores."""
         detector.reset_references()
-        refs: list[str] = []
-        ref_skipped: list[dict[str, str]] = []
-        ref_load_s = fit_s = 0.0
-        if plan.shots > 0:
-            if ctx["train"] is None:
-                try:
-                    ctx["train"] = reader.samples(plan.category, "train")
-                except VlmadError as err:
-                    raise _RowFailed("error", err) from None
-            try:
-                order = P.select_references(ctx["train"], plan.shots, int(plan.seed))
-            except VlmadError as err:
-                raise _RowFailed("error", err) from None
-            # never a test image, even one left out by --limit (e.g. a folder dataset listing a file twice)
-            test_files = {s.image_path.resolve() for s in reader.samples(plan.category, "test")}
-            leaked = [s for s in order if s.image_path.resolve() in test_files]
-            if leaked:
-                raise _RowFailed("refused", VlmadError(
-                    f"train image {leaked[0].image_path} is also a test image", "references must not be test images"))
-            try:
-                chosen, ref_batch, ref_skipped, ref_load_s = load_references(order, plan.shots, ctx["preprocess"],
-                                                                             cfg.on_error)
-            except VlmadError as err:
-                if cfg.on_error == "stop":
-                    raise
-                raise _RowFailed("error", err) from None
-            refs = [P.relpath(s.image_path, root) for s in chosen]
-            t0 = time.perf_counter()
-            try:
-                detector.fit(ref_batch)
-            except NotImplementedError as err:
-                raise _RowFailed("error", f"{spec['label']} has no few-shot mode ({err})") from None
-            sync(device)
-            fit_s = time.perf_counter() - t0
+        fitted = self._fit_references(detector, spec, reader, plan, ctx)
         info = P.canonical(detector.info().as_dict())
+        pred = self._predict_all(detector, data)
+        t0 = time.perf_counter()
+        metrics, metric_errors, eval_shape = self._metrics(pred.items, pred.scores, pred.maps, ctx)
+        metrics_s = time.perf_counter() - t0
+        key = (spec["label"], plan.shots)
+        if self.cfg.flops and key not in self._flops:
+            self._flops[key] = flops_per_image(detector, stack_inputs(pred.items[:1]))
+        eff = self._efficiency(detector, pred.batch_s, pred.streamed, data, pred.rss_increase, pred.on_cuda, ctx,
+                               fitted.fit_s, fitted.ref_load_s, self._flops.get(key))
+        scores_rel = self._write_row_scores(plan, pred, data)
+        row = self._base_row(plan, spec)
+        n_bad = sum(it.sample.is_anomalous for it in pred.items)
+        root = Path(plan.dataset.root)
+        row.update(
+            status="ok", detector=info, random_weights=bool(info.get("random_weights")), references=fitted.refs,
+            skipped_references=fitted.skipped,
+            protocol={**row["protocol"], "check_protocol": ctx.extras, "protocol_forced": ctx.forced,
+                      "transductive": bool(info.get("transductive")),
+                      "eval_size": list(eval_shape) if eval_shape else "original", "has_masks": ctx.has_masks},
+            n_images={"test": len(pred.items), "normal": len(pred.items) - n_bad, "anomalous": n_bad,
+                      "skipped": len(data.failures)},
+            skipped_images=[{"path": P.relpath(f.sample.image_path, root), "reason": f.reason}
+                            for f in data.failures],
+            metrics=metrics, metric_errors=metric_errors,
+            timing={"setup_s": ctx.setup_s, "ref_load_s": fitted.ref_load_s, "fit_s": fitted.fit_s,
+                    "predict_s": sum(s for s, _ in pred.batch_s), "finalize_s": pred.finalize_s,
+                    "metrics_s": metrics_s, "load_worker_s": data.stats.worker_s if pred.streamed else 0.0,
+                    "load_wait_s": data.stats.wait_s if pred.streamed else 0.0, "load_cached": not pred.streamed,
+                    "model_load_s": ctx.model_load_s},
+            efficiency=eff, scores_file=scores_rel,
+        )
+        return row
 
-        # ---- predict
+    def _fit_references(self, detector: Detector, spec: dict[str, Any], reader: Any, plan: RowPlan,
+                        ctx: _CategoryContext) -> _Fitted:
+        """Draw the row's K references (never a test image) and fit the detector's few-shot memory."""
+        if plan.shots <= 0:
+            return _Fitted()
+        if ctx.train is None:
+            try:
+                ctx.train = reader.samples(plan.category, "train")
+            except VlmadError as err:
+                raise _RowFailed("error", err) from None
+        try:
+            order = P.select_references(ctx.train, plan.shots, int(plan.seed))
+        except VlmadError as err:
+            raise _RowFailed("error", err) from None
+        # never a test image, even one left out by --limit (e.g. a folder dataset listing a file twice)
+        test_files = {s.image_path.resolve() for s in reader.samples(plan.category, "test")}
+        leaked = [s for s in order if s.image_path.resolve() in test_files]
+        if leaked:
+            raise _RowFailed("refused", VlmadError(
+                f"train image {leaked[0].image_path} is also a test image", "references must not be test images"))
+        try:
+            chosen, ref_batch, skipped, ref_load_s = load_references(order, plan.shots, ctx.preprocess,
+                                                                     self.cfg.on_error)
+        except VlmadError as err:
+            if self.cfg.on_error == "stop":
+                raise
+            raise _RowFailed("error", err) from None
+        t0 = time.perf_counter()
+        try:
+            detector.fit(ref_batch)
+        except NotImplementedError as err:
+            raise _RowFailed("error", f"{spec['label']} has no few-shot mode ({err})") from None
+        sync(self.cfg.device)
+        refs = [P.relpath(s.image_path, Path(plan.dataset.root)) for s in chosen]
+        return _Fitted(refs, skipped, ref_load_s, time.perf_counter() - t0)
+
+    def _predict_all(self, detector: Detector, data: TestSetCache) -> _Predicted:
+        """Score every readable test image in batches, timing ``predict`` and sampling memory; then finalize."""
+        device = self.cfg.device
         on_cuda = cuda_device(device)
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(torch.device(device))
         sampler = None if on_cuda else MemorySampler()
-        streamed = not data.complete
-        batch_s: list[tuple[float, int]] = []
-        rss_increase = 0
+        out = _Predicted(streamed=not data.complete, on_cuda=on_cuda)
         scores: list[torch.Tensor] = []
         maps: list[torch.Tensor] = []
-        items = []
-        for batch in data.batches(cfg.batch_size, cfg.on_error):
+        for batch in data.batches(self.cfg.batch_size, self.cfg.on_error):
             inputs = stack_inputs(batch)
             sync(device)
             if sampler is not None:
@@ -506,71 +578,32 @@ class _Runner:
             t0 = time.perf_counter()
             pred = detector.predict(inputs)
             sync(device)
-            batch_s.append((time.perf_counter() - t0, len(batch)))
+            out.batch_s.append((time.perf_counter() - t0, len(batch)))
             if sampler is not None:
-                rss_increase = max(rss_increase, sampler.stop() or 0)
+                out.rss_increase = max(out.rss_increase, sampler.stop() or 0)
             scores.append(pred.image_scores.detach().float().cpu())
             maps.append(pred.anomaly_maps.detach().float().cpu())
-            items.extend(batch)
+            out.items.extend(batch)
             self.ui.advance(len(batch))
         self.ui.advance(len(data.failures))
-        if not items:
+        if not out.items:
             raise _RowFailed("error", "no readable test image in this category")
-        score_t, map_t = torch.cat(scores), torch.cat(maps)
         t0 = time.perf_counter()
-        score_t, map_t = detector.finalize(score_t, map_t)
-        finalize_s = time.perf_counter() - t0
+        out.scores, out.maps = detector.finalize(torch.cat(scores), torch.cat(maps))
+        out.finalize_s = time.perf_counter() - t0
+        return out
 
-        # ---- metrics
-        t0 = time.perf_counter()
-        metrics, metric_errors, eval_shape = self._metrics(items, score_t, map_t, ctx)
-        metrics_s = time.perf_counter() - t0
-
-        # ---- efficiency
-        key = (spec["label"], plan.shots)
-        if cfg.flops and key not in self._flops:
-            one = stack_inputs(items[:1])
-            self._flops[key] = flops_per_image(detector, one)
-        eff = self._efficiency(detector, batch_s, streamed, data, rss_increase, on_cuda, ctx, fit_s, ref_load_s,
-                               self._flops.get(key))
-
-        # ---- scores side file, then the row
-        scores_np = score_t.numpy()
+    def _write_row_scores(self, plan: RowPlan, pred: _Predicted, data: TestSetCache) -> str:
+        """The per-image scores side file of a row (unreadable images included, score empty); its relative path."""
+        root = Path(plan.dataset.root)
         records = [{"path": P.relpath(it.sample.image_path, root), "label": it.sample.label,
                     "defect_type": it.sample.defect_type, "score": float(s), "error": ""}
-                   for it, s in zip(items, scores_np, strict=True)]
+                   for it, s in zip(pred.items, pred.scores.numpy(), strict=True)]
         records += [{"path": P.relpath(f.sample.image_path, root), "label": f.sample.label,
                      "defect_type": f.sample.defect_type, "score": None, "error": f.reason} for f in data.failures]
         scores_rel = f"{SCORES_DIR}/{plan.key}.csv"
         write_scores(self.out / scores_rel, records)
-        row = self._base_row(plan, spec)
-        n_bad = sum(it.sample.is_anomalous for it in items)
-        row.update(
-            status="ok",
-            detector=info,
-            random_weights=bool(info.get("random_weights")),
-            references=refs,
-            skipped_references=ref_skipped,
-            protocol={**row["protocol"], "check_protocol": ctx["extras"],
-                      "protocol_forced": ctx["forced"],
-                      "transductive": bool(info.get("transductive")),
-                      "eval_size": list(eval_shape) if eval_shape else "original",
-                      "has_masks": ctx["has_masks"]},
-            n_images={"test": len(items), "normal": len(items) - n_bad, "anomalous": n_bad,
-                      "skipped": len(data.failures)},
-            skipped_images=[{"path": P.relpath(f.sample.image_path, root), "reason": f.reason}
-                            for f in data.failures],
-            metrics=metrics,
-            metric_errors=metric_errors,
-            timing={"setup_s": ctx["setup_s"], "ref_load_s": ref_load_s, "fit_s": fit_s,
-                    "predict_s": sum(s for s, _ in batch_s), "finalize_s": finalize_s, "metrics_s": metrics_s,
-                    "load_worker_s": data.stats.worker_s if streamed else 0.0,
-                    "load_wait_s": data.stats.wait_s if streamed else 0.0, "load_cached": not streamed,
-                    "model_load_s": ctx["model_load_s"]},
-            efficiency=eff,
-            scores_file=scores_rel,
-        )
-        return row
+        return scores_rel
 
     def _base_row(self, plan: RowPlan, spec: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
@@ -600,6 +633,7 @@ class _Runner:
                     "vlmad": self._versions["vlmad"], "torch": self._versions["torch"],
                     "open_clip": self._versions["open_clip"]},
             "vlmad_version": self._versions["vlmad"],
+            "code_fingerprint": code_fingerprint(),
             "finished_at": _now(),
         }
 
@@ -609,7 +643,7 @@ class _Runner:
         self.store.append(row)
 
     # -------------------------------------------------------------- metrics
-    def _metrics(self, items: list, scores: torch.Tensor, maps: torch.Tensor, ctx: dict[str, Any]
+    def _metrics(self, items: list, scores: torch.Tensor, maps: torch.Tensor, ctx: _CategoryContext
                  ) -> tuple[dict[str, float], dict[str, str], tuple[int, int] | None]:
         from vlmad.metrics import compute_image_metrics, compute_pixel_metrics
 
@@ -620,9 +654,9 @@ class _Runner:
             metrics.update(compute_image_metrics(labels, scores.numpy()))
         except VlmadError as err:
             errors["image"] = err.message
-        eval_size = ctx["eval_size"]
+        eval_size = ctx.eval_size
         shape = None if eval_size is None else (eval_size[1], eval_size[0])
-        if not ctx["has_masks"]:
+        if not ctx.has_masks:
             errors["pixel"] = "dataset has no pixel masks"
             return metrics, errors, shape
         if shape is not None:
@@ -650,7 +684,7 @@ class _Runner:
 
     # -------------------------------------------------------------- efficiency
     def _efficiency(self, detector: Detector, batch_s: list[tuple[float, int]], streamed: bool, data: TestSetCache,
-                    rss_increase: int, on_cuda: bool, ctx: dict[str, Any], fit_s: float, ref_load_s: float,
+                    rss_increase: int, on_cuda: bool, ctx: _CategoryContext, fit_s: float, ref_load_s: float,
                     gflops: float | None) -> dict[str, Any]:
         warm = batch_s[1:] if len(batch_s) > 1 else batch_s
         secs, n = sum(s for s, _ in warm), sum(k for _, k in warm)
@@ -674,11 +708,11 @@ class _Runner:
             "params_total": params["total"],
             "state_mb": state_bytes(detector) / MB,
             "gflops_per_image": gflops,
-            "setup_s": ctx["setup_s"],
-            "text_cache": ctx["text_cache"],
+            "setup_s": ctx.setup_s,
+            "text_cache": ctx.text_cache,
             "fit_s": fit_s,
             "ref_load_s": ref_load_s,
-            "model_load_s": ctx["model_load_s"],
+            "model_load_s": ctx.model_load_s,
             "device": self.cfg.device,
             "batch_size": self.cfg.batch_size,
         }

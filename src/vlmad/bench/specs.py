@@ -77,7 +77,7 @@ def build_method_specs(methods: str | Sequence[str], model: Sequence[str] | None
                        random_weights: bool = False, precision: str | None = None,
                        sets: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Method specs (see :func:`vlmad.bench.runner.method_spec`) from command-line style options."""
-    from vlmad.methods.registry import available_methods
+    from vlmad.methods.registry import available_methods, get_spec
 
     names = split_names(methods)
     if not names:
@@ -107,5 +107,6 @@ def build_method_specs(methods: str | Sequence[str], model: Sequence[str] | None
         if len(sources) > 1:
             raise VlmadError(f"{name}: choose one weights source, got {' and '.join(sources)}",
                              "pass --pretrained TAG, --checkpoint PATH or --random-weights")
+        get_spec(name).check_options(kwargs)  # a --set typo fails here, before any weights load
         specs.append(method_spec(name, **kwargs))
     return specs

@@ -28,6 +28,9 @@ from typing import Any
 from vlmad.bench.protocol import canonical, hash_key
 from vlmad.bench.published import DATASET_NAMES, compare, entries_for
 from vlmad.bench.results import load_results
+from vlmad.bench.stats import maximum as _max
+from vlmad.bench.stats import median as _median
+from vlmad.bench.stats import num as _num
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 from vlmad_runtime.fileio import atomic_write_text
 
@@ -283,7 +286,6 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
         return None
     configs = [c for c in configs if any(m in (r.get("metrics") or {}) for r in c.rows for m in present)]
     notes = Footnotes()
-    with_published = kind in DATASET_NAMES
     title = f"{name}: {group}-level metrics (%)"
     categories = sorted({cat for c in configs for cat in c.categories})
     lines = [f"# {title}", "", f"Dataset: {DATASET_NAMES.get(kind, kind)} layout (`{kind}`) at `{root}`, "
@@ -292,11 +294,20 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
         lines += [f"> **WARNING: {RANDOM_WEIGHTS_STAMP}.** Columns marked {RANDOM_MARK} use randomly initialised "
                   "weights (pipeline smoke test).", ""]
     records: list[dict[str, Any]] = []
+    lines += _macro_section(configs, present, kind, root, notes, records)
+    lines += _per_class_section(configs, present, categories, kind, root, records)
+    lines += _legend_section(configs, notes)
+    if kind in DATASET_NAMES:
+        lines += _published_reference(kind)
+    return "\n".join(lines).rstrip() + "\n", records
 
-    # macro summary
-    lines += ["## Macro mean over classes", ""]
+
+def _macro_section(configs: list[Config], present: list[str], kind: str, root: str, notes: Footnotes,
+                   records: list[dict[str, Any]]) -> list[str]:
+    """The macro-mean table, with published numbers and deltas where a configuration has a counterpart."""
+    lines = ["## Macro mean over classes", ""]
     stats = {(c.key, m): macro_stat(c, m) for c in configs for m in present}
-    pubs = {(c.key, m): compare(c.facts(), m) for c in configs for m in present} if with_published else {}
+    pubs = {(c.key, m): compare(c.facts(), m) for c in configs for m in present} if kind in DATASET_NAMES else {}
     # published/Δ columns only for metrics where some configuration has a published counterpart
     pub_cols = [m for m in present if any(p.value is not None or p.reason for (k, mm), p in pubs.items() if mm == m)]
     header = ["configuration", "seeds", "classes"]
@@ -328,10 +339,13 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
     if pub_cols:
         lines.append("- published: the paper's macro number when the protocol matches (Δ = vlmad − published); "
                      "n/a with the reason when it does not; — when nothing is published for that configuration.")
-    lines.append("")
+    return lines + [""]
 
-    # per class, one table per metric
-    lines += ["## Per class", ""]
+
+def _per_class_section(configs: list[Config], present: list[str], categories: list[str], kind: str, root: str,
+                       records: list[dict[str, Any]]) -> list[str]:
+    """One table per metric: a row per class, a column per configuration, the macro mean last."""
+    lines = ["## Per class", ""]
     for m in present:
         lines += [f"### {METRIC_NAMES[m]}", ""]
         header = ["class"] + [c.label for c in configs]
@@ -347,9 +361,12 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
         body.append([f"**{MACRO}**"] + [f"**{fmt(macro_stat(c, m))}**" for c in configs])
         lines += _md_table(header, body)
         lines.append("")
+    return lines
 
-    # legend + footnotes
-    lines += ["## Configurations", ""]
+
+def _legend_section(configs: list[Config], notes: Footnotes) -> list[str]:
+    """What each configuration is, the test images left out, and the footnotes."""
+    lines = ["## Configurations", ""]
     for c in configs:
         lines.append(f"- **{c.label}**: {_describe(c)}")
     lines.append("")
@@ -363,9 +380,7 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
         lines.append("")
     if notes.notes:
         lines += ["Notes:", ""] + [f"{n}  " for n in notes.render()] + [""]
-    if with_published:
-        lines += _published_reference(kind)
-    return "\n".join(lines).rstrip() + "\n", records
+    return lines
 
 
 def _published_reference(kind: str) -> list[str]:
@@ -452,16 +467,6 @@ def _csv(records: Sequence[Mapping[str, Any]]) -> str:
 # efficiency
 
 
-def _median(values: Iterable[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def _max(values: Iterable[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return max(vals) if vals else None
-
-
 def efficiency_records(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in rows:
@@ -502,14 +507,6 @@ def efficiency_records(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
 
 def _scaled(v: float | None, factor: float) -> float | None:
     return None if v is None else v * factor
-
-
-def _num(v: Any, digits: int = 1) -> str:
-    if v is None or v == "":
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
 
 
 def efficiency_markdown(records: Sequence[Mapping[str, Any]]) -> str:
@@ -589,6 +586,7 @@ def _summary(out: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mapping[
     lines = ["# vlmad benchmark summary", ""]
     if any(r.get("random_weights") for r in ok):
         lines += [f"> **WARNING: {RANDOM_WEIGHTS_STAMP}** for the rows marked {RANDOM_MARK}.", ""]
+    lines += fingerprint_warning(ok)
     try:
         latest = json.loads((out / "run.json").read_text()).get("latest", {})
     except (OSError, ValueError):
@@ -617,6 +615,18 @@ def _summary(out: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mapping[
     if eff_md:
         lines += ["---", "", _demote(eff_md)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def fingerprint_warning(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines warning that a run folder mixes rows computed by different code (resumed after a change)."""
+    from vlmad.provenance import mixed_fingerprints
+
+    seen = mixed_fingerprints(list(rows))
+    if not seen:
+        return []
+    return [f"> **WARNING: rows from {len(seen)} code versions** ({', '.join(seen)}): this folder was resumed "
+            "after a code change; numbers of different versions sit side by side (rerun into a new --out to "
+            "recompute them all).", ""]
 
 
 def _demote(markdown: str) -> str:

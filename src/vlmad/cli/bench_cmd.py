@@ -47,8 +47,8 @@ def benchmark(
                                                "(repeat with --root for several datasets).")],
     root: Annotated[list[Path], typer.Option("--root", help="Dataset folder (one per --dataset, same order).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; reused to resume).")],
-    methods: Annotated[str, typer.Option("--methods", "-m", help="Comma-separated methods, e.g. winclip.")
-                       ] = "winclip",
+    methods: Annotated[str | None, typer.Option(
+        "--methods", "-m", help="Comma-separated methods (see `vlmad models`; default: the first one).")] = None,
     shots: Annotated[str, typer.Option("--shots", help="Comma-separated shot counts; 0 = zero-shot.")] = "0",
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated reference-draw seeds (few-shot only).")
                      ] = "0",
@@ -90,12 +90,14 @@ def benchmark(
     from vlmad.bench import BenchmarkConfig, build_method_specs, run_benchmark
     from vlmad.bench.protocol import parse_aupro, parse_eval_resolution, parse_int_list
     from vlmad.cli.common import console
+    from vlmad.methods.registry import default_method
 
     if len(dataset) != len(root):
         raise VlmadError(f"{len(dataset)} --dataset but {len(root)} --root",
                          "give one --root per --dataset, in the same order")
     parse_aupro(aupro)
-    specs = build_method_specs(methods, model, pretrained, checkpoint, random_weights, precision, sets)
+    specs = build_method_specs(methods or default_method(), model, pretrained, checkpoint, random_weights,
+                               precision, sets)
     datasets = _datasets(dataset, root, categories)
     config = BenchmarkConfig(
         out=out, datasets=datasets, methods=specs, shots=parse_int_list(shots, "shots"),

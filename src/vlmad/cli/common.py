@@ -20,7 +20,8 @@ OptionalClassNameOpt = Annotated[str | None, typer.Option(
     "--class-name", "-c", help="Object class used in the prompts, e.g. bottle or metal_nut.")]
 CategoriesOpt = Annotated[str | None, typer.Option(
     "--categories", help="Comma-separated categories (all by default); 'kind:name' to target one dataset.")]
-MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Detection method (see `vlmad models`).")]
+MethodOpt = Annotated[str | None, typer.Option(
+    "--method", "-m", help="Detection method (see `vlmad models`; default: the first one listed).")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="open_clip architecture; default per method.")]
 PretrainedOpt = Annotated[
     str | None, typer.Option("--pretrained", help="Pretrained tag (downloaded via open_clip on first use).")
@@ -35,7 +36,9 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 (default), int8 (CPU), fp16/bf16 (GPU).")]
 PromptOpt = Annotated[str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the text-embedding cache.")]
-HeadsOpt = Annotated[Path | None, typer.Option("--heads", help="APRIL-GAN trained heads (.safetensors).")]
+ArtefactOpt = Annotated[Path | None, typer.Option(
+    "--artefact", "--heads", help="The method's artefact file, e.g. APRIL-GAN's trained heads (.safetensors).")]
+HeadsOpt = ArtefactOpt  # the option's old name
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 
 
@@ -53,8 +56,25 @@ GridSetOpt = Annotated[list[str] | None, typer.Option(
 GridPrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32 (default), int8, fp16, bf16.")]
 
 
+def artefact_kwargs(method: str | None, path: Path | str | None, skip: bool = False) -> dict[str, Any]:
+    """Detector keywords for ``--artefact PATH`` (and ``--allow-untrained``) as the method's spec names them."""
+    from vlmad.methods.registry import default_method, get_spec
+    from vlmad_runtime.errors import VlmadError
+
+    if path is None and not skip:
+        return {}
+    spec = get_spec(method or default_method())
+    art = spec.artefact
+    if art is None:
+        raise VlmadError(f"{spec.name} loads no artefact file", "drop --artefact/--heads (or --allow-untrained)")
+    out: dict[str, Any] = {art.option: str(path)} if path is not None else {}
+    if skip and art.skip_option:
+        out[art.skip_option] = True
+    return out
+
+
 def build_detector(
-    method: str,
+    method: str | None,
     model: str | None = None,
     pretrained: str | None = None,
     checkpoint: Path | None = None,
@@ -67,9 +87,11 @@ def build_detector(
     batch_size: int = 8,
     extra: dict[str, Any] | None = None,
 ):
-    """Create a detector from CLI options (exactly one weights source; defaults per method)."""
-    from vlmad import create_detector
+    """Create a detector from CLI options (exactly one weights source; defaults per method). ``heads`` is the
+    ``--artefact`` file, passed under the keyword the method's spec names."""
+    from vlmad.methods.registry import create_detector, default_method
 
+    method = method or default_method()
     kwargs: dict[str, Any] = {"device": device, "precision": precision, "use_cache": not no_cache,
                               "batch_size": batch_size}
     if model:
@@ -82,8 +104,7 @@ def build_detector(
         kwargs["random_weights"] = True
     if prompt_set:
         kwargs["prompt_set"] = prompt_set
-    if heads is not None:
-        kwargs["heads"] = str(heads)
+    kwargs.update(artefact_kwargs(method, heads))
     kwargs.update(extra or {})
     with console.status(f"loading {method} ({model or 'default model'})"):
         detector = create_detector(method, **kwargs)

@@ -36,4 +36,6 @@ def demo(
                       f"{m['s_per_image']:.2f} s/image")
     console.print(f"summary: {res.summary_md} and {res.summary_html}")
     if res.random_weights:
-        console.print("[bold red]random weights - scores are meaningless[/]")
+        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
+        console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/]")

@@ -9,11 +9,11 @@ import typer
 
 from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
+    ArtefactOpt,
     BatchOpt,
     CheckpointOpt,
     ClassNameOpt,
     DeviceOpt,
-    HeadsOpt,
     MethodOpt,
     ModelOpt,
     NoCacheOpt,
@@ -21,6 +21,7 @@ from vlmad.cli.common import (
     PretrainedOpt,
     PromptOpt,
     RandomOpt,
+    artefact_kwargs,
     build_detector,
     console,
     progress,
@@ -43,7 +44,7 @@ def detect(
     class_name: ClassNameOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (scores.csv, maps/, overlays/).")],
     recursive: Annotated[bool, typer.Option("--recursive", "-R", help="Also score images in subfolders.")] = False,
-    method: MethodOpt = "winclip",
+    method: MethodOpt = None,
     reference: Annotated[
         list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
     ] = None,
@@ -59,7 +60,7 @@ def detect(
     batch_size: BatchOpt = 8,
     prompt_set: PromptOpt = None,
     no_cache: NoCacheOpt = False,
-    heads: HeadsOpt = None,
+    heads: ArtefactOpt = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Write maps/<stem>.npy (float32).")] = False,
     overlay: Annotated[bool, typer.Option(
         "--overlay", help="Write overlays/<stem>.png QC panels: original, heatmap with colour bar (calibrated scale "
@@ -76,7 +77,8 @@ def detect(
                                "labelled 'threshold not calibrated for this detector'.")] = False,
     on_error: Annotated[str, typer.Option("--on-error", help="skip (record) or stop on unreadable images.")] = "skip",
     allow_untrained: Annotated[
-        bool, typer.Option("--allow-untrained", help="APRIL-GAN without --heads: random heads (smoke test only).")
+        bool, typer.Option("--allow-untrained", help="Run without the method's required artefact, e.g. random "
+                           "APRIL-GAN heads (smoke test only).")
     ] = False,
     executor: Annotated[str, typer.Option(
         "--executor", help="local, or ray: a Ray Data pipeline over an actor pool (large sets; list files are "
@@ -87,6 +89,8 @@ def detect(
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="With --executor ray: 'auto' or host:port joins a cluster; default: a local one.")
     ] = None,
+    bundle: Annotated[Path | None, typer.Option(
+        "--bundle", help="Run an exported bundle (`vlmad export`; its class must be --class-name).")] = None,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
     from vlmad.cli.inputs import collect_images
@@ -104,9 +108,14 @@ def detect(
     paths = collect_images(images, recursive=recursive)
     refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
     deployment = load_deploy(deploy) if deploy else None
+    if bundle is not None:
+        from vlmad.export.run import detect_with_bundle
+
+        return detect_with_bundle(bundle, class_name, paths, out, save_maps, overlay, batch_size, on_error,
+                                  deployment, given=[refs, model, pretrained, checkpoint, heads])
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
                               prompt_set, no_cache, heads, batch_size,
-                              extra={"allow_untrained": True} if allow_untrained else None)
+                              extra=artefact_kwargs(method, None, skip=True) if allow_untrained else None)
     with console.status(f"text embeddings for {class_name!r}"):
         detector.setup(class_name)
     if refs:
@@ -121,7 +130,9 @@ def detect(
         rows = run_detection(detector, paths, out, opts, progress=advance)
     failed = report_rows(rows, out)
     if detector.info().random_weights:
-        console.print("[bold red]random weights - scores are meaningless[/]")
+        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
+        console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/]")
     if any(r.error == NON_FINITE for r in rows):
         raise VlmadError(f"{sum(r.error == NON_FINITE for r in rows)} image(s) got a non-finite score (NaN/inf): "
                          "no decision for them (error non_finite_score in scores.csv)",

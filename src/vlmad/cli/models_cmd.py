@@ -19,16 +19,16 @@ def models(
     """List the methods with their default backbones (`--all`: every open_clip architecture with its tags)."""
     from rich.console import Console
 
-    from vlmad.methods.registry import DEFAULT_MODELS, available_methods
+    from vlmad.methods.registry import method_specs
 
     out = Console()
     methods = Table(title="methods and their default backbones")
     for col in ("method", "default model", "default pretrained", "notes"):
         methods.add_column(col)
-    for name in available_methods():
-        d = DEFAULT_MODELS[name]
-        notes = ", ".join(f"{k}={v}" for k, v in d.items() if k not in ("model", "pretrained"))
-        methods.add_row(name, d["model"], d["pretrained"], notes)
+    for spec in method_specs():
+        notes = [f"{k}={v}" for k, v in spec.backbone_defaults.items()]
+        notes += [f"--artefact: {spec.artefact.help}"] if spec.artefact else []
+        methods.add_row(spec.name, spec.default_model or "-", spec.default_pretrained or "-", ", ".join(notes))
     out.print(methods)
     if not all_models:
         out.print("Any open_clip architecture works with --model (with --pretrained TAG or --checkpoint FILE); "

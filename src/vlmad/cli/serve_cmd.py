@@ -40,7 +40,7 @@ def default_data_dir() -> Path:
 @app.command()
 def serve(
     class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
-    method: MethodOpt = "winclip",
+    method: MethodOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,
@@ -165,7 +165,9 @@ def _print_banner(config, info: dict, host: str, port: int) -> None:
                   + ("required" if config.api_key else "not required"))
     console.print(f"  web page http://{shown_host}:{port}/   API schema http://{shown_host}:{port}/openapi.json")
     if info.get("random_weights"):
-        console.print("[bold red]random weights - scores are meaningless[/] (every response carries a warning)")
+        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
+        console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/] (every response carries a warning)")
 
 
 def _run(uvicorn, app, sock: socket.socket, log_level: str, max_connections: int) -> None:

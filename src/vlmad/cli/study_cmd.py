@@ -9,12 +9,14 @@ import typer
 
 from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
+    ArtefactOpt,
     GridCheckpointOpt,
     GridModelOpt,
     GridPrecisionOpt,
     GridPretrainedOpt,
     GridRandomOpt,
     GridSetOpt,
+    MethodOpt,
 )
 from vlmad.cli.executor_opts import (
     CpusPerRowOpt,
@@ -79,8 +81,8 @@ def study(
     checkpoint: GridCheckpointOpt = None,
     random_weights: GridRandomOpt = False,
     heads: Annotated[list[Path] | None, typer.Option(
-        "--heads", help="APRIL-GAN heads file (repeat: one configuration per file, e.g. trained on VisA and on "
-        "MVTec AD).")] = None,
+        "--artefact", "--heads", help="Artefact file of the methods that load one, e.g. APRIL-GAN heads (repeat: "
+        "one configuration per file, e.g. trained on VisA and on MVTec AD).")] = None,
     sets: GridSetOpt = None,
     precision: GridPrecisionOpt = None,
     shots: Annotated[str | None, typer.Option("--shots", help="Override the spec's main-grid shots, e.g. 0,1.")
@@ -156,7 +158,15 @@ def report(
     if not (run_dir / RESULTS_FILE).is_file():
         raise VlmadError(f"no {RESULTS_FILE} in {run_dir}",
                          "pass the --out folder of `vlmad study` or `vlmad benchmark`")
-    build_report(run_dir, gallery=not no_gallery, device=device, log=lambda m: console.print(m, highlight=False))
+    from vlmad.report.build import compute_gallery_maps
+    from vlmad.study.runner import StudyDetectorFactory
+
+    def log(m: str) -> None:
+        console.print(m, highlight=False)
+
+    if not no_gallery:  # maps of gallery images not stored yet (e.g. a plain benchmark folder)
+        compute_gallery_maps(run_dir, StudyDetectorFactory(), device, log)
+    build_report(run_dir, gallery=not no_gallery, log=log)
 
 
 CALIBRATE_HELP = (
@@ -193,7 +203,7 @@ def calibrate(
                                        "split (seeded, as the benchmark).")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Reference draw seed (with --shots).")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use at most N calibration images.")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="Detection method (see `vlmad models`).")] = "winclip",
+    method: MethodOpt = None,
     reference: Annotated[list[Path] | None, typer.Option(
         "--reference", "-r", help="Normal reference image (repeat for K-shot).")] = None,
     reference_dir: Annotated[Path | None, typer.Option(
@@ -202,7 +212,7 @@ def calibrate(
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Pretrained tag.")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Local .safetensors weights.")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random init (smoke test).")] = False,
-    heads: Annotated[Path | None, typer.Option("--heads", help="APRIL-GAN trained heads (.safetensors).")] = None,
+    heads: ArtefactOpt = None,
     prompt_set: Annotated[str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")
                           ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
@@ -304,8 +314,10 @@ def calibrate(
         from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
         extra["warning"] = RANDOM_WEIGHTS_STAMP
+    from vlmad.methods.registry import default_method
+
     info = detector.info().as_dict()
-    record = deploy_record(cal, method, class_name, info, extra, pixel=pixel,
+    record = deploy_record(cal, method or default_method(), class_name, info, extra, pixel=pixel,
                            fingerprint=detector_fingerprint(info, class_name, references_fingerprint(refs)))
     write_deploy(out, record)
     far = record["expected_false_alarm_rate"]

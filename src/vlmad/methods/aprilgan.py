@@ -1,7 +1,7 @@
 """APRIL-GAN (Chen et al., VAND 2023 challenge): zero-shot segmentation with trained projection heads, plus
-the few-shot memory bank. Reference behaviour: ByChelsea/VAND-APRIL-GAN, whose defaults vlmad's are: ViT-L-14-336
-at 518 px *without* QuickGELU (the reference rebuilds the model from its JSON config), raw folder names in the
-prompts, PIL bicubic resizing of uint8 images (:data:`vlmad.methods.inputs.PIL_BICUBIC`).
+the few-shot memory bank. Reference behaviour: ByChelsea/VAND-APRIL-GAN (docs/methods.md), whose defaults vlmad's
+are: ViT-L-14-336 at 518 px *without* QuickGELU (the reference rebuilds the model from its JSON config), raw folder
+names in the prompts, PIL bicubic resizing of uint8 images (:data:`vlmad.methods.inputs.PIL_BICUBIC`).
 
 Equations (``S`` = model input side, ``G`` = patch grid, one entry per stage ``s``, e.g. blocks 6/12/18/24):
 
@@ -27,7 +27,6 @@ whole class's predictions.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from torch import nn
 from vlmad.backbones.clip import ClipBackbone
 from vlmad.backbones.text_cache import TextEmbeddingCache
 from vlmad.methods.base import Detector, DetectorInfo, Images, Prediction
+from vlmad.methods.heads import ProjectionHeads, backbone_activation
 from vlmad.methods.inputs import PIL_BICUBIC, to_model_input
 from vlmad.prompts import PromptSet, class_display_name, load_prompt_set
 from vlmad_runtime.errors import NotReadyError, VlmadError
@@ -146,41 +146,6 @@ def min_cosine_distance(
     if best is None:
         raise VlmadError("the few-shot memory bank is empty", "call fit() with at least one normal image")
     return (1.0 - best).reshape(b_, p_)
-
-
-# ---------------------------------------------------------------------------------------------- the heads
-class ProjectionHeads(nn.Module):
-    """One ``Linear(width, embed_dim)`` per stage: the only trained parameters of APRIL-GAN.
-
-    ``forward`` takes the per-stage patch tokens (CLS already dropped), (B, P, width) each.
-    """
-
-    def __init__(self, width: int, embed_dim: int, n_stages: int) -> None:
-        super().__init__()
-        self.width, self.embed_dim = int(width), int(embed_dim)
-        self.heads = nn.ModuleList(nn.Linear(self.width, self.embed_dim) for _ in range(int(n_stages)))
-
-    @classmethod
-    def seeded(cls, width: int, embed_dim: int, n_stages: int, seed: int = 0) -> ProjectionHeads:
-        """Default nn.Linear init drawn from ``seed`` without touching the global RNG state."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return cls(width, embed_dim, n_stages)
-
-    def __len__(self) -> int:
-        return len(self.heads)
-
-    def forward(self, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        if len(tokens) != len(self.heads):
-            raise VlmadError(f"{len(tokens)} token stages for {len(self.heads)} heads")
-        return [head(t) for head, t in zip(self.heads, tokens, strict=True)]
-
-    def digest(self) -> str:
-        """sha256 of the parameters (fp32 bytes, in order): identifies the heads in results."""
-        h = hashlib.sha256()
-        for _, v in sorted(self.state_dict().items()):
-            h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()
 
 
 def patch_tokens(backbone: ClipBackbone, batch: torch.Tensor, stages: Sequence[int], need_final: bool = True):
@@ -405,6 +370,19 @@ class AprilGan(Detector):
     def reset_references(self) -> None:
         self._banks, self._k = [], 0
 
+    def restrict_stages(self, stages: Sequence[int]) -> None:
+        """Keep only ``stages`` (a subset of this detector's) with their heads: the study's stage ablation runs
+        the same trained heads on fewer stages. Forgets the few-shot memory (it was built per stage)."""
+        wanted = tuple(int(s) for s in stages)
+        bad = [s for s in wanted if s not in self.stages]
+        if bad or not wanted:
+            raise VlmadError(f"stage {bad[0] if bad else '(none)'} is not one of the detector's stages "
+                             f"{list(self.stages)}", "pick a non-empty subset of the stages")
+        idx = [self.stages.index(s) for s in wanted]
+        self.heads.heads = nn.ModuleList([self.heads.heads[i] for i in idx])
+        self.stages = wanted
+        self.reset_references()
+
     def export_references(self) -> dict[str, Any]:
         return {"shots": self._k, "banks": list(self._banks)}
 
@@ -483,6 +461,19 @@ class AprilGan(Detector):
         norm = (map_max - lo) / (hi - lo) if hi > lo else torch.zeros_like(map_max)
         return AprilGanPrediction(0.5 * (cls + norm), maps, cls, map_max)
 
+    def export_module(self) -> nn.Module:
+        """This detector (text, heads and memory bank included) as one traceable graph, for `vlmad export`.
+
+        The transductive score uses the whole test set, which a per-request graph cannot see: refused."""
+        if self.text_embeddings is None:
+            raise NotReadyError("export before setup(class_name)", "call setup() with the object class name first")
+        if self.transductive:
+            raise VlmadError("a transductive detector cannot be exported (its score needs the whole test set)",
+                             "export the detector without transductive=True")
+        from vlmad.methods.aprilgan_export import AprilGanGraph
+
+        return AprilGanGraph(self).eval()
+
     # ------------------------------------------------------------------ internals
     @torch.inference_mode()
     def _predict_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -509,13 +500,6 @@ class AprilGan(Detector):
 def _get(pred: Prediction, attr: str, fallback) -> torch.Tensor:
     value = getattr(pred, attr, None)
     return value if value is not None else fallback(pred)
-
-
-def backbone_activation(backbone: ClipBackbone) -> str:
-    """Name of the vision tower's MLP activation ("QuickGELU" or "GELU"; recorded in the protocol)."""
-    mlp = backbone.visual.transformer.resblocks[0].mlp
-    act = mlp.gelu if hasattr(mlp, "gelu") else mlp[1]
-    return type(act).__name__
 
 
 def class_text_embeddings(

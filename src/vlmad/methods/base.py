@@ -138,6 +138,14 @@ class Detector(ABC):
     def shots(self) -> int:
         return 0
 
+    def restrict_stages(self, stages: Sequence[int]) -> None:
+        """Use only a subset of the detector's feature stages (study stage ablation); methods without stages
+        refuse."""
+        from vlmad_runtime.errors import VlmadError
+
+        raise VlmadError(f"{self.name} has no feature stages to restrict",
+                         "the stages ablation applies to methods whose spec lists the 'stages' axis")
+
     def export_references(self) -> dict[str, Any]:
         """The few-shot memory ``fit`` built, as a state that :meth:`load_references` makes active again.
 

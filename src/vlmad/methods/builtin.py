@@ -1,63 +1,96 @@
-"""Factories of the shipped methods, registered with :mod:`vlmad.methods.registry`."""
+"""Specs of the shipped methods (WinCLIP, APRIL-GAN): the single place that knows their defaults.
+
+Imports nothing but :mod:`vlmad.methods.spec` (no torch); the registry reads :data:`BUILTIN_SPECS`, so the order in
+which modules are imported never changes what is registered. Method behaviour: docs/methods.md.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from vlmad.backbones.clip import ClipBackbone
-from vlmad.backbones.text_cache import TextEmbeddingCache
-from vlmad.methods.registry import DEFAULT_MODELS, register_method
+from vlmad.methods.spec import BACKBONE_KEYS, GENERIC_AXES, ArtefactSpec, MethodSpec, OptionSpec
 
-BACKBONE_KEYS = ("model", "pretrained", "checkpoint", "random_weights", "seed", "quick_gelu", "image_size",
-                 "device", "precision", "chunk_tokens", "fast")
+__all__ = ["BACKBONE_KEYS", "BUILTIN_SPECS", "WINCLIP", "APRILGAN"]
 
-
-def split_backbone_kwargs(method: str, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Separate backbone options from method options; fill the method's default model and weights."""
-    bb = {k: kwargs.pop(k) for k in BACKBONE_KEYS if k in kwargs}
-    defaults = DEFAULT_MODELS[method]
-    bb.setdefault("model", defaults["model"])
-    if bb.get("checkpoint") is None and not bb.get("random_weights") and bb.get("pretrained") is None:
-        if bb["model"] == defaults["model"]:
-            bb["pretrained"] = defaults["pretrained"]
-    for key in ("image_size", "quick_gelu"):
-        if key in defaults and key not in bb and bb["model"] == defaults["model"]:
-            bb[key] = defaults[key]
-    return bb, kwargs
+_PROMPT_TYPES: tuple[type, ...] = (str, dict, object)
+_CACHE = OptionSpec("use_cache", bool, True, "read/write the on-disk text-embedding cache")
 
 
-def build_backbone(bb: dict[str, Any]) -> ClipBackbone:
-    bb = dict(bb)
-    arch = bb.pop("model")
-    return ClipBackbone.load(arch, **bb)
+def _cache(kwargs: dict[str, Any]) -> Any:
+    from vlmad.backbones.text_cache import TextEmbeddingCache
 
-
-def _cache(kwargs: dict[str, Any]) -> TextEmbeddingCache:
     return TextEmbeddingCache(enabled=kwargs.pop("use_cache", True))
 
 
-@register_method("winclip", default_model="ViT-B-16-plus-240", default_pretrained="laion400m_e31")
-def _winclip(backbone: ClipBackbone | None = None, **kwargs: Any):
+def make_winclip(backbone: Any, **kwargs: Any) -> Any:
+    """WinCLIP detector on a loaded backbone (``use_cache`` becomes the text-embedding cache)."""
     from vlmad.methods.winclip import WinClip
 
-    bb_kwargs, method_kwargs = split_backbone_kwargs("winclip", kwargs)
-    cache = _cache(method_kwargs)
-    return WinClip(backbone or build_backbone(bb_kwargs), cache=cache, **method_kwargs)
+    cache = _cache(kwargs)
+    return WinClip(backbone, cache=cache, **kwargs)
 
 
-# quick_gelu=False: the reference (VAND-APRIL-GAN) at 518 px rebuilds ViT-L-14-336 from its JSON config, which has
-# no QuickGELU, in both towers; its released heads and published numbers mean that (--quick-gelu is the option)
-@register_method("aprilgan", default_model="ViT-L-14-336", default_pretrained="openai", image_size=518,
-                 quick_gelu=False)
-def _aprilgan(backbone: ClipBackbone | None = None, **kwargs: Any):
-    """APRIL-GAN; ``heads=PATH`` also supplies the backbone options the heads were trained with.
+def make_aprilgan(backbone: Any, **kwargs: Any) -> Any:
+    """APRIL-GAN detector on a loaded backbone (its heads file was already mapped to backbone options)."""
+    from vlmad.methods.aprilgan import AprilGan
 
-    Explicit options win (a mismatch with the heads is then reported when they are loaded).
-    """
-    from vlmad.methods.aprilgan import AprilGan, backbone_kwargs_from_heads
+    cache = _cache(kwargs)
+    return AprilGan(backbone, cache=cache, **kwargs)
 
-    if backbone is None and kwargs.get("heads") is not None and not hasattr(kwargs["heads"], "heads"):
-        kwargs = backbone_kwargs_from_heads(kwargs["heads"], kwargs)
-    bb_kwargs, method_kwargs = split_backbone_kwargs("aprilgan", kwargs)
-    cache = _cache(method_kwargs)
-    return AprilGan(backbone or build_backbone(bb_kwargs), cache=cache, **method_kwargs)
+
+WINCLIP = MethodSpec(
+    name="winclip",
+    factory=make_winclip,
+    summary="WinCLIP/WinCLIP+: zero-shot window-text similarity, few-shot window memory (CVPR 2023)",
+    default_model="ViT-B-16-plus-240",
+    default_pretrained="laion400m_e31",
+    default_prompt_set="winclip",
+    options=(
+        OptionSpec("scales", (list, tuple), (2, 3), "window scales (in patches) of the harmonic mean"),
+        OptionSpec("prompt_set", _PROMPT_TYPES, "winclip", "named prompt set, YAML/JSON file or mapping"),
+        OptionSpec("temperature", float, 0.07, "softmax temperature of the text similarity"),
+        OptionSpec("use_image_scale", bool, True, "include the full-image score in the harmonic mean"),
+        OptionSpec("batch_size", int, 8, "images per forward pass"),
+        _CACHE,
+    ),
+    study_axes=GENERIC_AXES + ("window_scales",),
+    published_settings={"prompt_set": "winclip", "precision": "fp32", "scales": [2, 3], "image_scale": True,
+                        "temperature": 0.07},
+)
+
+APRILGAN = MethodSpec(
+    name="aprilgan",
+    factory=make_aprilgan,
+    summary="APRIL-GAN (VAND 2023): trained linear heads on several stages, few-shot patch memory",
+    default_model="ViT-L-14-336",
+    default_pretrained="openai",
+    # quick_gelu=False: the reference (VAND-APRIL-GAN) at 518 px rebuilds ViT-L-14-336 from its JSON config, which
+    # has no QuickGELU, in both towers; its released heads and published numbers mean that (--quick-gelu is the
+    # option; docs/methods.md)
+    backbone_defaults={"image_size": 518, "quick_gelu": False},
+    default_prompt_set="aprilgan",
+    options=(
+        OptionSpec("stages", (list, tuple), None, "vision blocks whose tokens feed the heads (default per depth)"),
+        OptionSpec("prompt_set", _PROMPT_TYPES, None, "prompt set (default: the heads' training set)"),
+        OptionSpec("transductive", bool, False, "declare the reference's test-set score normalisation"),
+        OptionSpec("class_name_style", str, None, "'raw' folder names (the reference's) or 'display' names"),
+        OptionSpec("batch_size", int, 4, "images per forward pass"),
+        OptionSpec("head_seed", int, 0, "seed of untrained heads (smoke tests)"),
+        OptionSpec("check_weights", bool, True, "refuse heads trained on other backbone weights"),
+        OptionSpec("assoc_max_elems", int, 1 << 26, "memory bound of the few-shot association (elements)"),
+        _CACHE,
+    ),
+    artefact=ArtefactSpec(
+        kind="heads", option="heads", help="trained projection heads (.safetensors from `vlmad train aprilgan`)",
+        backbone_kwargs="vlmad.methods.aprilgan:backbone_kwargs_from_heads",
+        meta="vlmad.training.heads_io:read_heads_meta", required=True, skip_option="allow_untrained"),
+    study_axes=GENERIC_AXES + ("stages",),
+    published_settings={"precision": "fp32", "prompt_set": "aprilgan", "heads_untrained": False,
+                        "class_name_style": "raw"},
+    published_neutral=frozenset({"heads"}),
+    train="vlmad.training.aprilgan:train_aprilgan",
+    train_cli="vlmad.training.cli:train_aprilgan_command",
+)
+
+#: the methods vlmad ships, in display order (the first is the default of every command)
+BUILTIN_SPECS: tuple[MethodSpec, ...] = (WINCLIP, APRILGAN)

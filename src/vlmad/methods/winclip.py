@@ -1,6 +1,6 @@
 """WinCLIP (zero-shot) and WinCLIP+ (few-shot), Jeong et al., CVPR 2023.
 
-Reference behaviour: anomalib 2.7.0 ``WinClipModel`` (see DESIGN.md). Scores are
+Reference behaviour: anomalib 2.7.0 ``WinClipModel`` (see docs/methods.md). Scores are
 ``softmax(cos(x, [t_normal, t_anomalous]) / 0.07)[..., 1]`` for the full image and for every sliding window
 (scales 2 and 3 on the patch grid); window scores become a per-patch map by a harmonic mean over the windows that
 cover each patch (one sparse matmul), and the scales are combined by another harmonic mean. WinCLIP+ adds
@@ -182,6 +182,14 @@ class WinClip(Detector):
             scores.append(s)
             maps.append(m)
         return Prediction(torch.cat(scores), torch.cat(maps))
+
+    def export_module(self) -> torch.nn.Module:
+        """This detector (text and few-shot memory included) as one traceable graph, for `vlmad export`."""
+        if self.text_embeddings is None:
+            raise NotReadyError("export before setup(class_name)", "call setup() with the object class name first")
+        from vlmad.methods.winclip_export import WinClipGraph
+
+        return WinClipGraph(self).eval()
 
     # ------------------------------------------------------------------ internals
     @torch.inference_mode()

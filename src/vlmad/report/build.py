@@ -32,6 +32,8 @@ import numpy as np
 from vlmad.bench.protocol import keyed_kwargs, relpath
 from vlmad.bench.published import DATASET_NAMES, compare
 from vlmad.bench.results import load_results, read_scores
+from vlmad.bench.stats import median as _median
+from vlmad.bench.stats import num as _num
 from vlmad.bench.tables import (
     IMAGE_METRICS,
     METRIC_NAMES,
@@ -49,6 +51,7 @@ from vlmad.report.html import Cell, Doc, render_html, render_markdown
 from vlmad.report.recommend import Entry, recommend
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 from vlmad_runtime.fileio import atomic_write_text
+from vlmad_runtime.version import __version__
 
 HTML_FILE = "report.html"
 MD_FILE = "report.md"
@@ -67,12 +70,6 @@ def _pct(v: float | None) -> float | None:
     return None if v is None else 100.0 * v
 
 
-def _num(v: float | None, digits: int = 1, signed: bool = False) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "—"
-    return f"{v:+.{digits}f}" if signed else f"{v:.{digits}f}"
-
-
 def _rate(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f} %"
 
@@ -83,11 +80,6 @@ def _is_main(row: Mapping[str, Any]) -> bool:
 
 def _metrics_present(configs: Sequence[Config]) -> list[str]:
     return [m for m in ALL_METRICS if any(m in (r.get("metrics") or {}) for c in configs for r in c.rows)]
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    vals = [float(v) for v in values if v is not None]
-    return statistics.median(vals) if vals else None
 
 
 def _config_ms(c: Config) -> float | None:
@@ -175,7 +167,7 @@ class ReportContext:
 
 
 def _collect(run_dir: Path) -> ReportContext:
-    from vlmad.study.runner import load_study_file
+    from vlmad.study.files import load_study_file
 
     rows = load_results(run_dir)
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -408,11 +400,9 @@ def _heads_origin(row: Mapping[str, Any]) -> str | None:
     return str(data["kind"]) + (" (synthetic anomalies)" if regime == "synthetic" else "")
 
 
-def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
-    sec = doc.section("cross-domain", "Cross-domain matrix (trained on x evaluated on)")
-    sec.para("APRIL-GAN's projection heads are trained on one dataset and evaluated on another (the paper's "
-             "zero-shot protocol). Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
-             "the leakage guard unless forced (then labelled not zero-shot).")
+def _cross_domain_cells(ctx: ReportContext) -> dict[tuple[str, str], dict[str, Any]]:
+    """Zero-shot main-grid rows of configurations whose artefact was trained on a dataset, by (trained on,
+    evaluated on): their ok rows, refused rows and whether any was forced."""
     origin_by_label: dict[str, str] = {}
     for r in ctx.ok:
         o = _heads_origin(r)
@@ -431,9 +421,19 @@ def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
             cells[key]["forced"] |= bool((r.get("protocol") or {}).get("protocol_forced"))
         elif r.get("status") == "refused":
             cells[key]["refused"].append(r)
+    return cells
+
+
+def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
+    sec = doc.section("cross-domain", "Cross-domain matrix (trained on x evaluated on)")
+    sec.para("APRIL-GAN's projection heads are trained on one dataset and evaluated on another (the paper's "
+             "zero-shot protocol). Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
+             "the leakage guard unless forced (then labelled not zero-shot).")
+    cells = _cross_domain_cells(ctx)
     if not cells:
         sec.note("No cross-domain runs in this study: no APRIL-GAN configuration with heads trained on a dataset "
-                 "(train them with `vlmad train aprilgan --kind visa ...` and pass `--heads FILE` to `vlmad study`).",
+                 "(train them with `vlmad train aprilgan --dataset visa ...` and pass `--artefact FILE` to "
+                 "`vlmad study`).",
                  "empty")
         ctx.data["cross_domain"] = []
         return
@@ -770,97 +770,157 @@ def _gallery_rows(ctx: ReportContext) -> list[tuple[DatasetBlock, Config, dict[s
     return out
 
 
-def _section_gallery(doc: Doc, ctx: ReportContext, factory: Any, log: Log, device: str, enabled: bool) -> None:
+@dataclass
+class _GalleryItem:
+    """One (dataset, configuration, row) of the gallery with its picked images and operating threshold."""
+
+    ds: DatasetBlock
+    config: Config
+    row: dict[str, Any]
+    picks: list[Any]
+    threshold: float
+    how: str
+    cache_path: Path
+
+
+def _gallery_items(ctx: ReportContext) -> list[_GalleryItem]:
+    from vlmad.report import gallery as G
+
+    spec = (ctx.study or {}).get("spec") or {}
+    per_kind = int((spec.get("report") or {}).get("gallery_per_kind", 1) or 1)
+    out = []
+    for ds, c, row in _gallery_rows(ctx):
+        records = read_scores(ctx.run_dir / row["scores_file"])
+        threshold, how = _threshold_for(ctx, row, records)
+        picks = G.select_images(records, threshold, per_kind)
+        if picks:
+            out.append(_GalleryItem(ds, c, row, picks, threshold, how,
+                                    ctx.run_dir / ASSETS_DIR / "gallery_cache" / f"{row['row_key']}.npz"))
+    return out
+
+
+def compute_gallery_maps(run_dir: str | Path, factory: Any = None, device: str | None = None,
+                         log: Log | None = None) -> dict[str, str]:
+    """The run's step that stores the anomaly maps of the few gallery images (``report_files/gallery_cache``):
+    the harness keeps scores, not maps, so the row's detector is rebuilt from its recorded method spec. The report
+    itself then only reads the folder. Returns {configuration label: reason} for the ones that failed."""
+    from vlmad.report import gallery as G
+
+    say = log or (lambda _m: None)
+    ctx = _collect(Path(run_dir).expanduser())
+    if not ((((ctx.study or {}).get("spec") or {}).get("report") or {}).get("gallery", True)):
+        return {}
+    if factory is None:
+        from vlmad.bench.runner import build_detector_from_spec
+
+        factory = build_detector_from_spec
+    device = device or ((ctx.study or {}).get("options") or {}).get("device") or "cpu"
+    specs = _method_specs(ctx)
+    detectors: dict[str, Any] = {}
+    failed: dict[str, str] = {}
+    for item in _gallery_items(ctx):
+        label = item.row["method_label"]
+        if label in failed or not G.needs_recompute(item.row, item.picks, item.cache_path):
+            continue
+        try:
+            if label not in detectors:
+                spec_m = specs.get(label)
+                if spec_m is None or keyed_kwargs(spec_m.get("kwargs") or {}) != (
+                        item.row.get("method_spec") or {}).get("kwargs"):
+                    raise RuntimeError("the method spec of this row is not recorded in study.json/run.json (or a "
+                                       "file it names has changed)")
+                say(f"gallery: building {label} to compute maps")
+                detectors[label] = factory({**spec_m, "kwargs": {**spec_m["kwargs"], "device": device}})
+            G.recompute_maps(detectors[label], item.row, item.picks, item.cache_path)
+        except Exception as err:  # a gallery must not stop the run
+            failed[label] = f"{type(err).__name__}: {err}"
+            say(f"gallery: maps of {label} not computed ({failed[label]})")
+    if failed:
+        atomic_write_text(ctx.run_dir / ASSETS_DIR / "gallery_cache" / "failed.json", json.dumps(failed, indent=1))
+    return failed
+
+
+def _gallery_failures(run_dir: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads((run_dir / ASSETS_DIR / "gallery_cache" / "failed.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _section_gallery(doc: Doc, ctx: ReportContext, enabled: bool) -> None:
     from vlmad.data import load_dataset
     from vlmad.report import gallery as G
 
     sec = doc.section("gallery", "Heatmap gallery")
-    spec = (ctx.study or {}).get("spec") or {}
-    per_kind = int((spec.get("report") or {}).get("gallery_per_kind", 1) or 1)
     sec.para("Per category and method: the clearest detection (highest-scored anomaly), the highest-scored normal "
              "image (the worst false alarm if any), the lowest-scored anomaly (the worst miss if any) and the image "
              "closest to the operating threshold — image | ground-truth mask (white = defect) | anomaly-map overlay "
-             "(colour scale shared within a category). The harness stores scores, not maps: the maps of these few "
-             "images are recomputed with the row's detector and references (cached in "
-             f"`{ASSETS_DIR}/gallery_cache/`).")
+             "(colour scale shared within a category). The harness stores scores, not maps: the run computed the "
+             f"maps of these few images with the row's detector and references (`{ASSETS_DIR}/gallery_cache/`).")
     if not enabled:
         sec.note("Gallery disabled for this report.", "empty")
         return
-    rows = _gallery_rows(ctx)
-    if not rows:
+    items = _gallery_items(ctx)
+    if not items:
         sec.note("No main-grid row to show.", "empty")
         return
-    specs = _method_specs(ctx)
-    cache_dir = ctx.run_dir / ASSETS_DIR / "gallery_cache"
+    failed = _gallery_failures(ctx.run_dir)
     readers: dict[tuple[str, str], Any] = {}
-    detectors: dict[str, Any] = {}
-    failed: dict[str, str] = {}
     ctx.data["gallery"] = []
-    stamp = RANDOM_WEIGHTS_STAMP if ctx.random else None
     current_ds = None
-    for ds, c, row in rows:
-        if current_ds != ds.name:
-            sec.heading(f"{ds.title}", 3, ident=f"gallery-{ds.name}")
-            current_ds = ds.name
-        label = row["method_label"]
-        cat = row["dataset"]["category"]
-        records = read_scores(ctx.run_dir / row["scores_file"])
-        threshold, how = _threshold_for(ctx, row, records)
-        picks = G.select_images(records, threshold, per_kind)
-        title = f"{cat} — {c.label}"
-        if not picks:
+    for item in items:
+        if current_ds != item.ds.name:
+            sec.heading(f"{item.ds.title}", 3, ident=f"gallery-{item.ds.name}")
+            current_ds = item.ds.name
+        title = f"{item.row['dataset']['category']} — {item.config.label}"
+        if G.needs_recompute(item.row, item.picks, item.cache_path):
+            why = failed.get(item.row["method_label"]) or "not stored in this run folder; `vlmad report RUN` " \
+                "computes them"
+            sec.note(f"{title}: no maps ({why}).", "warn")
             continue
-        if label in failed:
-            sec.note(f"{title}: maps not recomputed ({failed[label]}).", "warn")
-            continue
-        cache_path = cache_dir / f"{row['row_key']}.npz"
-        try:
-            if G.needs_recompute(row, picks, cache_path) and label not in detectors:
-                spec_m = specs.get(label)
-                if spec_m is None or keyed_kwargs(spec_m.get("kwargs") or {}) != (row.get("method_spec") or {}).get(
-                        "kwargs"):
-                    raise RuntimeError("the method spec of this row is not recorded in study.json/run.json (or a file "
-                                       "it names has changed)")
-                runtime = {**spec_m, "kwargs": {**spec_m["kwargs"], "device": device}}
-                log(f"gallery: building {label} to recompute maps")
-                detectors[label] = factory(runtime)
-            maps = G.recompute_maps(detectors.get(label), row, picks, cache_path)
-        except Exception as err:  # a report must not die on one gallery
-            failed[label] = f"{type(err).__name__}: {err}"
-            sec.note(f"{title}: maps not recomputed ({failed[label]}).", "warn")
-            continue
-        ident = (row["dataset"]["kind"], row["dataset"]["root"])
+        ident = (item.row["dataset"]["kind"], item.row["dataset"]["root"])
         if ident not in readers:
             readers[ident] = load_dataset(*ident)
-        root = Path(row["dataset"]["root"])
-        samples = {relpath(s.image_path, root): s for s in readers[ident].samples(cat, "test")}
-        all_maps = [maps[p.path][1] for p in picks]
-        vmin = float(min(np.min(m) for m in all_maps))
-        vmax = float(max(np.max(m) for m in all_maps))
-        items = []
-        for p in picks:
-            score, amap = maps[p.path]
-            sample = samples.get(p.path)
-            img = G.triptych(root / p.path, sample.mask_path if sample is not None else None, amap, vmin, vmax,
-                             stamp=stamp)
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=85)
-            decision = "anomalous" if p.score >= threshold else "normal"
-            verdict = ("correct" if (decision == "anomalous") == p.is_anomalous
-                       else "false alarm" if decision == "anomalous" else "missed")
-            drift = "" if abs(score - p.score) <= 1e-4 * max(1.0, abs(p.score)) else \
-                f" (recomputed score {score:.4g} differs from the stored one)"
-            caption = (f"**{p.kind}** · `{p.path}` · {p.label}" + (f" ({p.defect_type})" if p.is_anomalous else "")
-                       + f" · score {p.score:.4g} vs threshold {threshold:.4g} ({how}) → {decision} ({verdict}){drift}")
-            name = f"{ds.name}-{cat}-{label}-{c.shots}shot-{p.kind.replace(' ', '-')}"
-            items.append({"name": name.replace("/", "_").replace(" ", "_"), "data": buf.getvalue(),
-                          "caption": caption})
-            ctx.data["gallery"].append({"dataset": ds.name, "category": cat, "config": c.key, "kind": p.kind,
-                                        "path": p.path, "score": p.score, "recomputed_score": score})
-        sec.heading(title, 4)
-        sec.para(f"image | ground truth | anomaly map over the image; colour scale {vmin:.3g} (blue) to {vmax:.3g} "
-                 "(red), shared by the images of this category.")
-        sec.gallery(f"{ds.name}-{cat}-{label}", items)
+        _gallery_entry(sec, ctx, item, readers[ident], title)
+
+
+def _gallery_entry(sec: Any, ctx: ReportContext, item: _GalleryItem, reader: Any, title: str) -> None:
+    """One category's triptychs (image | mask | overlay) with captions, from the stored maps."""
+    from vlmad.report import gallery as G
+
+    row, c, ds, threshold = item.row, item.config, item.ds, item.threshold
+    cat, label = row["dataset"]["category"], row["method_label"]
+    maps = G.recompute_maps(None, row, item.picks, item.cache_path)  # every map is stored: nothing is computed
+    root = Path(row["dataset"]["root"])
+    samples = {relpath(s.image_path, root): s for s in reader.samples(cat, "test")}
+    all_maps = [maps[p.path][1] for p in item.picks]
+    vmin = float(min(np.min(m) for m in all_maps))
+    vmax = float(max(np.max(m) for m in all_maps))
+    stamp = RANDOM_WEIGHTS_STAMP if ctx.random else None
+    items = []
+    for p in item.picks:
+        score, amap = maps[p.path]
+        sample = samples.get(p.path)
+        img = G.triptych(root / p.path, sample.mask_path if sample is not None else None, amap, vmin, vmax,
+                         stamp=stamp)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+        decision = "anomalous" if p.score >= threshold else "normal"
+        verdict = ("correct" if (decision == "anomalous") == p.is_anomalous
+                   else "false alarm" if decision == "anomalous" else "missed")
+        drift = "" if abs(score - p.score) <= 1e-4 * max(1.0, abs(p.score)) else \
+            f" (recomputed score {score:.4g} differs from the stored one)"
+        caption = (f"**{p.kind}** · `{p.path}` · {p.label}" + (f" ({p.defect_type})" if p.is_anomalous else "")
+                   + f" · score {p.score:.4g} vs threshold {threshold:.4g} ({item.how}) → {decision} ({verdict})"
+                   + drift)
+        name = f"{ds.name}-{cat}-{label}-{c.shots}shot-{p.kind.replace(' ', '-')}"
+        items.append({"name": name.replace("/", "_").replace(" ", "_"), "data": buf.getvalue(), "caption": caption})
+        ctx.data["gallery"].append({"dataset": ds.name, "category": cat, "config": c.key, "kind": p.kind,
+                                    "path": p.path, "score": p.score, "recomputed_score": score})
+    sec.heading(title, 4)
+    sec.para(f"image | ground truth | anomaly map over the image; colour scale {vmin:.3g} (blue) to {vmax:.3g} "
+             "(red), shared by the images of this category.")
+    sec.gallery(f"{ds.name}-{cat}-{label}", items)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -891,22 +951,19 @@ def _section_configs(doc: Doc, ctx: ReportContext) -> None:
 # entry point
 
 
-def build_report(run_dir: str | Path, factory: Any = None, gallery: bool = True, device: str | None = None,
-                 log: Log | None = None) -> dict[str, Path]:
-    """Write ``report.html`` and ``report.md`` (+ ``report_files/``) into ``run_dir``; returns their paths."""
+def build_report(run_dir: str | Path, gallery: bool = True, log: Log | None = None) -> dict[str, Path]:
+    """Write ``report.html`` and ``report.md`` (+ ``report_files/``) into ``run_dir``; returns their paths.
+
+    Reads the run folder only (results, scores, study.json, deploy files, the gallery maps stored by
+    :func:`compute_gallery_maps`); it never builds a model."""
     say = log or (lambda _m: None)
     run = Path(run_dir).expanduser()
     ctx = _collect(run)
-    if factory is None:
-        from vlmad.study.runner import StudyDetectorFactory
-
-        factory = StudyDetectorFactory()
-    device = device or ((ctx.study or {}).get("options") or {}).get("device") or "cpu"
     spec = (ctx.study or {}).get("spec") or {}
     title = f"vlmad study report: {spec['name']}" if spec.get("name") else "vlmad benchmark report"
     subtitle = (f"{len(ctx.ok)} result rows · {', '.join(ds.title for ds in ctx.datasets) or 'no dataset'} · "
                 f"generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} · vlmad "
-                + __import__("vlmad").__version__)
+                + __version__)
     doc = Doc()
     _section_overview(doc, ctx)
     _section_recommend(doc, ctx)
@@ -917,7 +974,7 @@ def build_report(run_dir: str | Path, factory: Any = None, gallery: bool = True,
     _section_ablations(doc, ctx)
     _section_published(doc, ctx)
     _section_calibration(doc, ctx)
-    _section_gallery(doc, ctx, factory, say, device, gallery and (spec.get("report") or {}).get("gallery", True))
+    _section_gallery(doc, ctx, gallery and (spec.get("report") or {}).get("gallery", True))
     _section_configs(doc, ctx)
     toc = [(b.ident, b.text) for b in doc.blocks if b.kind == "section"]
     ctx.data["random_weights"] = ctx.random

@@ -101,7 +101,7 @@ header.top h1 { margin: 0 auto; max-width: 1224px; font-size: 26px; }
 header.top p { margin: 4px auto; max-width: 1224px; color: var(--muted); }
 .banner { background: var(--warn); color: #fff; font-weight: 700; text-align: center; padding: 8px;
           letter-spacing: .02em; position: sticky; top: 0; z-index: 10; }
-body.random::after { content: "random weights - scores are meaningless"; position: fixed; left: 50%; top: 55%;
+body.random::after { content: "@RANDOM_WEIGHTS_STAMP@"; position: fixed; left: 50%; top: 55%;
           transform: translate(-50%, -50%) rotate(-20deg); font-size: 56px; font-weight: 800; color: rgba(176,0,32,.07);
           white-space: nowrap; pointer-events: none; z-index: 5; }
 nav.toc { margin: 16px 0 8px; padding: 10px 14px; border: 1px solid var(--line); border-radius: 6px;
@@ -196,6 +196,13 @@ def _html_blocks(blocks: Sequence[Block]) -> str:
     return "\n".join(parts)
 
 
+def _css() -> str:
+    """The style sheet with the random-weights stamp from its one source (vlmad_runtime.drawing)."""
+    from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
+    return CSS.replace("@RANDOM_WEIGHTS_STAMP@", RANDOM_WEIGHTS_STAMP.replace('"', "'"))
+
+
 def render_html(doc: Doc, title: str, subtitle: str, random_weights: bool, data_json: str = "",
                 toc: Sequence[tuple[str, str]] = ()) -> str:
     banner = f'<div class="banner">WARNING: {html.escape(RANDOM_WEIGHTS_STAMP)}</div>' if random_weights else ""
@@ -208,7 +215,7 @@ def render_html(doc: Doc, title: str, subtitle: str, random_weights: bool, data_
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>"
+        f"<title>{html.escape(title)}</title><style>{_css()}</style></head>"
         f"<body class=\"{'random' if random_weights else ''}\">{banner}"
         f"<header class=\"top\"><h1>{_inline(title)}</h1><p>{_inline(subtitle)}</p></header>"
         f"<main>{nav}{_html_blocks(doc.blocks)}</main>{data}</body></html>\n"

@@ -109,6 +109,6 @@ def deploy_summary(config: ServeConfig) -> dict[str, Any] | None:
 
 
 def service_version() -> str:
-    from vlmad import __version__
+    from vlmad_runtime.version import __version__
 
     return __version__

@@ -56,13 +56,15 @@ class Axis:
     title: str
     description: str
     default_values: tuple[Any, ...]
-    methods: tuple[str, ...] | None  # registry names it applies to; None = all
+    methods: None  # kept for compatibility: which methods an axis applies to is the spec's ``study_axes``
     expand: Callable[[list[Any], str, dict[str, Any], str | None], list[Variant]]
     check: Callable[[list[Any], str | None], None]
     note: str = ""  # what a reader of the deltas should know
 
     def applies_to(self, method: str) -> bool:
-        return self.methods is None or method in self.methods
+        from vlmad.methods.registry import get_spec
+
+        return self.name in get_spec(method).study_axes
 
     def validate(self, values: list[Any], base_dir: str | None = None) -> None:
         self.check(values, base_dir)
@@ -97,44 +99,25 @@ def vision_config(arch: str) -> dict[str, Any]:
     return dict(cfg.get("vision_cfg") or {})
 
 
+def _backbone_of(method: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Backbone options a detector of ``method`` built from ``kwargs`` would use (its spec decides)."""
+    from vlmad.methods.registry import get_spec
+
+    return get_spec(method).resolved_backbone(kwargs)
+
+
 def _model_of(method: str, kwargs: Mapping[str, Any]) -> str:
-    from vlmad.methods.registry import DEFAULT_MODELS, _load_builtin
-
-    _load_builtin()
-    if kwargs.get("model"):
-        return str(kwargs["model"])
-    if method == "aprilgan" and kwargs.get("heads"):
-        meta = _heads_meta(kwargs["heads"])
-        arch = (meta.get("backbone") or {}).get("arch")
-        if arch:
-            return str(arch)
-    return str(DEFAULT_MODELS[method]["model"])
-
-
-def _heads_meta(heads: Any) -> dict[str, Any]:
-    from vlmad.training.heads_io import read_heads_meta
-
-    try:
-        return dict(read_heads_meta(heads))
-    except VlmadError:
-        raise
-    except Exception as err:  # pragma: no cover - defensive: unreadable sidecar
-        raise VlmadError(f"cannot read the heads file {heads}: {err}") from err
+    model = _backbone_of(method, kwargs).get("model")
+    if not model:
+        raise VlmadError(f"{method} has no CLIP backbone", "this ablation axis applies to backbone-based methods")
+    return str(model)
 
 
 def default_image_size(method: str, kwargs: Mapping[str, Any]) -> int:
-    from vlmad.methods.registry import DEFAULT_MODELS
-
-    if kwargs.get("image_size"):
-        return int(kwargs["image_size"])
+    bb = _backbone_of(method, kwargs)
+    if bb.get("image_size"):
+        return int(bb["image_size"])
     model = _model_of(method, kwargs)
-    if method == "aprilgan" and kwargs.get("heads") and not kwargs.get("model"):
-        size = (_heads_meta(kwargs["heads"]).get("backbone") or {}).get("image_size")
-        if size:
-            return int(size)
-    defaults = DEFAULT_MODELS.get(method, {})
-    if model == defaults.get("model") and defaults.get("image_size"):
-        return int(defaults["image_size"])
     size = vision_config(model).get("image_size")
     if size is None:
         raise VlmadError(f"unknown architecture {model!r}: cannot tell its input size",
@@ -144,9 +127,11 @@ def default_image_size(method: str, kwargs: Mapping[str, Any]) -> int:
 
 def default_stages_of(method: str, kwargs: Mapping[str, Any]) -> tuple[int, ...]:
     from vlmad.methods.aprilgan import default_stages
+    from vlmad.methods.registry import get_spec
 
-    if kwargs.get("heads"):
-        stages = _heads_meta(kwargs["heads"]).get("stages")
+    art = get_spec(method).artefact
+    if art is not None and kwargs.get(art.option):
+        stages = art.read_meta(kwargs[art.option]).get("stages")
         if stages:
             return tuple(int(s) for s in stages)
     if kwargs.get("stages"):
@@ -198,16 +183,14 @@ def _check_prompts(values: list[Any], base_dir: str | None) -> None:
 
 
 def _base_prompt_set(method: str, kwargs: Mapping[str, Any]):
+    from vlmad.methods.registry import get_spec
     from vlmad.prompts import load_prompt_set
 
-    if kwargs.get("prompt_set") is not None:
-        return load_prompt_set(kwargs["prompt_set"])
-    if method == "aprilgan" and kwargs.get("heads"):
-        meta = _heads_meta(kwargs["heads"])
-        spec = meta.get("prompt_set_definition") or meta.get("prompt_set")
-        if spec:
-            return load_prompt_set(spec)
-    return load_prompt_set(method if method in ("winclip", "aprilgan") else "winclip")
+    spec = get_spec(method)
+    prompt = spec.default_prompt(kwargs)
+    if prompt is None:
+        raise VlmadError(f"{method} has no prompt set", "the prompts axis applies to methods with prompts")
+    return load_prompt_set(prompt)
 
 
 def _expand_prompts(values: list[Any], method: str, kwargs: dict[str, Any], base_dir: str | None) -> list[Variant]:
@@ -439,9 +422,9 @@ def _expand_backbone(values: list[Any], method: str, kwargs: dict[str, Any], bas
             if kwargs.get("random_weights"):
                 patch["random_weights"] = True
             else:
-                from vlmad.methods.registry import DEFAULT_MODELS
+                from vlmad.methods.registry import get_spec
 
-                if patch["model"] != DEFAULT_MODELS[method]["model"]:
+                if patch["model"] != get_spec(method).default_model:
                     raise VlmadError(f"backbone ablation value {value['model']!r} has no weights",
                                      "add pretrained: TAG or checkpoint: PATH to the value")
         name = str(value.get("name") or value["model"] + (f"/{value['pretrained']}" if value.get("pretrained") else ""))
@@ -457,11 +440,11 @@ AXES: dict[str, Axis] = {
                     PROMPT_MODES, None, _expand_prompts, _check_prompts),
     "window_scales": Axis("window_scales", "WinCLIP window scales",
                           "which window scales (and the full-image score) enter WinCLIP's harmonic mean",
-                          ("2", "3", "2,3", "2,3+image"), ("winclip",), _expand_scales, _check_scales,
+                          ("2", "3", "2,3", "2,3+image"), None, _expand_scales, _check_scales,
                           "zero-shot image scores come from the full-image embedding, so at K=0 only the pixel "
                           "metrics can move"),
     "stages": Axis("stages", "APRIL-GAN stages", "each single feature stage vs all stages (same heads)",
-                   ("each", "all"), ("aprilgan",), _expand_stages, _check_stages,
+                   ("each", "all"), None, _expand_stages, _check_stages,
                    "the zero-shot image score is the CLS probability, which does not use the heads: at K=0 only the "
                    "pixel metrics can move"),
     "resolution": Axis("resolution", "Input resolution", "model input side (positional embeddings interpolated)",

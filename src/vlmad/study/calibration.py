@@ -174,7 +174,7 @@ def deploy_record(calibration: Calibration, method: str, class_name: str, detect
                   extra_calibration: Mapping[str, Any] | None = None, *, fingerprint: Mapping[str, Any],
                   pixel: PixelCalibration | None = None) -> dict[str, Any]:
     """A deploy record (format of :mod:`vlmad_runtime.deploy`) for ``fingerprint``'s detector."""
-    import vlmad
+    from vlmad_runtime.version import __version__
 
     cal = {**calibration.details, **dict(extra_calibration or {})}
     return {
@@ -189,7 +189,7 @@ def deploy_record(calibration: Calibration, method: str, class_name: str, detect
         "pixel": None if pixel is None else pixel.as_dict(),
         "detector": normalize(dict(detector_info)),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "vlmad_version": vlmad.__version__,
+        "vlmad_version": __version__,
     }
 
 

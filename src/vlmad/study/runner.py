@@ -49,11 +49,11 @@ from vlmad.study.calibration import (
     score_images,
     write_deploy,
 )
+from vlmad.study.files import STUDY_FILE, load_study_file  # noqa: F401  (re-exported)
 from vlmad.study.spec import StudySpec
 from vlmad_runtime.errors import VlmadError
 from vlmad_runtime.fileio import atomic_write_text
 
-STUDY_FILE = "study.json"
 CALIBRATION_DIR = "calibration"
 DEPLOY_DIR = "deploy"
 Log = Callable[[str], None]
@@ -121,29 +121,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_") or "x"
 
 
-def _heads_tag(path: str) -> str:
-    from vlmad.training.heads_io import read_heads_meta
-
-    try:
-        data = (read_heads_meta(path).get("training") or {}).get("data") or {}
-    except Exception:
-        data = {}
-    kind = data.get("kind")
-    return f"{kind}-heads" if kind else Path(path).stem
-
-
 def build_study_methods(spec: StudySpec, options: StudyOptions) -> list[dict[str, Any]]:
     """Method specs of the main grid: the spec's options overlaid with the command line's model/weights/--set
-    options; ``--heads`` files give one APRIL-GAN configuration each (labelled by the data they were trained on)."""
+    options; ``--artefact`` files (``--heads``) give one configuration each of the methods that load an artefact
+    (labelled by the data it was made from)."""
     from vlmad.bench import build_method_specs
+    from vlmad.methods.registry import get_spec
 
     names = list(dict.fromkeys(m.method for m in spec.methods))
     cli = {s["method"]: s["kwargs"] for s in build_method_specs(
         names, options.model, options.pretrained, options.checkpoint, options.random_weights, options.precision,
         options.sets)}
     heads = [str(Path(h).expanduser().resolve()) for h in options.heads or []]
-    if heads and "aprilgan" not in names:
-        raise VlmadError("--heads given but the study has no aprilgan method", "drop --heads or use another spec")
+    if heads and not any(get_spec(n).artefact for n in names):
+        raise VlmadError("--artefact given but no method of the study loads an artefact",
+                         "drop --artefact/--heads or use another spec")
     out: list[dict[str, Any]] = []
     for m in spec.methods:
         kwargs = dict(m.options)
@@ -152,13 +144,14 @@ def build_study_methods(spec: StudySpec, options: StudyOptions) -> list[dict[str
             for k in ("pretrained", "checkpoint", "random_weights"):
                 kwargs.pop(k, None)
         kwargs.update(over)
-        if m.method == "aprilgan" and heads:
-            tags = [_heads_tag(h) for h in heads]
+        art = get_spec(m.method).artefact
+        if art is not None and heads:
+            tags = [art.label(h) for h in heads]
             if len(set(tags)) < len(tags):
                 tags = [Path(h).stem for h in heads]
             for h, tag in zip(heads, tags, strict=True):
-                kw = {k: v for k, v in kwargs.items() if k != "allow_untrained"}
-                kw["heads"] = h
+                kw = {k: v for k, v in kwargs.items() if k != art.skip_option}
+                kw[art.option] = h
                 out.append(method_spec(m.method, label=m.label if len(heads) == 1 else f"{m.label}:{tag}", **kw))
         else:
             out.append(method_spec(m.method, label=m.label, **kwargs))
@@ -206,15 +199,26 @@ def _study_datasets(spec: StudySpec, options: StudyOptions) -> list[DatasetSpec]
     return out
 
 
+def _artefact_fixes_backbone(m: Mapping[str, Any]) -> bool:
+    from vlmad.methods.registry import get_spec
+
+    art = get_spec(m["method"]).artefact
+    return art is not None and art.fixes_backbone and bool(m["kwargs"].get(art.option))
+
+
 def plan_study(spec: StudySpec, options: StudyOptions) -> StudyPlan:
     """Every phase of the study as a :class:`BenchmarkConfig` (no model is loaded)."""
+    from vlmad.methods.registry import get_spec
+
     datasets = _study_datasets(spec, options)
     methods = build_study_methods(spec, options)
     for m in methods:
-        if m["method"] == "aprilgan" and not m["kwargs"].get("heads") and not m["kwargs"].get("allow_untrained"):
-            raise VlmadError(f"study {spec.name!r}: {m['label']} needs trained APRIL-GAN heads",
-                             "pass --heads FILE (from `vlmad train aprilgan`; repeat for heads trained on each "
-                             "dataset), or --set aprilgan.allow_untrained=true for a smoke run")
+        mspec = get_spec(m["method"])
+        if mspec.needs_artefact(m["kwargs"]):
+            art = mspec.artefact
+            raise VlmadError(f"study {spec.name!r}: {m['label']} needs its {art.kind} file ({art.help})",
+                             f"pass --artefact FILE (repeat for one configuration per file), or --set "
+                             f"{m['method']}.{art.skip_option}=true for a smoke run")
     shots = options.shots or spec.shots
     seeds = options.seeds or spec.seeds
     limit = options.limit if options.limit is not None else spec.limit
@@ -236,11 +240,10 @@ def plan_study(spec: StudySpec, options: StudyOptions) -> StudyPlan:
         axis = AXES[ab.axis]
         chosen = [m for m in methods if axis.applies_to(m["method"])
                   and (not ab.methods or m["label"] in ab.methods or m["method"] in ab.methods)]
-        fixed = [m for m in chosen if m["method"] == "aprilgan" and m["kwargs"].get("heads")
-                 and ab.axis in ("resolution", "backbone")]
+        fixed = [m for m in chosen if _artefact_fixes_backbone(m) and ab.axis in ("resolution", "backbone")]
         for m in fixed:
-            notes.append(f"{ab.axis} ablation skipped for {m['label']}: its trained heads fix the backbone and input "
-                         "size (train heads per variant to ablate it)")
+            notes.append(f"{ab.axis} ablation skipped for {m['label']}: its {get_spec(m['method']).artefact.kind} "
+                         "file fixes the backbone and input size (make one per variant to ablate it)")
         chosen = [m for m in chosen if m not in fixed]
         ds = [d for d in datasets if not ab.datasets or d.kind in ab.datasets]
         if not chosen or not ds:
@@ -275,7 +278,7 @@ class StudyDetectorFactory:
         self.loads = 0
 
     def _backbone(self, bb_kwargs: dict[str, Any]) -> Any:
-        from vlmad.methods.builtin import build_backbone
+        from vlmad.methods.spec import build_backbone
 
         key = json.dumps(canonical(bb_kwargs), sort_keys=True)
         if key in self._backbones:
@@ -289,42 +292,26 @@ class StudyDetectorFactory:
         return bb
 
     def __call__(self, spec: Mapping[str, Any]) -> Any:
-        from vlmad.methods.builtin import BACKBONE_KEYS, split_backbone_kwargs
-        from vlmad.methods.registry import create_detector
+        from vlmad.methods.registry import get_spec
+        from vlmad.methods.spec import BACKBONE_KEYS
 
         kwargs = dict(spec["kwargs"])
         subset = kwargs.pop(STAGE_SUBSET_KEY, None)
-        method = spec["method"]
-        if method in ("winclip", "aprilgan"):
-            probe = dict(kwargs)
-            if method == "aprilgan" and probe.get("heads") is not None:
-                from vlmad.methods.aprilgan import backbone_kwargs_from_heads
-
-                probe = backbone_kwargs_from_heads(probe["heads"], probe)
-            bb_kwargs, _ = split_backbone_kwargs(method, probe)
-            method_kwargs = {k: v for k, v in kwargs.items() if k not in BACKBONE_KEYS}
-            detector = create_detector(method, backbone=self._backbone(bb_kwargs), **method_kwargs)
+        mspec = get_spec(spec["method"])
+        if mspec.uses_backbone:
+            mspec.check_options(kwargs)
+            backbone = self._backbone(mspec.resolved_backbone(kwargs))
+            detector = mspec.build(backbone, **{k: v for k, v in kwargs.items() if k not in BACKBONE_KEYS})
         else:
-            detector = create_detector(method, **kwargs)
+            detector = mspec.build(None, **kwargs)
         if subset:
             restrict_stages(detector, subset)
         return detector
 
 
 def restrict_stages(detector: Any, stages: Sequence[int]) -> None:
-    """Run an APRIL-GAN detector on a subset of its stages with the same (trained or seeded) heads."""
-    from torch import nn
-
-    have = tuple(getattr(detector, "stages", ()))
-    wanted = tuple(int(s) for s in stages)
-    if not have or not hasattr(detector, "heads"):
-        raise VlmadError(f"{STAGE_SUBSET_KEY} applies to APRIL-GAN only")
-    bad = [s for s in wanted if s not in have]
-    if bad:
-        raise VlmadError(f"stage {bad[0]} is not one of the detector's stages {list(have)}")
-    idx = [have.index(s) for s in wanted]
-    detector.heads.heads = nn.ModuleList([detector.heads.heads[i] for i in idx])
-    detector.stages = wanted
+    """Run a detector on a subset of its feature stages (the detector's own ``restrict_stages``)."""
+    detector.restrict_stages(stages)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -415,10 +402,11 @@ def run_study(spec: StudySpec, options: StudyOptions, log: Log | None = None) ->
         invocation.update(finished=_now(), deploy_files=len(deploy))
         _write_study_file(out, plan, options, invocation)
         if options.report:
-            from vlmad.report.build import build_report
+            from vlmad.report.build import build_report, compute_gallery_maps
 
+            compute_gallery_maps(out, factory, options.device, say)  # stored: the report only reads the folder
             say("writing the report")
-            build_report(out, factory=factory, log=say)
+            build_report(out, log=say)
     return out
 
 
@@ -585,8 +573,3 @@ def _deploy_for_row(out: Path, row: Mapping[str, Any], names: Mapping[tuple[str,
     return path
 
 
-def load_study_file(run_dir: str | Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(run_dir) / STUDY_FILE).read_text())
-    except (OSError, ValueError):
-        return None

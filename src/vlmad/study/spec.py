@@ -210,16 +210,41 @@ def _names(value: Any, what: str) -> list[str] | None:
 
 
 def parse_study_spec(data: Mapping[str, Any], source: str = "", base_dir: str | None = None) -> StudySpec:
+    """Validate a study spec mapping (from YAML) into a :class:`StudySpec`; every mistake is a VlmadError naming
+    the key and the accepted values."""
     from vlmad.bench.protocol import parse_aupro, parse_eval_resolution
-    from vlmad.data import DATASET_KINDS
-    from vlmad.methods.registry import available_methods
-    from vlmad.study.axes import AXES
 
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise VlmadError(f"study spec {source}: unknown key {unknown[0]!r}",
                          f"known keys: {', '.join(sorted(_TOP_KEYS))}")
     name = str(data.get("name") or (Path(source).stem if source else "study"))
+
+    datasets = _parse_datasets(data, source, base_dir)
+    kinds = [d.kind for d in datasets]
+    methods = _parse_methods(data, source)
+
+    shots = _int_list(data.get("shots", [0]), "shots")
+    seeds = _int_list(data.get("seeds", [0]), "seeds")
+    limit = data.get("limit")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise VlmadError(f"study spec {source}: limit must be a positive integer or null, got {limit!r}")
+    eval_res = parse_eval_resolution(data.get("eval_resolution", "input"))
+    aupro = str(data.get("aupro", "exact"))
+    parse_aupro(aupro)
+
+    ablations = _parse_ablations(data, source, base_dir, kinds, methods)
+    cal = _parse_calibration(data, source)
+    report = _parse_report(data, source)
+
+    return StudySpec(name=name, description=" ".join(str(data.get("description", "")).split()),
+                     datasets=datasets, methods=methods, shots=shots, seeds=seeds, limit=limit,
+                     eval_resolution=eval_res, aupro=aupro, ablations=ablations, calibration=cal, report=report,
+                     source=source, base_dir=base_dir)
+
+
+def _parse_datasets(data: Mapping[str, Any], source: str, base_dir: str | None) -> list[StudyDataset]:
+    from vlmad.data import DATASET_KINDS
 
     datasets: list[StudyDataset] = []
     for item in data.get("datasets") or []:
@@ -246,6 +271,11 @@ def parse_study_spec(data: Mapping[str, Any], source: str = "", base_dir: str | 
     kinds = [d.kind for d in datasets]
     if len(set(kinds)) != len(kinds):
         raise VlmadError(f"study spec {source}: dataset kind listed twice", "list each dataset kind once")
+    return datasets
+
+
+def _parse_methods(data: Mapping[str, Any], source: str) -> list[StudyMethod]:
+    from vlmad.methods.registry import available_methods, get_spec
 
     methods: list[StudyMethod] = []
     for item in data.get("methods") or []:
@@ -262,22 +292,21 @@ def parse_study_spec(data: Mapping[str, Any], source: str = "", base_dir: str | 
             raise UnknownNameError(f"study spec {source}: unknown method {item['method']!r}",
                                    f"available: {', '.join(available_methods())}")
         options = dict(item.get("options") or {})
+        get_spec(str(item["method"])).check_options(options)  # a typo fails here, before any model loads
         methods.append(StudyMethod(str(item["method"]), str(item.get("label") or item["method"]), options))
     if not methods:
         raise VlmadError(f"study spec {source}: no methods", "e.g. methods: [winclip, aprilgan]")
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise VlmadError(f"study spec {source}: method label used twice", "give each method entry its own label")
+    return methods
 
-    shots = _int_list(data.get("shots", [0]), "shots")
-    seeds = _int_list(data.get("seeds", [0]), "seeds")
-    limit = data.get("limit")
-    if limit is not None and (not isinstance(limit, int) or limit < 1):
-        raise VlmadError(f"study spec {source}: limit must be a positive integer or null, got {limit!r}")
-    eval_res = parse_eval_resolution(data.get("eval_resolution", "input"))
-    aupro = str(data.get("aupro", "exact"))
-    parse_aupro(aupro)
 
+def _parse_ablations(data: Mapping[str, Any], source: str, base_dir: str | None, kinds: list[str],
+                     methods: list[StudyMethod]) -> list[AblationSpec]:
+    from vlmad.study.axes import AXES
+
+    labels = [m.label for m in methods]
     ablations: list[AblationSpec] = []
     raw = data.get("ablations") or []
     items = [{"axis": k, **(v if isinstance(v, Mapping) else {"values": v})} for k, v in raw.items()] \
@@ -316,7 +345,10 @@ def parse_study_spec(data: Mapping[str, Any], source: str = "", base_dir: str | 
         ablations.append(AblationSpec(axis, values, ab_methods, _int_list(item.get("shots", [0]), f"{axis} shots"),
                                       None if item.get("seeds") is None else _int_list(item["seeds"], f"{axis} seeds"),
                                       ab_ds))
+    return ablations
 
+
+def _parse_calibration(data: Mapping[str, Any], source: str) -> CalibrationSpec:
     cal_raw = dict(data.get("calibration") or {})
     extra = sorted(set(cal_raw) - {"mode", "quantile", "max_images", "shots", "seed"})
     if extra:
@@ -332,15 +364,14 @@ def parse_study_spec(data: Mapping[str, Any], source: str = "", base_dir: str | 
         raise VlmadError(f"study spec {source}: calibration max_images must be >= 1 or null")
     if cal.shots is not None:
         cal.shots = _int_list(cal.shots, "calibration shots")
+    return cal
 
+
+def _parse_report(data: Mapping[str, Any], source: str) -> ReportSpec:
     rep_raw = dict(data.get("report") or {})
     extra = sorted(set(rep_raw) - {"gallery_shots", "gallery_seed", "gallery_per_kind", "gallery"})
     if extra:
         raise VlmadError(f"study spec {source}: report: unknown key {extra[0]!r}",
                          "report keys: gallery, gallery_shots, gallery_seed, gallery_per_kind")
     report = ReportSpec(**rep_raw)
-
-    return StudySpec(name=name, description=" ".join(str(data.get("description", "")).split()),
-                     datasets=datasets, methods=methods, shots=shots, seeds=seeds, limit=limit,
-                     eval_resolution=eval_res, aupro=aupro, ablations=ablations, calibration=cal, report=report,
-                     source=source, base_dir=base_dir)
+    return report

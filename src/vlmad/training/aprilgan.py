@@ -336,21 +336,13 @@ def train_aprilgan(
     defaults (ViT-L-14-336, OpenAI weights, no QuickGELU as the reference, 518 px). ``on_epoch`` receives each
     epoch's record.
     """
-    from vlmad.backbones.text_cache import TextEmbeddingCache
     from vlmad.metrics import aupro, pixel_auroc
     from vlmad.metrics._common import UndefinedMetricError
-    from vlmad.prompts import class_display_name, load_prompt_set
 
     cfg = config or TrainConfig()
     cfg.validate()
     reader = _open_reader(dataset, categories)
-    if backbone is None:
-        from vlmad.methods.builtin import build_backbone, split_backbone_kwargs
-
-        bb_kwargs, extra = split_backbone_kwargs("aprilgan", dict(backbone_kwargs or {}))
-        if extra:
-            raise VlmadError(f"unknown backbone options {sorted(extra)}")
-        backbone = build_backbone(bb_kwargs)
+    backbone = backbone if backbone is not None else _default_backbone(backbone_kwargs)
     out = Path(out_dir).expanduser()
     _prepare_out_dir(out, overwrite)
 
@@ -365,88 +357,22 @@ def train_aprilgan(
             "no training images left after the held-out split", "lower val_fraction or add images"
         )
     mosaic_rate = resolve_mosaic_rate(cfg.mosaic_rate, regime, reader.name)
-    prompt_set = load_prompt_set(cfg.prompt_set)
-    cache = text_cache if text_cache is not None else TextEmbeddingCache()
-    style = cfg.class_name_style
-    text = {
-        c: class_text_embeddings(
-            backbone, prompt_set, class_display_name(c) if style == "display" else c, cache
-        )
-        for c in cats
-    }
+    text, base_meta = _text_and_meta(backbone, cfg, cats, stages, text_cache)
+    data = _data_facts(reader, regime, cats, items, train_idx, val_idx)
+    run = _run_facts(cfg, mosaic_rate)
 
-    data = {
-        "regime": regime,
-        "kind": reader.name,
-        "root_name": Path(getattr(reader, "root", "")).name,
-        "categories": cats,
-        "split": "test" if regime == "cross-dataset" else "train",
-        "n_source_images": len({it.group for it in items}),
-        "n_items": len(items),
-        "n_train": len(train_idx),
-        "n_held_out": len(val_idx),
-    }
-    run = {
-        "epochs": cfg.epochs,
-        "seed": cfg.seed,
-        "lr": cfg.lr,
-        "betas": list(cfg.betas),
-        "batch_size": cfg.batch_size,
-        "mosaic_rate": mosaic_rate,
-        "val_fraction": cfg.val_fraction,
-        "synthetic_per_image": cfg.synthetic_per_image,
-        "loss": LOSS_DESCRIPTION,
-        "optimizer": "Adam",
-        "focal_gamma": cfg.focal_gamma,
-    }
-    base_meta = {
-        "backbone": backbone_meta(backbone),
-        "stages": list(stages),
-        "prompt_set": prompt_set.name,
-        "class_name_style": style,
-    }
-    if prompt_set.name not in ("aprilgan",):
-        base_meta["prompt_set_definition"] = prompt_set.as_dict()
-
-    heads = ProjectionHeads.seeded(backbone.width, backbone.embed_dim, len(stages), cfg.seed).to(
-        backbone.device
-    )
-    heads.train().requires_grad_(True)
-    optimizer = torch.optim.Adam(heads.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
-    source = ImageSource(backbone, cfg.seed)
-    store = FeatureStore(
-        backbone, stages, source, items, cfg.cache_gb, cfg.cache_half, cfg.feature_batch_size
-    )
+    heads, optimizer, store = _training_parts(backbone, stages, items, cfg)
     by_cat = {c: [i for i in train_idx if items[i].category == c] for c in cats}
     grid, size = backbone.grid_size, backbone.image_size
     generator = torch.Generator().manual_seed(cfg.seed)
 
     history: list[dict[str, Any]] = []
     checkpoints: list[Path] = []
-    log_path = out / "train_log.json"
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        rng = np.random.default_rng([cfg.seed, epoch, 3])
         order = [train_idx[i] for i in torch.randperm(len(train_idx), generator=generator).tolist()]
-        specs: list[int | tuple[int, ...]] = []
-        for i in order:
-            pool = by_cat[items[i].category]
-            if mosaic_rate > 0 and rng.random() < mosaic_rate:
-                specs.append(tuple(int(pool[k]) for k in rng.integers(0, len(pool), 4)))
-            else:
-                specs.append(i)
-        losses = []
-        for start in range(0, len(specs), cfg.batch_size):
-            batch = specs[start : start + cfg.batch_size]
-            tokens, masks = store.get(batch)
-            cat_of = [items[s if isinstance(s, int) else s[0]].category for s in batch]
-            text_b = torch.stack([text[c] for c in cat_of])
-            probs = stage_probabilities(heads(tokens), text_b, grid, size)
-            loss = aprilgan_loss(probs, masks, cfg.focal_gamma)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+        specs = _epoch_specs(order, items, by_cat, mosaic_rate, np.random.default_rng([cfg.seed, epoch, 3]))
+        losses = _train_epoch(heads, optimizer, store, items, specs, text, grid, size, cfg)
         record: dict[str, Any] = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)),
@@ -465,22 +391,138 @@ def train_aprilgan(
         record["checkpoint"] = path.name
         checkpoints.append(path)
         history.append(record)
-        best = _best_epoch(history)
-        _write_json(
-            log_path,
-            {
-                "data": data,
-                "run": run,
-                "backbone": {k: v for k, v in base_meta["backbone"].items() if k != "weights_probe"},
-                "stages": list(stages),
-                "history": history,
-                "best_epoch_by_val_pixel_auroc": best,
-            },
-        )
+        _write_train_log(out / "train_log.json", data, run, base_meta, stages, history)
         if on_epoch is not None:
             on_epoch(record)
     heads.eval().requires_grad_(False)
     return TrainResult(out, checkpoints, history, heads, _best_epoch(history), data)
+
+
+def _training_parts(backbone, stages: Sequence[int], items: Sequence[TrainItem], cfg: TrainConfig):
+    """Seeded heads in training mode, their Adam optimizer, and the frozen-backbone feature store."""
+    heads = ProjectionHeads.seeded(backbone.width, backbone.embed_dim, len(stages), cfg.seed).to(
+        backbone.device
+    )
+    heads.train().requires_grad_(True)
+    optimizer = torch.optim.Adam(heads.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
+    source = ImageSource(backbone, cfg.seed)
+    store = FeatureStore(
+        backbone, stages, source, items, cfg.cache_gb, cfg.cache_half, cfg.feature_batch_size
+    )
+    return heads, optimizer, store
+
+
+def _default_backbone(backbone_kwargs: dict[str, Any] | None) -> Any:
+    """The backbone APRIL-GAN's spec builds from these options (its defaults fill the rest)."""
+    from vlmad.methods.builtin import APRILGAN
+    from vlmad.methods.spec import build_backbone
+
+    bb_kwargs, extra = APRILGAN.split_backbone_kwargs(dict(backbone_kwargs or {}))
+    if extra:
+        raise VlmadError(f"unknown backbone options {sorted(extra)}")
+    return build_backbone(bb_kwargs)
+
+
+def _text_and_meta(backbone, cfg: TrainConfig, cats: list[str], stages: Sequence[int], text_cache
+                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Per-category text embeddings, and the heads-file metadata shared by every epoch's checkpoint."""
+    from vlmad.backbones.text_cache import TextEmbeddingCache
+    from vlmad.prompts import class_display_name, load_prompt_set
+
+    prompt_set = load_prompt_set(cfg.prompt_set)
+    cache = text_cache if text_cache is not None else TextEmbeddingCache()
+    style = cfg.class_name_style
+    text = {
+        c: class_text_embeddings(
+            backbone, prompt_set, class_display_name(c) if style == "display" else c, cache
+        )
+        for c in cats
+    }
+    base_meta = {
+        "backbone": backbone_meta(backbone),
+        "stages": list(stages),
+        "prompt_set": prompt_set.name,
+        "class_name_style": style,
+    }
+    if prompt_set.name not in ("aprilgan",):
+        base_meta["prompt_set_definition"] = prompt_set.as_dict()
+    return text, base_meta
+
+
+def _data_facts(reader, regime: str, cats: list[str], items: Sequence[TrainItem], train_idx: Sequence[int],
+                val_idx: Sequence[int]) -> dict[str, Any]:
+    """What the heads were trained on (recorded in every checkpoint: the leakage guard reads it)."""
+    return {
+        "regime": regime,
+        "kind": reader.name,
+        "root_name": Path(getattr(reader, "root", "")).name,
+        "categories": cats,
+        "split": "test" if regime == "cross-dataset" else "train",
+        "n_source_images": len({it.group for it in items}),
+        "n_items": len(items),
+        "n_train": len(train_idx),
+        "n_held_out": len(val_idx),
+    }
+
+
+def _run_facts(cfg: TrainConfig, mosaic_rate: float) -> dict[str, Any]:
+    return {
+        "epochs": cfg.epochs,
+        "seed": cfg.seed,
+        "lr": cfg.lr,
+        "betas": list(cfg.betas),
+        "batch_size": cfg.batch_size,
+        "mosaic_rate": mosaic_rate,
+        "val_fraction": cfg.val_fraction,
+        "synthetic_per_image": cfg.synthetic_per_image,
+        "loss": LOSS_DESCRIPTION,
+        "optimizer": "Adam",
+        "focal_gamma": cfg.focal_gamma,
+    }
+
+
+def _epoch_specs(order: Sequence[int], items: Sequence[TrainItem], by_cat: dict[str, list[int]],
+                 mosaic_rate: float, rng: np.random.Generator) -> list[int | tuple[int, ...]]:
+    """One epoch's inputs in order: an item index, or 4 indices of one category for a mosaic."""
+    specs: list[int | tuple[int, ...]] = []
+    for i in order:
+        pool = by_cat[items[i].category]
+        if mosaic_rate > 0 and rng.random() < mosaic_rate:
+            specs.append(tuple(int(pool[k]) for k in rng.integers(0, len(pool), 4)))
+        else:
+            specs.append(i)
+    return specs
+
+
+def _train_epoch(heads, optimizer, store, items, specs, text, grid, size, cfg: TrainConfig) -> list[float]:
+    """One pass of Adam steps over ``specs`` in batches; the per-batch losses."""
+    losses = []
+    for start in range(0, len(specs), cfg.batch_size):
+        batch = specs[start : start + cfg.batch_size]
+        tokens, masks = store.get(batch)
+        cat_of = [items[s if isinstance(s, int) else s[0]].category for s in batch]
+        text_b = torch.stack([text[c] for c in cat_of])
+        probs = stage_probabilities(heads(tokens), text_b, grid, size)
+        loss = aprilgan_loss(probs, masks, cfg.focal_gamma)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _write_train_log(path: Path, data, run, base_meta, stages, history) -> None:
+    _write_json(
+        path,
+        {
+            "data": data,
+            "run": run,
+            "backbone": {k: v for k, v in base_meta["backbone"].items() if k != "weights_probe"},
+            "stages": list(stages),
+            "history": history,
+            "best_epoch_by_val_pixel_auroc": _best_epoch(history),
+        },
+    )
 
 
 @torch.no_grad()

@@ -14,7 +14,6 @@ fp16), and are refused on different weights (e.g. random init vs OpenAI) with a 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from vlmad_runtime.errors import CheckpointMismatchError, VlmadError
-from vlmad_runtime.fileio import atomic_save, atomic_write_text
+from vlmad_runtime.fileio import atomic_save, atomic_write_text, sha256_file
 
 HEADS_FORMAT = "vlmad-aprilgan-heads"
 FORMAT_VERSION = 1
@@ -61,20 +60,13 @@ def heads_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _vlmad_version() -> str:
-    try:
-        from vlmad import __version__
+    from vlmad_runtime.version import __version__
 
-        return __version__
-    except Exception:  # pragma: no cover - partially installed package
-        return "unknown"
+    return __version__
 
 
 # --------------------------------------------------------------------------------------- backbone identity
@@ -99,7 +91,7 @@ def weights_probe(backbone) -> list[float]:
 
 def backbone_meta(backbone) -> dict[str, Any]:
     """What heads depend on: architecture, weights, activation, input size, dims, stages."""
-    from vlmad.methods.aprilgan import backbone_activation
+    from vlmad.methods.heads import backbone_activation
 
     src = backbone.source
     pretrained = None
@@ -147,7 +139,7 @@ def check_compatible(meta: Mapping[str, Any], backbone, check_weights: bool = Tr
         raise CheckpointMismatchError(
             "APRIL-GAN heads do not fit this backbone: " + "; ".join(problems), hint_bb
         )
-    from vlmad.methods.aprilgan import backbone_activation
+    from vlmad.methods.heads import backbone_activation
 
     act = backbone_activation(backbone)
     if bb.get("activation") and bb["activation"] != act:
@@ -365,7 +357,7 @@ def import_reference_heads(
     "cross-dataset"}`` (the reference's visa_pretrained.pth was trained on VisA's test split,
     mvtec_pretrained.pth on MVTec AD's).
     """
-    from vlmad.methods.aprilgan import ProjectionHeads, backbone_activation
+    from vlmad.methods.heads import ProjectionHeads, backbone_activation
 
     act = backbone_activation(backbone)
     if act != trained_activation:
