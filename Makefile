@@ -21,9 +21,9 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	@echo "[setup 3/5] installing torch + torchvision (the big download: progress below)"
 	$(PY) -m pip install --progress-bar on torch torchvision
 	@echo "[setup 4/5] installing vlmad-runtime"
-	$(PY) -m pip install --progress-bar on -e ./runtime
-	@echo "[setup 5/5] installing vlmad with its test, serve and ray extras"
-	$(PY) -m pip install --progress-bar on -e '.[test,serve,ray]'
+	$(PY) -m pip install --progress-bar on -e './runtime[onnx,openvino]'
+	@echo "[setup 5/5] installing vlmad with its test, serve, ray and export extras"
+	$(PY) -m pip install --progress-bar on -e '.[test,serve,ray,export]'
 	@echo "[setup] done: $(VENV)"
 	touch $@
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/ray_overhead.py --smoke                  # seconds: 1 repeat, tiny grid, writes nothing
+    python benchmarks/ray_overhead.py --smoke                  # about a minute: 1 repeat, small sizes, writes nothing
     python benchmarks/ray_overhead.py                          # 3 repeats -> benchmarks/results/ray_overhead.md
     python benchmarks/ray_overhead.py --from-results runs/mvtec   # simulate with a real run's per-image costs
 
@@ -33,7 +33,9 @@ folder computed on the target GPU) or ``--ms-per-image METHOD=MS`` for real ones
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
+import io
 import json
 import os
 import shutil
@@ -43,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _env import print_environment
+from _env import add_smoke_flag, print_environment
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -113,11 +115,11 @@ class _Clock:
     def __call__(self, n: int) -> None:
         self.marks.append((time.perf_counter(), n))
 
-    def summary(self) -> tuple[float, float]:
-        """(seconds to the first result, seconds per item after it)."""
+    def summary(self) -> tuple[float, float, float]:
+        """(seconds to the first result, seconds per item after it, seconds to the last result)."""
         (t1, _), (tn, _) = self.marks[0], self.marks[-1]
         items = sum(n for _, n in self.marks[1:])
-        return t1 - self.t0, (tn - t1) / items if items else float("nan")
+        return t1 - self.t0, (tn - t1) / items if items else float("nan"), tn - self.t0
 
 
 class _TimingSink:
@@ -185,7 +187,7 @@ def per_image(work: Path, n: int, repeats: int) -> dict:
     from PIL import Image
 
     from vlmad.distributed import detect_on_ray, detector_builder
-    from vlmad.jobs import run_detection
+    from vlmad.jobs import DetectionOptions, run_detection
     from vlmad.testing import random_images
 
     folder = work / "images"
@@ -203,7 +205,7 @@ def per_image(work: Path, n: int, repeats: int) -> dict:
     res: dict[str, list[tuple[float, float]]] = {"local": [], "ray": []}
     for r in range(repeats):
         clock = _Clock()
-        run_detection(det, paths, work / f"det-local-{r}", batch_size=8, progress=clock)
+        run_detection(det, paths, work / f"det-local-{r}", DetectionOptions(batch_size=8), progress=clock)
         res["local"].append(clock.summary())
         clock = _Clock()
         detect_on_ray(build, [str(listing)], "bottle", work / f"det-ray-{r}", batch_size=8, progress=clock)
@@ -267,7 +269,7 @@ def costs_from_results(run: Path) -> tuple[dict[str, float], dict[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="1 repeat, tiny sizes, nothing written")
+    add_smoke_flag(ap)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seeds", type=int, default=8, help="few-shot seeds of the measured grid (rows = 1 + seeds)")
     ap.add_argument("--images", type=int, default=128, help="images of the per-image measurement")
@@ -327,6 +329,12 @@ def main() -> None:
     sim = {n: simulate(grid, load, n) for n in (1, 4, 16)}
     report = render(startup, rows, images, ms, load, source, len(grid), sim, os.getloadavg())
     print(report)
+    header = io.StringIO()
+    with contextlib.redirect_stdout(header):  # the committed file starts with the same environment block
+        print_environment(
+            "ray_overhead: the Ray executor's cost over the local one", args.smoke, 1, ray=ray.__version__
+        )
+    report = header.getvalue() + "\n" + report
     if not args.smoke:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".md").write_text(report)
@@ -376,7 +384,10 @@ def render(
     for m in ("local", "ray actors", "ray tasks"):
         d = rows[m]
         over = d.get("overhead_s_per_row")
-        lines.append(f"| {m} | {d['fixed_s']:.2f} | {d['s_per_row']:.3f} | {'-' if over is None else f'{over:+.3f}'} |")
+        lines.append(
+            f"| {m} | {d['wall_s']:.2f} | {d['fixed_s']:.2f} | {d['s_per_row']:.3f} | "
+            f"{'-' if over is None else f'{over:+.3f}'} |"
+        )
     lines += [
         "",
         f"## Per image (detect on {images['images']} images, batch 8, one worker, median of {images['repeats']})",
@@ -386,7 +397,7 @@ def render(
     ]
     for m in ("local", "ray"):
         d = images[m]
-        lines.append(f"| {m} | {d['fixed_s']:.2f} | {d['ms_per_image']:.2f} |")
+        lines.append(f"| {m} | {d['wall_s']:.2f} | {d['fixed_s']:.2f} | {d['ms_per_image']:.2f} |")
     lines += [
         "",
         f"Ray overhead per image: {images['overhead_ms_per_image']:+.2f} ms.",

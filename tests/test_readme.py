@@ -28,6 +28,12 @@ EXCLUDED = {
     "vlmad download": "downloads MVTec AD / VisA (network); tests/test_download.py runs it against a local server",
     "vlmad demo": "wants the pretrained weights (network); tests/test_demo.py runs the demo offline",
     "vlmad serve": "a server that runs until stopped; tests/serve/test_cli.py starts it with the same options",
+    # "Running on a cluster": --ray-address auto joins a running multi-node cluster on shared storage; the same
+    # options run against a local Ray cluster in tests/bench/test_ray_executor.py, tests/study/test_ray_study.py and
+    # tests/cli/test_ray_detect.py
+    "vlmad benchmark --dataset mvtec --root /shared/": "needs a running Ray cluster (--ray-address auto)",
+    "vlmad study seed-full --root mvtec=/shared/": "needs a running Ray cluster (--ray-address auto)",
+    "vlmad detect /shared/": "needs a running Ray cluster (--ray-address auto)",
 }
 WEIGHT_OPTS = {"--model": 1, "--checkpoint": 1, "--pretrained": 1, "--random-weights": 0}
 WITH_WEIGHTS = {"detect", "calibrate", "benchmark", "study", "train"}

@@ -56,8 +56,9 @@ def iter_inputs(inputs: Sequence[str | Path], recursive: bool = False) -> Iterat
         elif GLOB_CHARS & set(str(item)):
             yield from _pattern(str(path))
         else:
-            raise VlmadError(f"input {path} does not exist",
-                             "pass image files, folders, glob patterns or a .txt list of paths")
+            raise VlmadError(
+                f"input {path} does not exist", "pass image files, folders, glob patterns or a .txt list of paths"
+            )
 
 
 def stem_namer(inputs: Sequence[str | Path], recursive: bool = False) -> tuple[int, Any]:
@@ -276,13 +277,12 @@ def detect_on_ray(
             (out / sub).mkdir(exist_ok=True)
     if progress is not None and done:
         progress(len(done))
-    new_file = not done
-    with RayConnection(ray_address) as ray, open(csv_path, "a", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-        if new_file:
-            writer.writeheader()
-            fh.flush()
-        if pending:
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+            csv.DictWriter(fh, fieldnames=CSV_FIELDS).writeheader()
+    if pending:  # nothing left: no Ray instance is started
+        with RayConnection(ray_address) as ray, open(csv_path, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
             ds = _pipeline(
                 ray,
                 out,

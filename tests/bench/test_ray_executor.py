@@ -58,7 +58,7 @@ def test_unknown_executor_is_refused_before_anything_is_written(mvtec_root, make
     assert not (tmp_path / "x" / "results.jsonl").exists()
 
 
-def _kill_a_row_worker(timeout: float = 120) -> int:
+def _kill_a_row_worker(address: str, timeout: float = 120) -> int:
     """SIGKILL the process of a live RowActor while Ray's state API shows it computing a row; returns its pid."""
     from ray.util.state import list_actors, list_tasks
 
@@ -67,10 +67,13 @@ def _kill_a_row_worker(timeout: float = 120) -> int:
         alive = {
             a.actor_id: a.pid
             for a in list_actors(
-                filters=[("class_name", "=", "RowActor"), ("state", "=", "ALIVE")], raise_on_missing_output=False
+                address=address,
+                filters=[("class_name", "=", "RowActor"), ("state", "=", "ALIVE")],
+                raise_on_missing_output=False,
             )
         }
         running = list_tasks(
+            address=address,
             filters=[("func_or_class_name", "=", "RowActor.compute"), ("state", "=", "RUNNING")],
             raise_on_missing_output=False,
         )
@@ -110,7 +113,7 @@ def test_killed_worker_loses_and_duplicates_no_row(ray_cluster, mvtec_root, make
         row_retries=retries,
     )
     thread, outcome = _run_in_thread(config)
-    killed = _kill_a_row_worker()
+    killed = _kill_a_row_worker(ray_cluster)
     thread.join(timeout=240)
     assert not thread.is_alive() and outcome and not isinstance(outcome[0], BaseException), outcome
     keys = _keys_in_file(out)

@@ -101,5 +101,8 @@ def test_rerun_after_a_crash_resumes_and_other_inputs_are_refused(ray_cluster, i
     again = detect_on_ray(build, [glob_input], "bottle", out, batch_size=2)
     assert again == {"total": 5, "skipped": 2, "scored": 3, "errors": 0}
     assert (out / "scores.csv").read_bytes() == full
+    # everything done: nothing is computed (no Ray pipeline), nothing is written
+    assert detect_on_ray(build, [glob_input], "bottle", out, batch_size=2)["skipped"] == 5
+    assert (out / "scores.csv").read_bytes() == full
     with pytest.raises(VlmadError, match="other inputs"):
         detect_on_ray(build, [str(images[-1])], "bottle", out, batch_size=2)

@@ -5,6 +5,7 @@ from vlmad.cli import (  # noqa: F401
     data_cmd,
     demo_cmd,
     detect_cmd,
+    export_cmd,
     models_cmd,
     serve_cmd,
     study_cmd,

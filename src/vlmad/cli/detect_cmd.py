@@ -89,6 +89,8 @@ def detect(
     ray_address: Annotated[str | None, typer.Option(
         "--ray-address", help="With --executor ray: 'auto' or host:port joins a cluster; default: a local one.")
     ] = None,
+    bundle: Annotated[Path | None, typer.Option(
+        "--bundle", help="Run an exported bundle (`vlmad export`; its class must be --class-name).")] = None,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
     from vlmad.cli.inputs import collect_images
@@ -106,6 +108,11 @@ def detect(
     paths = collect_images(images, recursive=recursive)
     refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
     deployment = load_deploy(deploy) if deploy else None
+    if bundle is not None:
+        from vlmad.export.run import detect_with_bundle
+
+        return detect_with_bundle(bundle, class_name, paths, out, save_maps, overlay, batch_size, on_error,
+                                  deployment, given=[refs, model, pretrained, checkpoint, heads])
     detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
                               prompt_set, no_cache, heads, batch_size,
                               extra=artefact_kwargs(method, None, skip=True) if allow_untrained else None)

@@ -13,12 +13,10 @@ from typing import Literal, Protocol, runtime_checkable
 
 from vlmad.data.sample import Sample
 from vlmad_runtime.errors import DatasetLayoutError, UnknownNameError
+from vlmad_runtime.listing import IMAGE_EXTENSIONS, is_image_file, list_images  # noqa: F401 (re-exported)
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
-
-#: Image file extensions the readers accept (compared case-insensitively: VisA ships ``.JPG``).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 @runtime_checkable
@@ -33,18 +31,6 @@ class DatasetReader(Protocol):
     def samples(self, category: str, split: Split) -> list[Sample]: ...
 
     def has_masks(self, category: str | None = None) -> bool: ...
-
-
-def is_image_file(path: Path) -> bool:
-    """A visible file with an accepted image extension (hidden ones such as macOS ``._x.png`` are skipped)."""
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def list_images(directory: Path) -> list[Path]:
-    """Image files directly inside ``directory``, sorted by name so every run sees the same order."""
-    if not directory.is_dir():
-        return []
-    return sorted((p for p in directory.iterdir() if is_image_file(p)), key=lambda p: p.name)
 
 
 def list_subdirs(directory: Path) -> list[Path]:

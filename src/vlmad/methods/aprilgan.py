@@ -461,6 +461,19 @@ class AprilGan(Detector):
         norm = (map_max - lo) / (hi - lo) if hi > lo else torch.zeros_like(map_max)
         return AprilGanPrediction(0.5 * (cls + norm), maps, cls, map_max)
 
+    def export_module(self) -> nn.Module:
+        """This detector (text, heads and memory bank included) as one traceable graph, for `vlmad export`.
+
+        The transductive score uses the whole test set, which a per-request graph cannot see: refused."""
+        if self.text_embeddings is None:
+            raise NotReadyError("export before setup(class_name)", "call setup() with the object class name first")
+        if self.transductive:
+            raise VlmadError("a transductive detector cannot be exported (its score needs the whole test set)",
+                             "export the detector without transductive=True")
+        from vlmad.methods.aprilgan_export import AprilGanGraph
+
+        return AprilGanGraph(self).eval()
+
     # ------------------------------------------------------------------ internals
     @torch.inference_mode()
     def _predict_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -183,6 +183,14 @@ class WinClip(Detector):
             maps.append(m)
         return Prediction(torch.cat(scores), torch.cat(maps))
 
+    def export_module(self) -> torch.nn.Module:
+        """This detector (text and few-shot memory included) as one traceable graph, for `vlmad export`."""
+        if self.text_embeddings is None:
+            raise NotReadyError("export before setup(class_name)", "call setup() with the object class name first")
+        from vlmad.methods.winclip_export import WinClipGraph
+
+        return WinClipGraph(self).eval()
+
     # ------------------------------------------------------------------ internals
     @torch.inference_mode()
     def _predict_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
