@@ -29,7 +29,7 @@ DEFAULT_VERIFY_IMAGES = 4
 def export(
     class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create (must not exist or be empty).")],
-    method: MethodOpt = "winclip",
+    method: MethodOpt = None,
     reference: Annotated[
         list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
     ] = None,
