@@ -36,7 +36,7 @@ EXCLUDED = {
     "vlmad detect /shared/": "needs a running Ray cluster (--ray-address auto)",
 }
 WEIGHT_OPTS = {"--model": 1, "--checkpoint": 1, "--pretrained": 1, "--random-weights": 0}
-WITH_WEIGHTS = {"detect", "calibrate", "benchmark", "study", "train"}
+WITH_WEIGHTS = {"detect", "calibrate", "benchmark", "study", "train", "export"}
 
 
 def readme_commands() -> list[str]:
