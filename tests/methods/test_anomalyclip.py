@@ -326,3 +326,35 @@ def test_spec_rejects_a_typo_before_loading():
         spec.check_options({"sigmaa": 2.0})
     assert spec.resolved_backbone({})["image_size"] == 518
     assert spec.artefact.kind == "prompts" and spec.needs_artefact({})
+
+
+def test_published_numbers_need_the_reference_protocol():
+    """The published AnomalyCLIP rows sit next to a vlmad column only with the reference's backbone (QuickGELU),
+    learned prompts and the default map settings."""
+    from vlmad.bench.published import find_entry, protocol_mismatch
+    from vlmad.data.mvtec import MVTEC_CATEGORIES
+
+    entry = find_entry("anomalyclip", "mvtec", 0)
+    assert entry["metrics"]["image_auroc"] == 91.5 and entry["metrics"]["aupro_legacy200"] == 81.4
+    info = {
+        "method": "anomalyclip",
+        "activation": "QuickGELU",
+        "precision": "fp32",
+        "prompts_untrained": False,
+        "sigma": 4.0,
+        "global_ln_post": False,
+    }
+    facts = {
+        "random_weights": False,
+        "weights": {"model": "ViT-L-14-336", "tag": "openai"},
+        "image_size": 518,
+        "info": info,
+        "method_options": {"prompts": "visa.safetensors"},
+        "transductive": False,
+        "categories": list(MVTEC_CATEGORIES),
+        "complete": True,
+    }
+    assert protocol_mismatch(facts, entry) is None
+    assert "activation GELU" in protocol_mismatch({**facts, "info": {**info, "activation": "GELU"}}, entry)
+    assert "sigma=0.0" in protocol_mismatch({**facts, "info": {**info, "sigma": 0.0}}, entry)
+    assert "prompts_untrained" in protocol_mismatch({**facts, "info": {**info, "prompts_untrained": True}}, entry)

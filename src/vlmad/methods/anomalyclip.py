@@ -36,6 +36,7 @@ from torch import nn
 from vlmad.backbones.clip import ClipBackbone
 from vlmad.backbones.fast import is_standard_block
 from vlmad.methods.base import Detector, DetectorInfo, Images, Prediction
+from vlmad.methods.heads import backbone_activation
 from vlmad.methods.inputs import PIL_BICUBIC, to_model_input
 from vlmad.methods.prompt_learner import ObjectAgnosticPrompts
 from vlmad_runtime.errors import NotReadyError, VlmadError
@@ -310,6 +311,7 @@ class AnomalyClip(Detector):
                 "prompts_untrained": self.untrained,
                 "prompts_training_data": training.get("data"),
                 "precision": self.backbone.precision,
+                "activation": backbone_activation(self.backbone),
                 "preprocessing": self.preprocessing.name,
             },
         )
