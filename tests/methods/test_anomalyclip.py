@@ -213,6 +213,10 @@ def test_untrained_needs_the_explicit_option(bb4):
     assert det.info().extra["prompts"] == "untrained(seed=3)"
     with pytest.raises(VlmadError, match="dpam_start"):
         AnomalyClip(bb4, allow_untrained=True, dpam_start=0)
+    det.restrict_stages([2, 4])
+    assert det.stages == (2, 4) and det.dpam_start == 1
+    with pytest.raises(VlmadError, match="not one of"):
+        det.restrict_stages([3])
 
 
 # -------------------------------------------------------------------------------------------------- artefact

@@ -323,6 +323,18 @@ class AnomalyClip(Detector):
                 self.text_embeddings = encode_learned_text(self.backbone, self.prompts)
         self.class_name = class_name
 
+    def restrict_stages(self, stages: Sequence[int]) -> None:
+        """Sum the map over a subset of the stages only (the study's stage ablation); DPAM still starts at the
+        block it started at, so the remaining stages see the same features."""
+        wanted = tuple(int(s) for s in stages)
+        bad = [s for s in wanted if s not in self.stages]
+        if bad or not wanted:
+            raise VlmadError(
+                f"stage {bad[0] if bad else '(none)'} is not one of the detector's stages {list(self.stages)}",
+                "pick a non-empty subset of the stages",
+            )
+        self.stages = wanted
+
     def check_protocol(
         self, dataset_kind: str, dataset_root: str, category: str, force: bool = False
     ) -> dict[str, Any]:
