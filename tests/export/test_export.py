@@ -351,8 +351,26 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
         "--reference-dir",
         tmp_path / "refs",
     ]
-    run([sys.executable, "-m", "vlmad", "export", *common, "--out", tmp_path / "bundle"])
-    run([sys.executable, "-m", "vlmad", "detect", *imgs, *common, "--out", tmp_path / "torch"])
+    normals = write_images(tmp_path / "normals", [(64, 64), (70, 70), (64, 80), (90, 64)], seed=6)
+    deploy = tmp_path / "deploy.json"
+    run(
+        [
+            sys.executable,
+            "-m",
+            "vlmad",
+            "calibrate",
+            *common,
+            "--normal-dir",
+            normals[0].parent,
+            "--quantile",
+            "0.5",
+            "--out",
+            deploy,
+        ]
+    )
+    run([sys.executable, "-m", "vlmad", "export", *common, "--deploy", deploy, "--out", tmp_path / "bundle"])
+    run([sys.executable, "-m", "vlmad", "detect", *imgs, *common, "--deploy", deploy, "--out", tmp_path / "torch"])
+    assert (tmp_path / "bundle" / "deploy.json").is_file()
     res = subprocess.run(
         [
             str(env_dir / "bin" / "vlmad-runtime"),
@@ -372,4 +390,5 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
     for name in ref:
         print(f"{name}: vlmad detect {ref[name][0]:.7f}  vlmad-runtime detect {got[name][0]:.7f}")
         assert abs(got[name][0] - ref[name][0]) <= TOL
-        assert got[name][1:] == ref[name][1:]  # decision (none here), original size
+        assert got[name][1:] == ref[name][1:]  # decision from the bundle's deploy.json, original size
+    assert {v[1] for v in got.values()} <= {"normal", "anomalous"} and all(v[1] for v in got.values())
