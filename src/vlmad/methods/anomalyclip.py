@@ -229,6 +229,11 @@ class AnomalyClip(Detector):
     ) -> None:
         from vlmad.methods.aprilgan import check_stages
 
+        if backbone.precision != "fp32":
+            raise VlmadError(
+                f"AnomalyCLIP runs its own DPAM and prompt forwards in fp32; got precision {backbone.precision}",
+                "load the backbone with precision fp32 (the default)",
+            )
         self.backbone = backbone
         self.batch_size = max(1, int(batch_size))
         self.sigma, self.global_ln_post = float(sigma), bool(global_ln_post)
