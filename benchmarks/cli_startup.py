@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from _env import print_environment
+from _env import add_smoke_flag, environment, print_environment
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS: list[list[str]] = [
@@ -68,12 +67,15 @@ def time_command(args: list[str], repeat: int, repo: Path = REPO) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--smoke", action="store_true", help="1 repeat, nothing written")
+    add_smoke_flag(parser)
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose src/ is timed (default: this one)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cli_startup.json")
     opts = parser.parse_args()
-    print_environment("cli_startup: vlmad CLI start-up time", opts.smoke)
     repeat = 1 if opts.smoke else opts.repeat
+    load = f"{os.getloadavg()[0]:.1f} (1 min)"
+    print_environment(
+        "cli_startup: time to answer --help, --version and models", opts.smoke, load_average=load, repo=str(opts.repo)
+    )
     rows = {"python -c pass": time_command([sys.executable, "-c", "pass"], repeat, opts.repo)}
     for args in COMMANDS:
         rows["vlmad " + " ".join(args)] = time_command([sys.executable, "-m", "vlmad", *args], repeat, opts.repo)
@@ -88,9 +90,8 @@ def main() -> None:
             )
     if not opts.smoke:
         record = {
-            "machine": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
+            "repo": str(opts.repo),
+            "environment": environment(),
             "load_avg_1min": os.getloadavg()[0],
             "results": rows,
         }

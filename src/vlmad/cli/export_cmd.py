@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vlmad.cli import app
+from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
     CheckpointOpt,
     HeadsOpt,
@@ -87,6 +87,7 @@ def export(
         with console.status(f"{len(refs)}-shot reference memory"):
             detector.fit(refs)
     check_deploy(deployment, detector, class_name, refs, force=False)  # refuses another detector's threshold
+    on_interrupt(f"the bundle in {out} is incomplete: delete it and rerun the same command (export does not resume)")
     bb = detector.backbone
     calibration = to_model_input(calib, bb) if calib else None
     verify = (

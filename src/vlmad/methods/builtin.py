@@ -1,4 +1,4 @@
-"""Specs of the shipped methods (WinCLIP, APRIL-GAN): the single place that knows their defaults.
+"""Specs of the shipped methods (WinCLIP, APRIL-GAN, AnomalyCLIP): the single place that knows their defaults.
 
 Imports nothing but :mod:`vlmad.methods.spec` (no torch); the registry reads :data:`BUILTIN_SPECS`, so the order in
 which modules are imported never changes what is registered. Method behaviour: docs/methods.md.
@@ -10,7 +10,7 @@ from typing import Any
 
 from vlmad.methods.spec import BACKBONE_KEYS, GENERIC_AXES, ArtefactSpec, MethodSpec, OptionSpec
 
-__all__ = ["BACKBONE_KEYS", "BUILTIN_SPECS", "WINCLIP", "APRILGAN"]
+__all__ = ["BACKBONE_KEYS", "BUILTIN_SPECS", "WINCLIP", "APRILGAN", "ANOMALYCLIP"]
 
 _PROMPT_TYPES: tuple[type, ...] = (str, dict, object)
 _CACHE = OptionSpec("use_cache", bool, True, "read/write the on-disk text-embedding cache")
@@ -92,5 +92,56 @@ APRILGAN = MethodSpec(
     train_cli="vlmad.training.cli:train_aprilgan_command",
 )
 
+def make_anomalyclip(backbone: Any, **kwargs: Any) -> Any:
+    """AnomalyCLIP detector on a loaded backbone (its prompts file was already mapped to backbone options)."""
+    from vlmad.methods.anomalyclip import AnomalyClip
+
+    return AnomalyClip(backbone, **kwargs)
+
+
+ANOMALYCLIP = MethodSpec(
+    name="anomalyclip",
+    factory=make_anomalyclip,
+    summary="AnomalyCLIP (ICLR 2024): learned object-agnostic prompts, DPAM V-V attention, zero-shot only",
+    default_model="ViT-L-14-336",
+    default_pretrained="openai",
+    # the reference (zqhang/AnomalyCLIP) loads the OpenAI ViT-L/14@336px (QuickGELU) and runs it at 518 px
+    backbone_defaults={"image_size": 518, "quick_gelu": True},
+    options=(
+        OptionSpec("stages", (list, tuple), None, "vision blocks of the dense features (default 6,12,18,24)"),
+        OptionSpec("dpam_start", int, None, "first block with the V-V attention path (default: the first stage)"),
+        OptionSpec("sigma", float, 4.0, "Gaussian smoothing of the anomaly map in pixels (0 = off)"),
+        OptionSpec("global_ln_post", bool, False, "apply ln_post to the global embedding (the reference does not)"),
+        OptionSpec("prompt_seed", int, 0, "seed of untrained prompts (smoke tests)"),
+        OptionSpec("check_weights", bool, True, "refuse prompts learned on other backbone weights"),
+        OptionSpec("batch_size", int, 4, "images per forward pass"),
+    ),
+    artefact=ArtefactSpec(
+        kind="prompts", option="prompts", help="learned prompts (.safetensors + .json sidecar)",
+        backbone_kwargs="vlmad.methods.builtin:backbone_kwargs_from_prompts",
+        meta="vlmad.training.prompts_io:read_prompts_meta", required=True, skip_option="allow_untrained"),
+    study_axes=("resolution", "backbone", "stages"),
+    published_settings={"precision": "fp32", "prompts_untrained": False, "sigma": 4.0, "global_ln_post": False},
+    published_neutral=frozenset({"prompts"}),
+)
+
+
+def backbone_kwargs_from_prompts(path: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Fill the backbone options a prompts file was learned with (explicit options win)."""
+    from vlmad.training.prompts_io import read_prompts_meta
+
+    bb = read_prompts_meta(path)["backbone"]
+    out = dict(kwargs)
+    if "model" not in out:
+        out["model"] = bb["arch"]
+        out.setdefault("image_size", bb["image_size"])
+        if bb.get("activation"):
+            out.setdefault("quick_gelu", bb["activation"] == "QuickGELU")
+        weights_given = any(out.get(k) not in (None, False) for k in ("pretrained", "checkpoint", "random_weights"))
+        if not weights_given and bb.get("weights_kind") == "pretrained" and bb.get("pretrained"):
+            out["pretrained"] = bb["pretrained"]
+    return out
+
+
 #: the methods vlmad ships, in display order (the first is the default of every command)
-BUILTIN_SPECS: tuple[MethodSpec, ...] = (WINCLIP, APRILGAN)
+BUILTIN_SPECS: tuple[MethodSpec, ...] = (WINCLIP, APRILGAN, ANOMALYCLIP)

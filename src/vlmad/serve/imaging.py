@@ -52,7 +52,7 @@ def prepare_detect_image(data: bytes, limits: Limits, preprocess: Callable[[Imag
     model_input = preprocess(image)
     base = downscale(image, limits.overlay_max_side) if want_overlay else None
     out = DecodedUpload(model_input, image.width, image.height, fmt, base)
-    if base is not image:
+    if base is not image and model_input is not image:  # a detector without preprocess() takes the image itself
         image.close()  # frees the full-resolution pixels now, not when the response is sent
     return out
 

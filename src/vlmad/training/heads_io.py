@@ -114,7 +114,9 @@ def backbone_meta(backbone) -> dict[str, Any]:
     }
 
 
-def check_compatible(meta: Mapping[str, Any], backbone, check_weights: bool = True) -> None:
+def check_compatible(
+    meta: Mapping[str, Any], backbone, check_weights: bool = True, what: str = "APRIL-GAN heads"
+) -> None:
     """Raise :class:`CheckpointMismatchError` when heads trained per ``meta`` do not fit ``backbone``."""
     bb = meta.get("backbone", {})
     hint_bb = (
@@ -137,7 +139,7 @@ def check_compatible(meta: Mapping[str, Any], backbone, check_weights: bool = Tr
         problems.append(f"stages {stages} vs {backbone.num_layers} blocks")
     if problems:
         raise CheckpointMismatchError(
-            "APRIL-GAN heads do not fit this backbone: " + "; ".join(problems), hint_bb
+            f"{what} do not fit this backbone: " + "; ".join(problems), hint_bb
         )
     from vlmad.methods.heads import backbone_activation
 
@@ -145,7 +147,7 @@ def check_compatible(meta: Mapping[str, Any], backbone, check_weights: bool = Tr
     if bb.get("activation") and bb["activation"] != act:
         quick = bb["activation"] == "QuickGELU"
         raise CheckpointMismatchError(
-            f"APRIL-GAN heads were trained with {bb['activation']} activations but the backbone uses {act}",
+            f"{what} were trained with {bb['activation']} activations but the backbone uses {act}",
             f"pass quick_gelu={quick} (CLI: --{'' if quick else 'no-'}quick-gelu) to match the heads",
         )
     if check_weights and bb.get("weights_probe") is not None:
@@ -153,7 +155,7 @@ def check_compatible(meta: Mapping[str, Any], backbone, check_weights: bool = Tr
         have = torch.tensor(weights_probe(backbone), dtype=torch.float64)
         if want.shape != have.shape or not torch.allclose(have, want, rtol=PROBE_RTOL, atol=PROBE_ATOL):
             raise CheckpointMismatchError(
-                f"APRIL-GAN heads were trained on backbone weights {bb.get('weights_id')!r}, which differ "
+                f"{what} were trained on backbone weights {bb.get('weights_id')!r}, which differ "
                 f"from the loaded weights {backbone.source.weights_id!r}",
                 "load the same weights (hub tag or a checkpoint of them); check_weights=False skips this "
                 "check (results are then meaningless unless the weights are equivalent)",
