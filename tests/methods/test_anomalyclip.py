@@ -382,3 +382,36 @@ def test_real_vit_l14_336_at_518_random_init():
     pred = det.predict(bb.preprocess_tensor(random_images(1, 518, seed=0)))
     assert pred.anomaly_maps.shape == (1, 518, 518) and torch.isfinite(pred.anomaly_maps).all()
     assert 0.0 <= float(pred.image_scores[0]) <= 1.0
+
+
+def test_detect_with_a_prompts_artefact_takes_its_backbone(bb4, tmp_path, mvtec_root, weights_file):
+    """`--artefact FILE` without --model: the sidecar supplies the architecture and input size."""
+    from typer.testing import CliRunner
+
+    import vlmad.cli.commands  # noqa: F401
+    from vlmad.cli import app
+    from vlmad.methods.registry import get_spec
+    from vlmad.training.prompts_io import save_prompts
+
+    path = save_prompts(small_prompts(bb4, seed=2), tmp_path / "learned", bb4)
+    ckpt = str(weights_file(ARCH))
+    assert get_spec("anomalyclip").resolved_backbone({"prompts": str(path), "checkpoint": ckpt})["model"] == ARCH
+    good = mvtec_root / "demo_object" / "test" / "good"
+    args = [
+        "detect",
+        str(good),
+        "--method",
+        "anomalyclip",
+        "-c",
+        "demo_object",
+        "--out",
+        str(tmp_path / "o"),
+        "--artefact",
+        str(path),
+        "--checkpoint",
+        ckpt,
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    with open(tmp_path / "o" / "scores.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3
