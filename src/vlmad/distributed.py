@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from vlmad_runtime.errors import VlmadError
+from vlmad_runtime.jobs import NON_FINITE
 
 SHARD_LINES = 10_000
 
@@ -178,7 +179,7 @@ class _Predictor:
         out: str,
         save_maps: bool,
         overlay: bool,
-        threshold: float | None,
+        deployment: Any,
     ) -> None:
         from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
@@ -187,14 +188,12 @@ class _Predictor:
         if references:
             self.detector.fit([Path(r) for r in references])
         self.out = Path(out)
-        self.save_maps, self.overlay, self.threshold = save_maps, overlay, threshold
+        self.save_maps, self.overlay, self.deployment = save_maps, overlay, deployment
         self.info = json.dumps(self.detector.info().as_dict(), default=str)
         self.note = RANDOM_WEIGHTS_STAMP if self.detector.info().random_weights else ""
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from PIL import Image
-
-        from vlmad_runtime.drawing import overlay_heatmap
 
         n = len(batch["idx"])
         cols: dict[str, list[Any]] = {k: [""] * n for k in ("decision", "map_file", "overlay_file")}
@@ -210,16 +209,16 @@ class _Predictor:
                 img, name = images[j], str(batch["name"][i])
                 cols["width"][i], cols["height"][i] = img.size
                 if not np.isfinite(scores[j]) or not np.isfinite(maps[j]).all():
-                    errors[i] = "non_finite_score"  # as local detect: no score, no decision, never "normal"
+                    errors[i] = NON_FINITE  # as local detect: no score, no decision, never "normal"
                     continue
                 cols["score"][i] = float(scores[j])
-                if self.threshold is not None:
-                    cols["decision"][i] = "anomalous" if scores[j] >= self.threshold else "normal"
+                if self.deployment is not None:
+                    cols["decision"][i] = self.deployment.decide(float(scores[j]))
                 if self.save_maps:
                     np.save(self.out / "maps" / f"{name}.npy", maps[j].astype(np.float32))
                     cols["map_file"][i] = f"maps/{name}.npy"
                 if self.overlay:
-                    overlay_heatmap(img, maps[j], stamp=self.note or None).save(self.out / "overlays" / f"{name}.png")
+                    self._draw(img, maps[j], float(scores[j]), cols["decision"][i], name)
                     cols["overlay_file"][i] = f"overlays/{name}.png"
         return {
             "idx": batch["idx"],
@@ -232,6 +231,16 @@ class _Predictor:
             "note": np.array([self.note] * n, object),
             "info": np.array([self.info] * n, object),
         }
+
+    def _draw(self, img: Any, amap: np.ndarray, score: float, decision: str, name: str) -> None:
+        """The QC panel of local detect on the deploy file's calibrated map scale (never a per-image scale:
+        the CLI refuses --overlay on Ray without a calibrated scale)."""
+        from vlmad_runtime.drawing import MapScale, QcItem, qc_panel
+
+        dep = self.deployment
+        scale = MapScale(*dep.pixel.map_scale, source=f"calibrated ({dep.where})")
+        item = QcItem(img, amap, score, decision, dep.threshold, dep.pixel.pixel_threshold, None, self.note)
+        qc_panel(item, scale).save(self.out / "overlays" / f"{name}.png")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -247,7 +256,7 @@ def detect_on_ray(
     save_maps: bool = False,
     overlay: bool = False,
     batch_size: int = 8,
-    threshold: float | None = None,
+    deployment: Any = None,
     workers: int = 1,
     gpus_per_worker: float = 0.0,
     cpus_per_worker: float = 1.0,
@@ -257,7 +266,8 @@ def detect_on_ray(
     recursive: bool = False,
 ) -> dict[str, int]:
     """Score every input on Ray (see module docstring); ``build()`` makes the detector on each actor.
-    Returns counts: total, skipped (already in scores.csv), scored, errors (this run)."""
+    ``deployment``: a checked deploy file (decisions; overlays need its calibrated map scale).
+    Returns counts: total, skipped (already in scores.csv), scored, errors and non_finite (this run)."""
     from vlmad.bench.executors import RayConnection
     from vlmad.jobs import CSV_FIELDS
 
@@ -271,7 +281,11 @@ def detect_on_ray(
     csv_path = out / "scores.csv"
     done = completed_prefix(csv_path)
     pending = _write_shards(out / ".ray-inputs", inputs, done, namer, recursive)
-    counts = {"total": total, "skipped": len(done), "scored": 0, "errors": 0}
+    if overlay and (deployment is None or deployment.pixel is None):
+        raise VlmadError("--overlay with --executor ray needs a deploy file with a calibrated map scale (heatmaps are "
+                         "never scaled per image)", "pass --deploy (from `vlmad calibrate`), or use --executor local "
+                         "for one scale over the whole run")
+    counts = {"total": total, "skipped": len(done), "scored": 0, "errors": 0, "non_finite": 0}
     for sub, wanted in (("maps", save_maps), ("overlays", overlay)):
         if wanted:
             (out / sub).mkdir(exist_ok=True)
@@ -292,12 +306,12 @@ def detect_on_ray(
                 save_maps,
                 overlay,
                 batch_size,
-                threshold,
+                deployment,
                 workers,
                 gpus_per_worker,
                 cpus_per_worker,
             )
-            _drain(ds, writer, fh, len(done), counts, on_error, progress, out, threshold, total)
+            _drain(ds, writer, fh, len(done), counts, on_error, progress, out, deployment, total)
     shutil.rmtree(out / ".ray-inputs", ignore_errors=True)
     return counts
 
@@ -311,7 +325,7 @@ def _pipeline(
     save_maps: bool,
     overlay: bool,
     batch_size: int,
-    threshold: float | None,
+    deployment: Any,
     workers: int,
     gpus: float,
     cpus: float,
@@ -328,7 +342,7 @@ def _pipeline(
         "out": str(out),
         "save_maps": save_maps,
         "overlay": overlay,
-        "threshold": threshold,
+        "deployment": deployment,
     }
     return ds.map_batches(
         _Predictor,
@@ -350,7 +364,7 @@ def _drain(
     on_error: str,
     progress: Any,
     out: Path,
-    threshold: float | None,
+    deployment: Any,
     total: int,
 ) -> None:
     """Rows back from the actors -> scores.csv in input order (flushed per batch); run.json once known."""
@@ -366,7 +380,7 @@ def _drain(
                     {
                         "detector": info,
                         "n_images": total,
-                        "threshold": threshold,
+                        "threshold": None if deployment is None else deployment.threshold,
                         "warning": note or None,
                         "executor": "ray",
                     },
@@ -385,6 +399,7 @@ def _drain(
         while nxt in waiting:
             row = waiting.pop(nxt)
             counts["errors" if row["error"] else "scored"] += 1
+            counts["non_finite"] += row["error"] == NON_FINITE
             writer.writerow(row)
             nxt += 1
         fh.flush()

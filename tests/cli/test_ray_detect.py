@@ -94,15 +94,24 @@ def test_rerun_after_a_crash_resumes_and_other_inputs_are_refused(ray_cluster, i
     glob_input = str(tmp_path / "imgs" / "s*" / "*.png")
     first = detect_on_ray(build, [glob_input], "bottle", out, batch_size=2)
     full = (out / "scores.csv").read_bytes()
-    assert first == {"total": 5, "skipped": 0, "scored": 5, "errors": 0}
+    assert first == {"total": 5, "skipped": 0, "scored": 5, "errors": 0, "non_finite": 0}
     # a crash after two rows, in the middle of writing the third
     lines = full.split(b"\n")
     (out / "scores.csv").write_bytes(b"\n".join(lines[:3]) + b"\n" + lines[3][:10])
     again = detect_on_ray(build, [glob_input], "bottle", out, batch_size=2)
-    assert again == {"total": 5, "skipped": 2, "scored": 3, "errors": 0}
+    assert again == {"total": 5, "skipped": 2, "scored": 3, "errors": 0, "non_finite": 0}
     assert (out / "scores.csv").read_bytes() == full
     # everything done: nothing is computed (no Ray pipeline), nothing is written
     assert detect_on_ray(build, [glob_input], "bottle", out, batch_size=2)["skipped"] == 5
     assert (out / "scores.csv").read_bytes() == full
     with pytest.raises(VlmadError, match="other inputs"):
         detect_on_ray(build, [str(images[-1])], "bottle", out, batch_size=2)
+
+
+def test_overlays_without_a_calibrated_scale_are_refused_before_ray_starts(images, tmp_path):
+    """Ray workers draw each overlay alone: only a deploy file's calibrated map scale keeps heatmaps comparable
+    (never a per-image scale), so --overlay without one is refused up front."""
+    from vlmad.distributed import detect_on_ray, detector_builder
+
+    with pytest.raises(VlmadError, match="--deploy"):
+        detect_on_ray(detector_builder(**TINY), [str(images[0])], "bottle", tmp_path / "out", overlay=True)

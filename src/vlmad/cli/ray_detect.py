@@ -65,7 +65,7 @@ def detect_on_ray_cli(
         batch_size=batch_size,
         extra={"allow_untrained": True} if allow_untrained else None,
     )
-    threshold = checked_threshold(load_deploy(deploy), kwargs, class_name, refs, force_deploy) if deploy else None
+    deployment = checked_deployment(load_deploy(deploy), kwargs, class_name, refs, force_deploy) if deploy else None
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("detect (ray)", total=None)
@@ -78,7 +78,7 @@ def detect_on_ray_cli(
             save_maps=save_maps,
             overlay=overlay,
             batch_size=batch_size,
-            threshold=threshold,
+            deployment=deployment,
             workers=workers,
             gpus_per_worker=gpus_per_worker,
             ray_address=ray_address,
@@ -90,11 +90,15 @@ def detect_on_ray_cli(
         f"scored {counts['scored']} image(s), {counts['errors']} unreadable, {counts['skipped']} already "
         f"done -> {out / 'scores.csv'}"
     )
+    if counts["non_finite"]:
+        raise VlmadError(f"{counts['non_finite']} image(s) got a non-finite score (NaN/inf): no decision for them "
+                         "(error non_finite_score in scores.csv)",
+                         "the weights produce NaN/inf: check --checkpoint/--heads and --precision")
 
 
-def checked_threshold(deployment: Any, builder_kwargs: dict[str, Any], class_name: str, refs: list[Path],
-                      force: bool) -> float:
-    """The deploy file's threshold after its fingerprint check against this detector (built here once: the
+def checked_deployment(deployment: Any, builder_kwargs: dict[str, Any], class_name: str, refs: list[Path],
+                       force: bool) -> Any:
+    """The deploy file after its fingerprint check against this detector (built here once: the
     actors build their own copies), exactly as local detect checks it; forced mismatches are refused here
     because Ray rows cannot carry the 'not calibrated' label."""
     from vlmad.cli.common import build_detector
@@ -107,4 +111,4 @@ def checked_threshold(deployment: Any, builder_kwargs: dict[str, Any], class_nam
     if check_deploy(deployment, detector, class_name, refs, force):
         raise VlmadError("--force-deploy is not available with --executor ray (rows cannot be labelled "
                          "'threshold not calibrated')", "use --executor local, or recalibrate for this detector")
-    return float(deployment.threshold)
+    return deployment
