@@ -392,3 +392,21 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
         assert abs(got[name][0] - ref[name][0]) <= TOL
         assert got[name][1:] == ref[name][1:]  # decision from the bundle's deploy.json, original size
     assert {v[1] for v in got.values()} <= {"normal", "anomalous"} and all(v[1] for v in got.values())
+
+
+def test_runtime_refuses_a_deploy_file_calibrated_for_another_detector(cli_export, weights_file, tmp_path):
+    """The bundle holds a 2-shot detector; a zero-shot deploy file must be refused on the line PC too, naming the
+    differing fields (the manifest records the exporting detector's fingerprint)."""
+    root, imgs, _ = cli_export
+    deploy = tmp_path / "zero_shot.json"
+    common = ["-c", "bottle", "--model", "vlmad-tiny-vit", "--checkpoint", weights_file("vlmad-tiny-vit")]
+    run([sys.executable, "-m", "vlmad", "calibrate", *common, "--normal-dir", root / "imgs", "--out", deploy])
+    res = subprocess.run(
+        [sys.executable, "-m", "vlmad_runtime.cli", "detect", root / "bundle", *imgs, "--deploy", deploy,
+         "--out", tmp_path / "o"],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "shots" in res.stderr and "reference_fingerprint" in res.stderr
+    assert not (tmp_path / "o" / "scores.csv").exists()

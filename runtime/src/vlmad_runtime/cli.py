@@ -39,13 +39,14 @@ def detect(args: argparse.Namespace) -> int:
     """The `detect` command; returns the exit status."""
     from vlmad_runtime.bundle import load_bundle
     from vlmad_runtime.deploy import load_deploy
-    from vlmad_runtime.jobs import DetectionOptions, expand_images, run_detection
+    from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+    from vlmad_runtime.jobs import NON_FINITE, DetectionOptions, expand_images, run_detection
 
     if args.batch_size < 1:
         raise VlmadError("--batch-size must be at least 1")
     bundle = load_bundle(args.bundle, threads=args.threads, batch_size=args.batch_size)
     paths = expand_images(args.images)
-    deployment = load_deploy(args.deploy) if args.deploy else bundle.deployment()
+    deployment = _checked_deploy(load_deploy(args.deploy), bundle) if args.deploy else bundle.deployment()
     opts = DetectionOptions(
         save_maps=args.save_maps,
         overlay=args.overlay,
@@ -59,8 +60,26 @@ def detect(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"skipped {r.path}: {r.error}", file=sys.stderr)
     if bundle.info().random_weights:
-        print("random weights - scores are meaningless", file=sys.stderr)
+        print(RANDOM_WEIGHTS_STAMP, file=sys.stderr)
+    non_finite = sum(r.error == NON_FINITE for r in rows)
+    if non_finite:
+        print(f"error: {non_finite} image(s) got a non-finite score (NaN/inf): no decision for them", file=sys.stderr)
+        return 2
+    if rows and len(failed) == len(rows):
+        print(f"error: no image could be scored ({len(failed)} unreadable)", file=sys.stderr)
+        return 2
     return 0
+
+
+def _checked_deploy(deployment, bundle):
+    """A deploy file given on the line PC must have been calibrated for the detector inside the bundle: its
+    fingerprint is compared with the one the bundle recorded at export (every differing field named)."""
+    protocol = bundle.manifest.get("protocol")
+    if not protocol:
+        raise VlmadError(f"{bundle.folder}: the bundle records no detector fingerprint, so {deployment.where} cannot "
+                         "be checked against it", "re-export the bundle with this vlmad version")
+    deployment.check(protocol)
+    return deployment
 
 
 def main(argv: list[str] | None = None) -> None:

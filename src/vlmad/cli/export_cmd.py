@@ -60,6 +60,7 @@ def export(
     """Export a ready detector (text and few-shot memory baked in) to OUT, checked against torch at export."""
     from vlmad.cli.detect_cmd import check_deploy
     from vlmad.export.build import ExportRequest, export_bundle
+    from vlmad.fingerprint import references_fingerprint
     from vlmad.jobs import expand_images
     from vlmad.methods.inputs import to_model_input
     from vlmad.testing import random_images
@@ -107,6 +108,7 @@ def export(
         calibration=calibration,
         deploy=deployment,
         class_name=class_name,
+        reference_fingerprint=references_fingerprint(refs),
     )
     with console.status(f"exporting {fmt} {precision} and checking it against torch"):
         manifest = export_bundle(detector, req)

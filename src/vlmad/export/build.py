@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vlmad.fingerprint import detector_fingerprint
 from vlmad_runtime.bundle import BUNDLE_FORMAT, FORMATS, MANIFEST, Bundle, sha256_file
 from vlmad_runtime.errors import VlmadError
 from vlmad_runtime.version import __version__
@@ -41,6 +42,7 @@ class ExportRequest:
     calibration: torch.Tensor | None = None
     deploy: Any = None  # a checked vlmad_runtime.deploy.Deployment: stored as deploy.json in the bundle
     class_name: str | None = None
+    reference_fingerprint: str | None = None  # order-free digest of the few-shot references (vlmad.fingerprint)
     tolerance: float = FP32_TOLERANCE
 
 
@@ -124,7 +126,8 @@ def build_manifest(detector, req: ExportRequest) -> dict[str, Any]:
         decision["threshold"] = dep.threshold
         if dep.pixel is not None:
             decision.update(pixel_threshold=dep.pixel.pixel_threshold, map_scale=list(dep.pixel.map_scale))
-    protocol = dep.fingerprint if dep is not None else None
+    # the exporting detector's fingerprint, as deploy files record it: the runtime checks a --deploy file against it
+    protocol = detector_fingerprint(detector.info().as_dict(), str(req.class_name), req.reference_fingerprint)
     return {
         "bundle_format": BUNDLE_FORMAT,
         "vlmad_version": __version__,
