@@ -83,7 +83,13 @@ def _workspace(tmp: Path) -> dict[str, Path]:
     roots["/data/mvtec"] = roots["/data/mvtec_anomaly_detection"]
     good = sorted((roots["/data/mvtec"] / "bottle" / "train" / "good").glob("*.png"))
     test = sorted((roots["/data/mvtec"] / "bottle" / "test").rglob("*.png"))
-    for folder, files in (("parts", test), ("good", good[:2]), ("good_parts", good), ("lots/a/b", test[:2])):
+    for folder, files in (
+        ("parts", test),
+        ("good", good[:2]),
+        ("good_refs", good[:2]),
+        ("good_parts", good),
+        ("lots/a/b", test[:2]),
+    ):
         (tmp / folder).mkdir(parents=True, exist_ok=True)
         for f in files:
             shutil.copy(f, tmp / folder / f"{f.parent.name}_{f.name}")
