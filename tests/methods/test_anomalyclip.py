@@ -362,3 +362,56 @@ def test_published_numbers_need_the_reference_protocol():
     assert "activation GELU" in protocol_mismatch({**facts, "info": {**info, "activation": "GELU"}}, entry)
     assert "sigma=0.0" in protocol_mismatch({**facts, "info": {**info, "sigma": 0.0}}, entry)
     assert "prompts_untrained" in protocol_mismatch({**facts, "info": {**info, "prompts_untrained": True}}, entry)
+
+
+@pytest.mark.slow
+def test_real_vit_l14_336_at_518_random_init():
+    """The reference's architecture and resolution (random weights): QuickGELU, stages 6/12/18/24, DPAM from
+    block 6, 37 x 37 grid, reference prompt shape, one forward."""
+    from vlmad import create_detector
+    from vlmad.methods.heads import backbone_activation
+
+    det = create_detector("anomalyclip", random_weights=True, allow_untrained=True)
+    bb = det.backbone
+    assert bb.arch == "ViT-L-14-336" and bb.image_size == 518 and bb.grid_size == (37, 37)
+    assert backbone_activation(bb) == "QuickGELU"
+    assert det.stages == (6, 12, 18, 24) and det.dpam_start == 6
+    p = det.prompts
+    assert (p.n_ctx, p.depth, p.t_n_ctx, p.ctx_normal.shape[1]) == (12, 9, 4, 768)
+    det.setup("bottle")
+    pred = det.predict(bb.preprocess_tensor(random_images(1, 518, seed=0)))
+    assert pred.anomaly_maps.shape == (1, 518, 518) and torch.isfinite(pred.anomaly_maps).all()
+    assert 0.0 <= float(pred.image_scores[0]) <= 1.0
+
+
+def test_detect_with_a_prompts_artefact_takes_its_backbone(bb4, tmp_path, mvtec_root, weights_file):
+    """`--artefact FILE` without --model: the sidecar supplies the architecture and input size."""
+    from typer.testing import CliRunner
+
+    import vlmad.cli.commands  # noqa: F401
+    from vlmad.cli import app
+    from vlmad.methods.registry import get_spec
+    from vlmad.training.prompts_io import save_prompts
+
+    path = save_prompts(small_prompts(bb4, seed=2), tmp_path / "learned", bb4)
+    ckpt = str(weights_file(ARCH))
+    assert get_spec("anomalyclip").resolved_backbone({"prompts": str(path), "checkpoint": ckpt})["model"] == ARCH
+    good = mvtec_root / "demo_object" / "test" / "good"
+    args = [
+        "detect",
+        str(good),
+        "--method",
+        "anomalyclip",
+        "-c",
+        "demo_object",
+        "--out",
+        str(tmp_path / "o"),
+        "--artefact",
+        str(path),
+        "--checkpoint",
+        ckpt,
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    with open(tmp_path / "o" / "scores.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 3

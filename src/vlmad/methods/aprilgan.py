@@ -472,7 +472,7 @@ class AprilGan(Detector):
                              "export the detector without transductive=True")
         from vlmad.methods.aprilgan_export import AprilGanGraph
 
-        return AprilGanGraph(self).eval()
+        return AprilGanGraph(self, LOGIT_SCALE).eval()
 
     # ------------------------------------------------------------------ internals
     @torch.inference_mode()

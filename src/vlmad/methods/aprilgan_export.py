@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmad.export.trunk import ExportTrunk
+from vlmad.backbones.export_trunk import ExportTrunk
 
 if TYPE_CHECKING:
     from vlmad.methods.aprilgan import AprilGan
@@ -23,17 +23,15 @@ if TYPE_CHECKING:
 class AprilGanGraph(nn.Module):
     """Stages, projection heads, text and memory bank of one ready APRIL-GAN detector."""
 
-    def __init__(self, detector: AprilGan) -> None:
+    def __init__(self, detector: AprilGan, logit_scale: float) -> None:
         super().__init__()
-        from vlmad.methods.aprilgan import LOGIT_SCALE
-
         bb = detector.backbone
         self.trunk = ExportTrunk(bb)
         self.grid = tuple(bb.grid_size)
         self.size = int(bb.image_size)
         self.stages = tuple(int(s) for s in detector.stages)
         self.heads = detector.heads
-        self.scale = float(LOGIT_SCALE)
+        self.scale = float(logit_scale)
         self.shots = detector.shots
         text = detector.text_embeddings.float()
         self.register_buffer("text", text)

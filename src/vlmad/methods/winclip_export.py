@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlmad.export.trunk import ExportTrunk
+from vlmad.backbones.export_trunk import ExportTrunk
 
 if TYPE_CHECKING:
     from vlmad.methods.winclip import WinClip
