@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+from _env import print_environment
+
 CONFIGS = {  # name: (method, arch, image size or None, shots, batch)
     "winclip-0-b1": ("winclip", "ViT-B-16-plus-240", None, 0, 1),
     "winclip-0-b8": ("winclip", "ViT-B-16-plus-240", None, 0, 8),
@@ -220,6 +222,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    print_environment("export_speed: exported bundles vs the torch detector", args.smoke, args.threads)
     configs = SMOKE if args.smoke else CONFIGS
     names = args.configs.split(",") if args.configs else list(configs)
     rows = []
