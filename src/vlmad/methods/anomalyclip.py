@@ -346,7 +346,14 @@ class AnomalyClip(Detector):
         """Refuse "zero-shot" rows on data the prompts were learned on (the APRIL-GAN heads' leakage guard)."""
         from vlmad.training.heads_io import check_leakage
 
-        label = check_leakage(self.prompts_meta, dataset_kind, category, force=force, dataset_root=dataset_root)
+        label = check_leakage(
+            self.prompts_meta,
+            dataset_kind,
+            category,
+            force=force,
+            dataset_root=dataset_root,
+            artefact="AnomalyCLIP prompts",
+        )
         return {"leakage": label} if label else {}
 
     @torch.inference_mode()

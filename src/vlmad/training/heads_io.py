@@ -401,6 +401,7 @@ def check_leakage(
     category: str,
     force: bool = False,
     dataset_root: str | Path | None = None,
+    artefact: str = "APRIL-GAN heads",
 ) -> str | None:
     """Refuse to call an evaluation "zero-shot" when the heads were trained on images of that category.
 
@@ -436,7 +437,7 @@ def check_leakage(
     if force:
         return label
     raise DataLeakageError(
-        f"the APRIL-GAN heads were trained on {kind} category {category!r} ({what}, regime {regime}); "
+        f"the {artefact} were trained on {kind} category {category!r} ({what}, regime {regime}); "
         f"evaluating them on {dataset_name}/{category} is not zero-shot",
         "use heads trained on another dataset (the paper trains on VisA to test MVTec AD and vice versa), or "
         "force the run (force=True); the result must then carry the label: " + label,
