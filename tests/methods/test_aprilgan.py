@@ -29,13 +29,6 @@ ARCH = "vlmad-tiny-vit-4l"
 
 
 @pytest.fixture(scope="module")
-def bb4(weights_file, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VLMAD_CACHE_DIR", str(tmp_path_factory.mktemp("bb4-cache")))
-        return ClipBackbone.load(ARCH, checkpoint=str(weights_file(ARCH)))
-
-
-@pytest.fixture(scope="module")
 def images(bb4):
     return bb4.preprocess_tensor(random_images(3, bb4.image_size, seed=3))
 

@@ -23,6 +23,10 @@ CategoriesOpt = Annotated[str | None, typer.Option(
 MethodOpt = Annotated[str | None, typer.Option(
     "--method", "-m", help="Detection method (see `vlmad models`; default: the first one listed).")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="open_clip architecture; default per method.")]
+ReferenceOpt = Annotated[list[Path] | None, typer.Option(
+    "--reference", "-r", help="Normal reference image (repeat for K-shot).")]
+ReferenceDirOpt = Annotated[Path | None, typer.Option(
+    "--reference-dir", help="Directory of normal reference images (K-shot).")]
 PretrainedOpt = Annotated[
     str | None, typer.Option("--pretrained", help="Pretrained tag (downloaded via open_clip on first use).")
 ]

@@ -21,6 +21,8 @@ from vlmad.cli.common import (
     PretrainedOpt,
     PromptOpt,
     RandomOpt,
+    ReferenceDirOpt,
+    ReferenceOpt,
     artefact_kwargs,
     build_detector,
     console,
@@ -45,12 +47,8 @@ def detect(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (scores.csv, maps/, overlays/).")],
     recursive: Annotated[bool, typer.Option("--recursive", "-R", help="Also score images in subfolders.")] = False,
     method: MethodOpt = None,
-    reference: Annotated[
-        list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
-    ] = None,
-    reference_dir: Annotated[
-        Path | None, typer.Option("--reference-dir", help="Directory of normal reference images (K-shot).")
-    ] = None,
+    reference: ReferenceOpt = None,
+    reference_dir: ReferenceDirOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,

@@ -17,6 +17,8 @@ from vlmad.cli.common import (
     PretrainedOpt,
     PromptOpt,
     RandomOpt,
+    ReferenceDirOpt,
+    ReferenceOpt,
     build_detector,
     console,
 )
@@ -30,12 +32,8 @@ def export(
     class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create (must not exist or be empty).")],
     method: MethodOpt = None,
-    reference: Annotated[
-        list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
-    ] = None,
-    reference_dir: Annotated[
-        Path | None, typer.Option("--reference-dir", help="Directory of normal reference images (K-shot).")
-    ] = None,
+    reference: ReferenceOpt = None,
+    reference_dir: ReferenceDirOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
     checkpoint: CheckpointOpt = None,

@@ -17,6 +17,9 @@ from vlmad.cli.common import (
     GridRandomOpt,
     GridSetOpt,
     MethodOpt,
+    ModelOpt,
+    ReferenceDirOpt,
+    ReferenceOpt,
 )
 from vlmad.cli.executor_opts import (
     CpusPerRowOpt,
@@ -204,11 +207,9 @@ def calibrate(
     seed: Annotated[int, typer.Option("--seed", help="Reference draw seed (with --shots).")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use at most N calibration images.")] = None,
     method: MethodOpt = None,
-    reference: Annotated[list[Path] | None, typer.Option(
-        "--reference", "-r", help="Normal reference image (repeat for K-shot).")] = None,
-    reference_dir: Annotated[Path | None, typer.Option(
-        "--reference-dir", help="Directory of normal reference images (K-shot).")] = None,
-    model: Annotated[str | None, typer.Option("--model", help="open_clip architecture; default per method.")] = None,
+    reference: ReferenceOpt = None,
+    reference_dir: ReferenceDirOpt = None,
+    model: ModelOpt = None,
     pretrained: Annotated[str | None, typer.Option("--pretrained", help="Pretrained tag.")] = None,
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Local .safetensors weights.")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random init (smoke test).")] = False,
