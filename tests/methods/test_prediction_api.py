@@ -11,6 +11,8 @@ from PIL import Image
 
 import vlmad
 from vlmad.methods.base import Prediction, input_ids
+from vlmad_runtime.deploy import DeployMismatchError
+from vlmad_runtime.errors import VlmadError
 
 
 def test_the_lazy_api_is_visible():
@@ -52,9 +54,15 @@ def test_predictions_carry_inputs_and_decisions_from_a_deploy_file(tmp_path, met
         "expected_false_alarm_rate": None, "calibration": {"mode": "f1-optimal", "n_images": 3},
         "fingerprint": detector_fingerprint(info, "bottle", None), "pixel": None, "detector": info,
         "created": "2026-01-01", "vlmad_version": "0.2.0"}))
-    assert pred.decide(deploy) is pred and pred.threshold == middle
+    with pytest.raises(VlmadError, match="bound to the detector"):
+        pred.decide(deploy)  # a deploy file is checked against the detector: it must be given
+    assert pred.decide(deploy, detector=det) is pred and pred.threshold == middle
     expect = ["anomalous" if s >= middle else "normal" for s in pred.image_scores.tolist()]
     assert pred.decisions == expect and expect.count("anomalous") == 2
+    det.fit(paths[:2])  # now a 2-shot detector: the zero-shot deploy file no longer fits it
+    with pytest.raises(DeployMismatchError) as err:
+        det.predict(paths).decide(deploy, detector=det, references=paths[:2])
+    assert "shots" in str(err.value) and "reference_fingerprint" in str(err.value)
     assert det.predict(torch.zeros(1, 3, det.image_size, det.image_size)).inputs is None
 
 

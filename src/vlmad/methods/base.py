@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vlmad_runtime.errors import VlmadError
+
 ImageInput = str | Path | Image.Image
 Images = torch.Tensor | Sequence[ImageInput] | ImageInput
 
@@ -39,14 +41,19 @@ class Prediction:
     threshold: float | None = field(default=None, kw_only=True)
     decisions: list[str] | None = field(default=None, kw_only=True)
 
-    def decide(self, deploy: float | str | Path | dict[str, Any]) -> Prediction:
-        """Set ``decisions`` from a threshold: a number, a deploy.json path (``vlmad calibrate``) or its dict."""
+    def decide(self, deploy: float | str | Path | dict[str, Any], detector: Detector | None = None,
+               references: Sequence[str | Path] = ()) -> Prediction:
+        """Set ``decisions`` from a threshold: a number, its dict, or a deploy.json path (``vlmad calibrate``).
+
+        A deploy file is bound to the detector it was calibrated on, so it needs ``detector`` (and the few-shot
+        ``references`` it was fitted on): its fingerprint is checked exactly as ``vlmad detect --deploy`` does,
+        and a mismatch raises DeployMismatchError naming every differing field."""
         if isinstance(deploy, (int, float)):
             threshold = float(deploy)
+        elif isinstance(deploy, dict):
+            threshold = float(deploy["threshold"])
         else:
-            from vlmad_runtime.deploy import load_deploy
-
-            threshold = float((deploy if isinstance(deploy, dict) else load_deploy(Path(deploy)))["threshold"])
+            threshold = _checked_threshold(Path(deploy), detector, references)
         scores = self.image_scores.detach().float().cpu().tolist()
         self.threshold = threshold
         # a non-finite score is no decision (""), never "normal"
@@ -62,6 +69,22 @@ class Prediction:
 
     def __len__(self) -> int:
         return int(self.image_scores.shape[0])
+
+
+def _checked_threshold(path: Path, detector: Detector | None, references: Sequence[str | Path]) -> float:
+    """The threshold of a deploy file after its fingerprint check against ``detector``."""
+    from vlmad.fingerprint import detector_fingerprint, references_fingerprint
+    from vlmad_runtime.deploy import load_deploy
+
+    dep = load_deploy(path)
+    if detector is None:
+        raise VlmadError(f"{dep.where} is bound to the detector it was calibrated on",
+                         "pass it: pred.decide(path, detector=det, references=[...the few-shot references...]), "
+                         "or pass the threshold as a number to decide without the check")
+    class_name = str(getattr(detector, "class_name", None) or "")
+    refs = [Path(r) for r in references]
+    dep.check(detector_fingerprint(detector.info().as_dict(), class_name, references_fingerprint(refs)))
+    return float(dep.threshold)
 
 
 @dataclass
