@@ -60,6 +60,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks runtime
+	$(VENV)/bin/ruff format --check src tests benchmarks runtime
 
 bench: setup oracle-env
 	VLMAD_ORACLE_PYTHON=$(abspath $(ORACLE))/bin/python $(PY) benchmarks/winclip_vs_anomalib.py

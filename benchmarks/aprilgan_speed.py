@@ -124,7 +124,11 @@ def bench_aprilgan(args, rows):
 
     t0 = time.perf_counter()
     det = create_detector(
-        "aprilgan", model=args.aprilgan_model, random_weights=True, allow_untrained=True, use_cache=False,
+        "aprilgan",
+        model=args.aprilgan_model,
+        random_weights=True,
+        allow_untrained=True,
+        use_cache=False,
         batch_size=args.batch_size,
     )
     size = det.image_size
@@ -166,10 +170,12 @@ def bench_winclip(args, rows):
     from vlmad import create_detector
 
     t0 = time.perf_counter()
-    det = create_detector("winclip", model=args.winclip_model, random_weights=True, use_cache=False,
-                          batch_size=args.batch_size)
-    print(f"\nWinCLIP: {args.winclip_model} @ {det.image_size} px, random init ({args.images} images, "
-          f"{args.shots} shots)")
+    det = create_detector(
+        "winclip", model=args.winclip_model, random_weights=True, use_cache=False, batch_size=args.batch_size
+    )
+    print(
+        f"\nWinCLIP: {args.winclip_model} @ {det.image_size} px, random init ({args.images} images, {args.shots} shots)"
+    )
     print(f"  load {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
     det.setup("bottle")
@@ -203,9 +209,7 @@ def sklearn_few_shot(queries, banks, grid, size, upsample: bool):
             cos = pairwise.cosine_similarity(bank.cpu(), q[b].cpu())
             dist = np.min(1 - cos, 0).reshape(1, 1, grid, grid)
             if upsample:
-                dist = F.interpolate(torch.tensor(dist), size=size, mode="bilinear", align_corners=True)[
-                    0
-                ].numpy()
+                dist = F.interpolate(torch.tensor(dist), size=size, mode="bilinear", align_corners=True)[0].numpy()
             maps.append(dist)
         out.append(np.sum(maps, axis=0))
     return np.stack(out)
@@ -225,8 +229,12 @@ def bench_association(args, banks, queries, rows_assoc):
     # APRIL-GAN's real shapes (ViT-L-14-336 at 518 px), or those of the model the tokens came from
     grid, width, n_stage, size = (7, 64, 2, 56) if args.smoke else (37, 1024, 4, 518)
     if banks is not None:
-        grid, width, n_stage, size = int(round(queries[0].shape[1] ** 0.5)), banks[0].shape[1], len(banks), \
-            args.image_size
+        grid, width, n_stage, size = (
+            int(round(queries[0].shape[1] ** 0.5)),
+            banks[0].shape[1],
+            len(banks),
+            args.image_size,
+        )
     p = grid * grid
     source = f"tokens of the benchmark's test and reference images (random-init {args.aprilgan_model})"
     if banks is None:
@@ -365,8 +373,10 @@ def print_ceiling(args, queries, banks, times: dict[str, float]) -> None:
     for kind, rate in rates.items():
         print(f"  {kind:<5} GEMM: {rate:6.0f} GFLOP/s -> at most {rate / sk_rate:4.1f}x over sklearn (GEMM alone)")
     print("  screen + fp32 re-check (exact): bank tokens to re-check per query, from the proven error bounds")
-    print(f"  {'stage':>5} {'bf16 bound':>11} {'int8 bound':>11} {'bf16 cands':>11} {'1-cand rows':>12} "
-          f"{'int8 cands':>11} {'1-cand rows':>12}")
+    print(
+        f"  {'stage':>5} {'bf16 bound':>11} {'int8 bound':>11} {'bf16 cands':>11} {'1-cand rows':>12} "
+        f"{'int8 cands':>11} {'1-cand rows':>12}"
+    )
     for stage, eb, ei, nb, ob, ni, oi in screen_headroom(queries, banks):
         print(f"  {stage:>5} {eb:11.4f} {ei:11.4f} {nb:11.1f} {ob:12.3f} {ni:11.1f} {oi:12.3f}")
 
@@ -386,8 +396,10 @@ def main() -> int:
     ap.add_argument("--no-winclip", action="store_true")
     ap.add_argument("--no-models", action="store_true", help="association benchmark only")
     ap.add_argument(
-        "--assoc-device", default="cpu", help="where vlmad's association runs (cuda: tokens on the GPU, as after "
-        "a GPU forward; sklearn always runs on the host)"
+        "--assoc-device",
+        default="cpu",
+        help="where vlmad's association runs (cuda: tokens on the GPU, as after "
+        "a GPU forward; sklearn always runs on the host)",
     )
     ap.add_argument("--aprilgan-model", default="ViT-L-14-336", help=argparse.SUPPRESS)
     ap.add_argument("--winclip-model", default="ViT-B-16-plus-240", help=argparse.SUPPRESS)
@@ -396,8 +408,9 @@ def main() -> int:
     if args.smoke:
         args.images, args.shots, args.assoc_images, args.repeat = 1, 1, 1, 1
         args.aprilgan_model = args.winclip_model = "vlmad-tiny-vit"
-    print_environment("aprilgan_speed: APRIL-GAN vs WinCLIP speed, few-shot association vs sklearn", args.smoke,
-                      args.threads)
+    print_environment(
+        "aprilgan_speed: APRIL-GAN vs WinCLIP speed, few-shot association vs sklearn", args.smoke, args.threads
+    )
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLMAD_CACHE_DIR", tempfile.mkdtemp(prefix="vlmad-bench-"))
@@ -436,15 +449,10 @@ def main() -> int:
         if a in by and w in by:
             print(f"  time ratio {a} / {w}: {by[a]['ms_per_image'] / by[w]['ms_per_image']:.2f}")
     if f"aprilgan {k}-shot predict" in by:
-        ratio = (
-            by[f"aprilgan {k}-shot predict"]["ms_per_image"]
-            / by["aprilgan zero-shot predict"]["ms_per_image"]
-        )
+        ratio = by[f"aprilgan {k}-shot predict"]["ms_per_image"] / by["aprilgan zero-shot predict"]["ms_per_image"]
         print(f"  aprilgan {k}-shot / zero-shot predict time: {ratio:.2f}")
     for what, t_sk, t_v, ratio in assoc:
-        print(
-            f"  association {what}: sklearn {1000 * t_sk:.0f} ms vs vlmad {1000 * t_v:.0f} ms -> {ratio:.2f}x"
-        )
+        print(f"  association {what}: sklearn {1000 * t_sk:.0f} ms vs vlmad {1000 * t_v:.0f} ms -> {ratio:.2f}x")
     if f"aprilgan {k}-shot predict" in by and assoc:
         per_image = 1000 * assoc[0][2] / queries[0].shape[0]
         share = per_image / by[f"aprilgan {k}-shot predict"]["ms_per_image"]

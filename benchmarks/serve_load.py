@@ -58,8 +58,12 @@ def bomb_header(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 # ---------------------------------------------------------------------------------------------- requests
@@ -76,8 +80,18 @@ class Req:
 def make_requests(n: int, malformed: float, seed: int, images: list[bytes]) -> list[Req]:
     rng = np.random.default_rng(seed)
     good = images[0]
-    bad_kinds = ["garbage", "truncated", "bomb", "text_plain", "missing_field", "bad_base64", "unknown_set",
-                 "invalid_set_name", "gif_disguised", "empty"]
+    bad_kinds = [
+        "garbage",
+        "truncated",
+        "bomb",
+        "text_plain",
+        "missing_field",
+        "bad_base64",
+        "unknown_set",
+        "invalid_set_name",
+        "gif_disguised",
+        "empty",
+    ]
     out = []
     for i in range(n):
         img = images[i % len(images)]
@@ -123,8 +137,16 @@ class Outcome:
     error: str = ""
 
 
-async def run_phase(url: str, clients: int, per_client: int, malformed: float, seed: int, images: list[bytes],
-                    max_seconds: float, timeout: float) -> tuple[list[Outcome], int, float]:
+async def run_phase(
+    url: str,
+    clients: int,
+    per_client: int,
+    malformed: float,
+    seed: int,
+    images: list[bytes],
+    max_seconds: float,
+    timeout: float,
+) -> tuple[list[Outcome], int, float]:
     import httpx
 
     plans = [make_requests(per_client, malformed, seed * 1000 + c, images) for c in range(clients)]
@@ -134,6 +156,7 @@ async def run_phase(url: str, clients: int, per_client: int, malformed: float, s
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
+
         async def one_client(plan: list[Req]) -> None:
             nonlocal not_sent
             for k, req in enumerate(plan):
@@ -142,11 +165,22 @@ async def run_phase(url: str, clients: int, per_client: int, malformed: float, s
                     return
                 t0 = time.perf_counter()
                 try:
-                    res = await client.post("/v1/detect" + req.query, files=req.files, content=req.content,
-                                            json=req.json, headers=req.headers)
+                    res = await client.post(
+                        "/v1/detect" + req.query,
+                        files=req.files,
+                        content=req.content,
+                        json=req.json,
+                        headers=req.headers,
+                    )
                     await res.aread()
-                    outcomes.append(Outcome(req.kind, res.status_code, time.perf_counter() - t0,
-                                            "" if res.status_code < 500 else res.text[:200]))
+                    outcomes.append(
+                        Outcome(
+                            req.kind,
+                            res.status_code,
+                            time.perf_counter() - t0,
+                            "" if res.status_code < 500 else res.text[:200],
+                        )
+                    )
                 except Exception as err:  # transport error or client timeout: counted, never hidden
                     outcomes.append(Outcome(req.kind, None, time.perf_counter() - t0, f"{type(err).__name__}: {err}"))
 
@@ -165,19 +199,23 @@ def scrape_batches(url: str) -> tuple[float, float]:
     return (float(count.group(1)) if count else 0.0, float(total.group(1)) if total else 0.0)
 
 
-def report(name: str, outcomes: list[Outcome], not_sent: int, planned: int, elapsed: float,
-           batches: tuple[float, float]) -> dict:
+def report(
+    name: str, outcomes: list[Outcome], not_sent: int, planned: int, elapsed: float, batches: tuple[float, float]
+) -> dict:
     valid = [o for o in outcomes if o.kind == "valid"]
     bad = [o for o in outcomes if o.kind != "valid"]
     valid_ok = [o for o in valid if o.status == 200]
     errors = [o for o in outcomes if o.status is None or o.status >= 500]
-    wrong = ([o for o in valid if o.status != 200 and o.status is not None and o.status < 500]
-             + [o for o in bad if o.status is not None and not 400 <= o.status < 500])
+    wrong = [o for o in valid if o.status != 200 and o.status is not None and o.status < 500] + [
+        o for o in bad if o.status is not None and not 400 <= o.status < 500
+    ]
     lost = planned - not_sent - len(outcomes)
     lat = np.array([o.latency for o in valid_ok]) * 1000 if valid_ok else np.array([float("nan")])
     n_batches, n_images = batches
-    print(f"\n== {name}: {len(outcomes)} responses / {planned} planned in {elapsed:.1f} s "
-          f"({len(outcomes) / elapsed:.1f} req/s, {len(valid_ok) / elapsed:.1f} images/s)")
+    print(
+        f"\n== {name}: {len(outcomes)} responses / {planned} planned in {elapsed:.1f} s "
+        f"({len(outcomes) / elapsed:.1f} req/s, {len(valid_ok) / elapsed:.1f} images/s)"
+    )
     print(f"   valid requests   : {len(valid)}  -> 200: {len(valid_ok)}")
     if bad:
         statuses = Counter(o.status for o in bad)
@@ -187,8 +225,10 @@ def report(name: str, outcomes: list[Outcome], not_sent: int, planned: int, elap
     print(f"   non-4xx errors   : {len(errors)}   (5xx, transport errors, timeouts)")
     print(f"   wrong status     : {len(wrong)}   (valid not 200, or malformed not 4xx)")
     print(f"   lost responses   : {lost}   not sent (time budget): {not_sent}")
-    print(f"   latency (valid)  : p50 {np.percentile(lat, 50):.1f} ms  p90 {np.percentile(lat, 90):.1f} ms  "
-          f"p99 {np.percentile(lat, 99):.1f} ms  max {lat.max():.1f} ms")
+    print(
+        f"   latency (valid)  : p50 {np.percentile(lat, 50):.1f} ms  p90 {np.percentile(lat, 90):.1f} ms  "
+        f"p99 {np.percentile(lat, 99):.1f} ms  max {lat.max():.1f} ms"
+    )
     mean_batch = n_images / n_batches if n_batches else float("nan")
     print(f"   model batches    : {int(n_batches)} forwards, {int(n_images)} images, mean batch size {mean_batch:.2f}")
     for o in errors[:5]:
@@ -228,11 +268,33 @@ def main() -> int:
     port = free_port(HOST)
     url = f"http://{HOST}:{port}"
     with tempfile.TemporaryDirectory(prefix="vlmad-serve-load-") as tmp:
-        cmd = [sys.executable, "-c", LAUNCH, "serve", "--class-name", "bottle", "--model", args.model,
-               "--random-weights", "--host", HOST, "--port", str(port), "--data-dir", str(Path(tmp) / "data"),
-               "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms),
-               "--request-timeout", str(args.request_timeout), "--max-queue", str(max(512, 2 * args.clients)),
-               "--log-level", "warning"]
+        cmd = [
+            sys.executable,
+            "-c",
+            LAUNCH,
+            "serve",
+            "--class-name",
+            "bottle",
+            "--model",
+            args.model,
+            "--random-weights",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(Path(tmp) / "data"),
+            "--max-batch-size",
+            str(args.max_batch_size),
+            "--max-wait-ms",
+            str(args.max_wait_ms),
+            "--request-timeout",
+            str(args.request_timeout),
+            "--max-queue",
+            str(max(512, 2 * args.clients)),
+            "--log-level",
+            "warning",
+        ]
         env = dict(os.environ, HF_HUB_OFFLINE="1", VLMAD_CACHE_DIR=str(Path(tmp) / "cache"))
         env.pop("VLMAD_API_KEY", None)
         log_path = Path(tmp) / "server.log"
@@ -243,11 +305,16 @@ def main() -> int:
             if not wait_until_ready(url, 180, alive=lambda: server.poll() is None):
                 print("server did not become ready:\n" + log_path.read_text()[-3000:], file=sys.stderr)
                 return 1
-            print(f"vlmad serve ({args.model}, random weights) ready on {url} after {time.perf_counter() - t0:.1f} s; "
-                  f"max batch {args.max_batch_size}, max wait {args.max_wait_ms} ms; "
-                  f"{args.clients} clients x {args.requests} requests per phase; cpu count {os.cpu_count()}")
-            res = httpx.post(url + "/v1/references/good", timeout=60,
-                             files=[("images", (f"g{i}.png", png(100 + i, (64, 64)), "image/png")) for i in range(4)])
+            print(
+                f"vlmad serve ({args.model}, random weights) ready on {url} after {time.perf_counter() - t0:.1f} s; "
+                f"max batch {args.max_batch_size}, max wait {args.max_wait_ms} ms; "
+                f"{args.clients} clients x {args.requests} requests per phase; cpu count {os.cpu_count()}"
+            )
+            res = httpx.post(
+                url + "/v1/references/good",
+                timeout=60,
+                files=[("images", (f"g{i}.png", png(100 + i, (64, 64)), "image/png")) for i in range(4)],
+            )
             assert res.status_code == 201, res.text
             # warm-up (first-call allocations), not counted
             for q in ("", "?references=good"):
@@ -255,20 +322,24 @@ def main() -> int:
 
             totals = {"errors": 0, "wrong": 0, "lost": 0}
             planned = args.clients * args.requests
-            for name, frac, seed in (("phase 1: all valid", 0.0, 1),
-                                     (f"phase 2: {args.malformed:.0%} malformed", args.malformed, 2)):
+            for name, frac, seed in (
+                ("phase 1: all valid", 0.0, 1),
+                (f"phase 2: {args.malformed:.0%} malformed", args.malformed, 2),
+            ):
                 before = scrape_batches(url)
-                outcomes, not_sent, elapsed = asyncio.run(run_phase(
-                    url, args.clients, args.requests, frac, seed, images, args.max_seconds, args.timeout))
+                outcomes, not_sent, elapsed = asyncio.run(
+                    run_phase(url, args.clients, args.requests, frac, seed, images, args.max_seconds, args.timeout)
+                )
                 after = scrape_batches(url)
-                r = report(name, outcomes, not_sent, planned, elapsed,
-                           (after[0] - before[0], after[1] - before[1]))
+                r = report(name, outcomes, not_sent, planned, elapsed, (after[0] - before[0], after[1] - before[1]))
                 for k in totals:
                     totals[k] += r[k]
             alive = server.poll() is None and httpx.get(url + "/healthz", timeout=5).status_code == 200
             print(f"\nserver alive after both phases: {alive}")
-            print(f"TOTAL: non-4xx errors {totals['errors']}, wrong statuses {totals['wrong']}, "
-                  f"lost responses {totals['lost']}")
+            print(
+                f"TOTAL: non-4xx errors {totals['errors']}, wrong statuses {totals['wrong']}, "
+                f"lost responses {totals['lost']}"
+            )
             ok = alive and not any(totals.values())
             print("RESULT:", "PASS" if ok else "FAIL")
             return 0 if ok else 1

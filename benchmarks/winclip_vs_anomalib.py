@@ -180,17 +180,56 @@ def configurations(threads: int) -> list[dict]:
 def anomalib_cmd(args, weights: Path, work: Path, out: Path) -> list[str]:
     from vlmad.backbones.loading import CONFIG_DIR
 
-    return [args.oracle_python, str(ORACLE_SCRIPT), "--arch", args.arch, "--config-dir", str(CONFIG_DIR),
-            "--weights", str(weights), "--images", str(work / "images.npy"), "--class-name", CLASS_NAME,
-            "--repeat", str(args.repeat), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
-            "--out", str(out)]
+    return [
+        args.oracle_python,
+        str(ORACLE_SCRIPT),
+        "--arch",
+        args.arch,
+        "--config-dir",
+        str(CONFIG_DIR),
+        "--weights",
+        str(weights),
+        "--images",
+        str(work / "images.npy"),
+        "--class-name",
+        CLASS_NAME,
+        "--repeat",
+        str(args.repeat),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+        "--out",
+        str(out),
+    ]
 
 
 def vlmad_cmd(args, weights: Path, work: Path, out: Path, precision: str, device: str, flops: bool) -> list[str]:
-    cmd = [sys.executable, __file__, "--worker", "--arch", args.arch, "--weights", str(weights), "--images",
-           str(work / "images.npy"), "--result", str(out), "--precision", precision, "--device", device,
-           "--batch-size", str(args.batch_size), "--repeat", str(args.repeat), "--workdir", str(work),
-           "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--arch",
+        args.arch,
+        "--weights",
+        str(weights),
+        "--images",
+        str(work / "images.npy"),
+        "--result",
+        str(out),
+        "--precision",
+        precision,
+        "--device",
+        device,
+        "--batch-size",
+        str(args.batch_size),
+        "--repeat",
+        str(args.repeat),
+        "--workdir",
+        str(work),
+        "--threads",
+        str(args.threads),
+    ]
     return cmd + (["--count-flops"] if flops else [])
 
 
@@ -210,8 +249,11 @@ def run_speed_rows(args, weights: Path, work: Path) -> tuple[dict, dict, dict]:
                     res = {k: d[k] for k in d.files}
                 if cfg["key"] == "anomalib/tuned":
                     oracle = res
-                res = {"forward_s": [float(t) for t in res["forward_s"]], "peak_rss_mb": float(res["peak_rss_mb"]),
-                       "text_setup_cold_s": float(res["text_setup_s"])}
+                res = {
+                    "forward_s": [float(t) for t in res["forward_s"]],
+                    "peak_rss_mb": float(res["peak_rss_mb"]),
+                    "text_setup_cold_s": float(res["text_setup_s"]),
+                }
             else:
                 out = work / f"{cfg['key'].replace('/', '-')}.json"
                 first = cfg["key"] == "vlmad/tuned" and rnd == 0
@@ -230,15 +272,23 @@ def run_speed_rows(args, weights: Path, work: Path) -> tuple[dict, dict, dict]:
 def stats(times: list[float]) -> dict[str, float]:
     t = np.asarray(times, dtype=float)
     med = float(np.median(t))
-    return {"median": med, "min": float(t.min()), "max": float(t.max()), "n": int(t.size),
-            "spread": float((t.max() - t.min()) / med), "iqr": float(np.subtract(*np.percentile(t, [75, 25])) / med)}
+    return {
+        "median": med,
+        "min": float(t.min()),
+        "max": float(t.max()),
+        "n": int(t.size),
+        "spread": float((t.max() - t.min()) / med),
+        "iqr": float(np.subtract(*np.percentile(t, [75, 25])) / med),
+    }
 
 
 def print_speed_table(args, samples: dict, last: dict) -> dict[str, dict]:
     bs = args.batch_size
     st = {k: stats(v) for k, v in samples.items()}
-    print(f"\nspeed, zero-shot fp32 on CPU: batch {bs}, {args.threads} thread(s) everywhere; median of "
-          f"{args.repeat} timed forwards x {args.rounds} round(s) per row")
+    print(
+        f"\nspeed, zero-shot fp32 on CPU: batch {bs}, {args.threads} thread(s) everywhere; median of "
+        f"{args.repeat} timed forwards x {args.rounds} round(s) per row"
+    )
     print(f"{'configuration':<44}{'s/batch':>9}{'img/s':>8}{'min-max s':>17}{'spread':>8}{'IQR':>7}{'peak MB':>9}")
     labels = {
         "anomalib/default": "anomalib 2.7.0, glibc default malloc",
@@ -248,8 +298,10 @@ def print_speed_table(args, samples: dict, last: dict) -> dict[str, dict]:
         "vlmad/shipped": "vlmad as shipped (self-tuned via mallopt)",
     }
     for key, s in st.items():
-        print(f"{labels[key]:<44}{s['median']:>9.3f}{bs / s['median']:>8.2f}{s['min']:>8.3f}-{s['max']:<8.3f}"
-              f"{100 * s['spread']:>7.1f}%{100 * s['iqr']:>6.1f}%{last[key]['peak_rss_mb']:>9.0f}")
+        print(
+            f"{labels[key]:<44}{s['median']:>9.3f}{bs / s['median']:>8.2f}{s['min']:>8.3f}-{s['max']:<8.3f}"
+            f"{100 * s['spread']:>7.1f}%{100 * s['iqr']:>6.1f}%{last[key]['peak_rss_mb']:>9.0f}"
+        )
     return st
 
 
@@ -267,16 +319,22 @@ def print_breakdown(st: dict, flops: dict, bs: int) -> float:
     print(f"  each as shipped (anomalib default, vlmad tuned)   : {shipped:.2f}x   (mixes in the allocator)")
     gf = {k: (ref_flops if k.startswith("anomalib") else our_flops) * bs / st[k]["median"] / 1e9 for k in st}
     print("\nbreakdown of the equal-allocator (tuned) speed-up")
-    print(f"  (a) skipped FLOPs: reference {ref_flops / 1e12:.3f} TFLOP/img, vlmad executes {our_flops / 1e12:.3f} "
-          f"({100 * (1 - our_flops / ref_flops):.1f}% skipped: last-block non-CLS rows, shared block-1 q/k/v) "
-          f"-> {flop_ratio:.3f}x at equal GFLOP/s")
-    print(f"  (b) kernels / layout: achieved GFLOP/s of executed FLOPs, anomalib {gf['anomalib/tuned']:.1f} vs "
-          f"vlmad {gf['vlmad/tuned']:.1f} -> {gf['vlmad/tuned'] / gf['anomalib/tuned']:.3f}x "
-          f"(= {equal_tuned:.2f} / {flop_ratio:.3f})")
-    print(f"  (c) allocator (not part of a or b): tuning speeds anomalib up "
-          f"{st['anomalib/default']['median'] / st['anomalib/tuned']['median']:.2f}x and vlmad "
-          f"{st['vlmad/default']['median'] / st['vlmad/tuned']['median']:.2f}x; vlmad's mallopt vs the same "
-          f"settings via GLIBC_TUNABLES: {st['vlmad/tuned']['median'] / st['vlmad/shipped']['median']:.2f}x")
+    print(
+        f"  (a) skipped FLOPs: reference {ref_flops / 1e12:.3f} TFLOP/img, vlmad executes {our_flops / 1e12:.3f} "
+        f"({100 * (1 - our_flops / ref_flops):.1f}% skipped: last-block non-CLS rows, shared block-1 q/k/v) "
+        f"-> {flop_ratio:.3f}x at equal GFLOP/s"
+    )
+    print(
+        f"  (b) kernels / layout: achieved GFLOP/s of executed FLOPs, anomalib {gf['anomalib/tuned']:.1f} vs "
+        f"vlmad {gf['vlmad/tuned']:.1f} -> {gf['vlmad/tuned'] / gf['anomalib/tuned']:.3f}x "
+        f"(= {equal_tuned:.2f} / {flop_ratio:.3f})"
+    )
+    print(
+        f"  (c) allocator (not part of a or b): tuning speeds anomalib up "
+        f"{st['anomalib/default']['median'] / st['anomalib/tuned']['median']:.2f}x and vlmad "
+        f"{st['vlmad/default']['median'] / st['vlmad/tuned']['median']:.2f}x; vlmad's mallopt vs the same "
+        f"settings via GLIBC_TUNABLES: {st['vlmad/tuned']['median'] / st['vlmad/shipped']['median']:.2f}x"
+    )
     print(f"  plain fp32 GEMM here: {flops['gemm_gflops']:.1f} GFLOP/s ({flops.get('threads', '?')} thread(s))")
     return equal_tuned
 
@@ -288,13 +346,19 @@ def print_parity_and_setup(work: Path, oracle: dict, last: dict) -> bool:
     score_gap = float(np.abs(v_scores - oracle["scores_k0"]).max())
     map_range = float(oracle["maps_k0"].max() - oracle["maps_k0"].min())
     a, v = last["anomalib/tuned"], last["vlmad/tuned"]
-    print(f"\nparity vs anomalib: max|score diff| {score_gap:.2e}, max|map diff| {map_gap:.2e} "
-          f"(oracle map range {map_range:.3f}) -> {'PASS' if max(map_gap, score_gap) <= 1e-5 else 'FAIL'}")
-    print(f"cold text setup: anomalib {a['text_setup_cold_s']:.3f} s, vlmad {v['text_setup_cold_s']:.3f} s "
-          f"({a['text_setup_cold_s'] / v['text_setup_cold_s']:.1f}x); warm (cache hit) vlmad "
-          f"{v['text_setup_warm_s']:.3f} s")
-    print(f"peak RSS at equal allocator: anomalib {a['peak_rss_mb']:.0f} MB, vlmad {v['peak_rss_mb']:.0f} MB "
-          f"({v['peak_rss_mb'] / a['peak_rss_mb']:.2f}x)")
+    print(
+        f"\nparity vs anomalib: max|score diff| {score_gap:.2e}, max|map diff| {map_gap:.2e} "
+        f"(oracle map range {map_range:.3f}) -> {'PASS' if max(map_gap, score_gap) <= 1e-5 else 'FAIL'}"
+    )
+    print(
+        f"cold text setup: anomalib {a['text_setup_cold_s']:.3f} s, vlmad {v['text_setup_cold_s']:.3f} s "
+        f"({a['text_setup_cold_s'] / v['text_setup_cold_s']:.1f}x); warm (cache hit) vlmad "
+        f"{v['text_setup_warm_s']:.3f} s"
+    )
+    print(
+        f"peak RSS at equal allocator: anomalib {a['peak_rss_mb']:.0f} MB, vlmad {v['peak_rss_mb']:.0f} MB "
+        f"({v['peak_rss_mb'] / a['peak_rss_mb']:.2f}x)"
+    )
     return max(map_gap, score_gap) <= 1e-5
 
 
@@ -317,8 +381,10 @@ def run_reduced_precision(args, weights: Path, work: Path) -> None:
         for kind in ("maps", "scores"):
             os.replace(work / f"vlmad-{precision}-{kind}.npy", work / f"vlmad-{precision}-{device}-{kind}.npy")
     bs = args.batch_size
-    print(f"\n{'reduced precision':<22}{'device':>8}{'img/s':>10}{'speed-up':>10}{'max|map diff|':>15}"
-          f"{'map rank corr':>15}{'max|score diff|':>17}")
+    print(
+        f"\n{'reduced precision':<22}{'device':>8}{'img/s':>10}{'speed-up':>10}{'max|map diff|':>15}"
+        f"{'map rank corr':>15}{'max|score diff|':>17}"
+    )
     for (precision, device), r in res.items():
         ips = bs / float(np.median(r["forward_s"]))
         base_ips = bs / float(np.median(res[("fp32", device)]["forward_s"]))
@@ -326,8 +392,10 @@ def run_reduced_precision(args, weights: Path, work: Path) -> None:
         scores = np.load(work / f"vlmad-{precision}-{device}-scores.npy")
         base_maps = np.load(work / f"vlmad-fp32-{device}-maps.npy")
         base_scores = np.load(work / f"vlmad-fp32-{device}-scores.npy")
-        print(f"{precision:<22}{device:>8}{ips:>10.3f}{ips / base_ips:>9.2f}x{np.abs(maps - base_maps).max():>15.2e}"
-              f"{spearman(maps, base_maps):>15.4f}{np.abs(scores - base_scores).max():>17.2e}")
+        print(
+            f"{precision:<22}{device:>8}{ips:>10.3f}{ips / base_ips:>9.2f}x{np.abs(maps - base_maps).max():>15.2e}"
+            f"{spearman(maps, base_maps):>15.4f}{np.abs(scores - base_scores).max():>17.2e}"
+        )
     if not torch.cuda.is_available():
         print("fp16/bf16 on GPU: no CUDA device in this run")
 
@@ -368,8 +436,13 @@ def main() -> int:
     if args.worker:
         vlmad_worker(args)
         return 0
-    print_environment("winclip_vs_anomalib: WinCLIP, vlmad vs anomalib 2.7.0 (fair: equal threads and allocator)",
-                      args.smoke, args.threads, arch=args.arch, **{"GLIBC_TUNABLES (tuned rows)": tuned_tunables()})
+    print_environment(
+        "winclip_vs_anomalib: WinCLIP, vlmad vs anomalib 2.7.0 (fair: equal threads and allocator)",
+        args.smoke,
+        args.threads,
+        arch=args.arch,
+        **{"GLIBC_TUNABLES (tuned rows)": tuned_tunables()},
+    )
     if not Path(args.oracle_python).exists():
         sys.exit(f"oracle python {args.oracle_python!r} not found: run `make oracle-env` or pass --oracle-python")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -382,8 +455,11 @@ def main() -> int:
     bb = ClipBackbone.load(args.arch, checkpoint=str(weights))
     np.save(work / "images.npy", bb.preprocess_tensor(random_images(args.batch_size, bb.image_size, seed=1)).numpy())
     del bb
-    print(f"arch {args.arch}, batch {args.batch_size}, repeat {args.repeat}, rounds {args.rounds}, threads "
-          f"{args.threads}, workdir {work}", flush=True)
+    print(
+        f"arch {args.arch}, batch {args.batch_size}, repeat {args.repeat}, rounds {args.rounds}, threads "
+        f"{args.threads}, workdir {work}",
+        flush=True,
+    )
     samples, last, oracle = run_speed_rows(args, weights, work)
     st = print_speed_table(args, samples, last)
     print_breakdown(st, last["flops"], args.batch_size)

@@ -72,8 +72,15 @@ def mvtec_root(tmp_path_factory) -> Path:
     """A small generated MVTec-layout dataset (2 categories, masks)."""
     from vlmad.data import make_dataset
 
-    return make_dataset(tmp_path_factory.mktemp("data") / "mvtec", layout="mvtec",
-                        categories="demo_texture,demo_object", n_train=4, n_test_good=3, n_test_bad=3, size=64)
+    return make_dataset(
+        tmp_path_factory.mktemp("data") / "mvtec",
+        layout="mvtec",
+        categories="demo_texture,demo_object",
+        n_train=4,
+        n_test_good=3,
+        n_test_bad=3,
+        size=64,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -81,8 +88,15 @@ def visa_root(tmp_path_factory) -> Path:
     """A small generated VisA-layout dataset (raw layout with split_csv, 2 categories, masks)."""
     from vlmad.data import make_dataset
 
-    return make_dataset(tmp_path_factory.mktemp("data") / "visa", layout="visa",
-                        categories="demo_grid,demo_object", n_train=4, n_test_good=3, n_test_bad=3, size=64)
+    return make_dataset(
+        tmp_path_factory.mktemp("data") / "visa",
+        layout="visa",
+        categories="demo_grid,demo_object",
+        n_train=4,
+        n_test_good=3,
+        n_test_bad=3,
+        size=64,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -113,8 +127,13 @@ def ray_cluster():
         pytest.skip("ray not installed (pip install 'vlmad[ray]')")
     os.environ.setdefault("RAY_DISABLE_USAGE_STATS", "1")
     os.environ.setdefault("RAY_task_events_report_interval_ms", "100")  # the state API sees a running row sooner
-    ctx = ray.init(num_cpus=2, include_dashboard=True, object_store_memory=100 * 2**20, log_to_driver=False,
-                   logging_level="warning")
+    ctx = ray.init(
+        num_cpus=2,
+        include_dashboard=True,
+        object_store_memory=100 * 2**20,
+        log_to_driver=False,
+        logging_level="warning",
+    )
     try:
         yield ctx.address_info["gcs_address"]
     finally:
@@ -135,8 +154,9 @@ def weights_file(tmp_path_factory):
 
     def make(arch: str = "vlmad-tiny-vit", seed: int = 0) -> Path:
         if (arch, seed) not in made:
-            made[(arch, seed)] = save_state_dict(discriminative_state_dict(arch, seed=seed),
-                                                 root / f"{arch}-{seed}.safetensors")
+            made[(arch, seed)] = save_state_dict(
+                discriminative_state_dict(arch, seed=seed), root / f"{arch}-{seed}.safetensors"
+            )
         return made[(arch, seed)]
 
     return make
@@ -157,14 +177,39 @@ def anomalib_winclip(oracle_python):
     """Callable running anomalib 2.7.0's WinClipModel (oracle env, subprocess) on arrays; returns its outputs."""
     from vlmad.backbones.loading import CONFIG_DIR
 
-    def run(workdir: Path, arch: str, weights: Path, images: np.ndarray, class_name: str,
-            refs: np.ndarray | None = None, shots: tuple[int, ...] = (0,), scales: str = "2,3",
-            timeout: float = 1800) -> dict[str, np.ndarray]:
+    def run(
+        workdir: Path,
+        arch: str,
+        weights: Path,
+        images: np.ndarray,
+        class_name: str,
+        refs: np.ndarray | None = None,
+        shots: tuple[int, ...] = (0,),
+        scales: str = "2,3",
+        timeout: float = 1800,
+    ) -> dict[str, np.ndarray]:
         workdir.mkdir(parents=True, exist_ok=True)
         np.save(workdir / "images.npy", np.asarray(images, dtype=np.float32))
-        cmd = [oracle_python, str(ORACLE_SCRIPT), "--arch", arch, "--config-dir", str(CONFIG_DIR),
-               "--weights", str(weights), "--images", str(workdir / "images.npy"), "--class-name", class_name,
-               "--scales", scales, "--shots", ",".join(map(str, shots)), "--out", str(workdir / "oracle.npz")]
+        cmd = [
+            oracle_python,
+            str(ORACLE_SCRIPT),
+            "--arch",
+            arch,
+            "--config-dir",
+            str(CONFIG_DIR),
+            "--weights",
+            str(weights),
+            "--images",
+            str(workdir / "images.npy"),
+            "--class-name",
+            class_name,
+            "--scales",
+            scales,
+            "--shots",
+            ",".join(map(str, shots)),
+            "--out",
+            str(workdir / "oracle.npz"),
+        ]
         if refs is not None:
             np.save(workdir / "refs.npy", np.asarray(refs, dtype=np.float32))
             cmd += ["--refs", str(workdir / "refs.npy")]

@@ -12,8 +12,14 @@ from vlmad_runtime.errors import VlmadError
 
 
 def test_demo_with_a_checkpoint_writes_summary_and_heatmaps(tmp_path, weights_file):
-    res = run_demo(tmp_path / "demo", model="vlmad-tiny-vit-240", checkpoint=weights_file("vlmad-tiny-vit-240"),
-                   shots=2, n_test_good=2, n_test_bad=2)
+    res = run_demo(
+        tmp_path / "demo",
+        model="vlmad-tiny-vit-240",
+        checkpoint=weights_file("vlmad-tiny-vit-240"),
+        shots=2,
+        n_test_good=2,
+        n_test_bad=2,
+    )
     assert not res.random_weights and set(res.metrics) == {"zero-shot", "2-shot"}
     for name in ("zero-shot", "2-shot"):
         assert len(list((tmp_path / "demo" / name / "overlays").glob("*.png"))) == 4

@@ -19,16 +19,31 @@ from vlmad_runtime.deploy import (
 from vlmad_runtime.drawing import MapScale, QcItem, colorize, defect_mask, heatmap_with_bar, mask_contour, qc_panel
 from vlmad_runtime.errors import VlmadError
 
-FP = {"method": "winclip", "model": "m", "shots": 0, "reference_fingerprint": None, "class_name": "bottle",
-      "precision": "fp32", "scales": [2, 3]}
+FP = {
+    "method": "winclip",
+    "model": "m",
+    "shots": 0,
+    "reference_fingerprint": None,
+    "class_name": "bottle",
+    "precision": "fp32",
+    "scales": [2, 3],
+}
 
 
 def record(**over) -> dict:
-    base = {"format": FORMAT_VERSION, "threshold": 0.5, "method": "winclip", "class_name": "bottle",
-            "expected_false_alarm_rate": 0.1, "calibration": {"mode": "normal-quantile", "n_images": 9},
-            "fingerprint": dict(FP), "pixel": {"map_scale": [0.1, 0.9], "pixel_threshold": 0.7,
-                                               "pixel_fp_rate": 0.01, "n_images": 9},
-            "detector": {"method": "winclip"}, "created": "2026-01-01T00:00:00+00:00", "vlmad_version": "0.2.0"}
+    base = {
+        "format": FORMAT_VERSION,
+        "threshold": 0.5,
+        "method": "winclip",
+        "class_name": "bottle",
+        "expected_false_alarm_rate": 0.1,
+        "calibration": {"mode": "normal-quantile", "n_images": 9},
+        "fingerprint": dict(FP),
+        "pixel": {"map_scale": [0.1, 0.9], "pixel_threshold": 0.7, "pixel_fp_rate": 0.01, "n_images": 9},
+        "detector": {"method": "winclip"},
+        "created": "2026-01-01T00:00:00+00:00",
+        "vlmad_version": "0.2.0",
+    }
     base.update(over)
     return base
 
@@ -50,8 +65,9 @@ def test_bool_and_string_refused_from_a_file(tmp_path):
     assert load_deploy(tmp_path / "d.json").threshold == 1.0  # an integer is a JSON number
 
 
-@pytest.mark.parametrize("old", [{"threshold": 0.7}, {k: v for k, v in record().items() if k != "format"},
-                                 record(format=1)])
+@pytest.mark.parametrize(
+    "old", [{"threshold": 0.7}, {k: v for k, v in record().items() if k != "format"}, record(format=1)]
+)
 def test_older_deploy_files_say_how_to_recalibrate(old):
     with pytest.raises(VlmadError, match="format") as err:
         validate_deploy(old)
@@ -62,9 +78,11 @@ def test_pixel_block_validated():
     assert validate_deploy(record(pixel=None)).pixel is None
     dep = validate_deploy(record())
     assert dep.pixel.map_scale == (0.1, 0.9) and dep.pixel.pixel_threshold == 0.7
-    for bad in ({"map_scale": [0.9, 0.1], "pixel_threshold": 0.5, "pixel_fp_rate": 0.01},
-                {"map_scale": [0.1, 0.9], "pixel_threshold": "0.5", "pixel_fp_rate": 0.01},
-                {"map_scale": [0.1], "pixel_threshold": 0.5, "pixel_fp_rate": 0.01}):
+    for bad in (
+        {"map_scale": [0.9, 0.1], "pixel_threshold": 0.5, "pixel_fp_rate": 0.01},
+        {"map_scale": [0.1, 0.9], "pixel_threshold": "0.5", "pixel_fp_rate": 0.01},
+        {"map_scale": [0.1], "pixel_threshold": 0.5, "pixel_fp_rate": 0.01},
+    ):
         with pytest.raises(VlmadError, match="pixel"):
             validate_deploy(record(pixel=bad))
 

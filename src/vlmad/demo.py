@@ -26,7 +26,8 @@ RANDOM_K_SHOT_NOTE = (
     "Why random weights can still look perfect at K>0: the few-shot memory compares the raw patch features of a "
     "test image with those of the reference images, so a synthetic defect pasted on an otherwise identical "
     "generated part stands out whatever the weights are; a high AUROC here measures how easy the synthetic data "
-    "is, not the model's accuracy.")
+    "is, not the model's accuracy."
+)
 
 
 @dataclass
@@ -65,8 +66,16 @@ def run_demo(
     out_dir = Path(out_dir)
     data_root = out_dir / "dataset"
     if not data_root.exists():
-        make_dataset(data_root, layout="mvtec", categories=[DEMO_CATEGORY], n_train=shots + N_CALIBRATION,
-                     n_test_good=n_test_good, n_test_bad=n_test_bad, size=240, seed=seed)
+        make_dataset(
+            data_root,
+            layout="mvtec",
+            categories=[DEMO_CATEGORY],
+            n_train=shots + N_CALIBRATION,
+            n_test_good=n_test_good,
+            n_test_bad=n_test_bad,
+            size=240,
+            seed=seed,
+        )
     _say(f"demo dataset: {data_root} ({n_test_good} normal + {n_test_bad} defective test images, masks)")
 
     kwargs = {"model": model, "device": device}
@@ -81,15 +90,20 @@ def run_demo(
         detector = create_detector(default_method(), **kwargs)
     except WeightsUnavailableError as err:
         _say(f"[bold yellow]Pretrained weights {model}/{pretrained} could not be loaded:[/] {err.message}")
-        _say("To run the demo with real weights: on a machine with network run `vlmad demo` there, or fetch the "
-             f"weights with `vlmad fetch-weights --model {model} --pretrained {pretrained} --out w.safetensors`, "
-             "copy the file here and run `vlmad demo --checkpoint w.safetensors`.")
+        _say(
+            "To run the demo with real weights: on a machine with network run `vlmad demo` there, or fetch the "
+            f"weights with `vlmad fetch-weights --model {model} --pretrained {pretrained} --out w.safetensors`, "
+            "copy the file here and run `vlmad demo --checkpoint w.safetensors`."
+        )
         if not fallback_random_weights:
-            raise VlmadError("demo stopped: no pretrained weights",
-                             "pass --checkpoint PATH, or --fallback-random-weights to exercise the pipeline "
-                             "with random weights (scores are meaningless)") from err
-        _say(f"[bold red]Falling back to RANDOM WEIGHTS as asked (--fallback-random-weights): "
-             f"{RANDOM_WEIGHTS_STAMP}.[/]")
+            raise VlmadError(
+                "demo stopped: no pretrained weights",
+                "pass --checkpoint PATH, or --fallback-random-weights to exercise the pipeline "
+                "with random weights (scores are meaningless)",
+            ) from err
+        _say(
+            f"[bold red]Falling back to RANDOM WEIGHTS as asked (--fallback-random-weights): {RANDOM_WEIGHTS_STAMP}.[/]"
+        )
         kwargs.pop("pretrained", None)
         detector = create_detector(default_method(), random_weights=True, **kwargs)
         random_weights = True
@@ -105,8 +119,9 @@ def run_demo(
     from vlmad_runtime.images import load_mask
 
     size = detector.image_size
-    masks = np.stack([load_mask(s.mask_path, (size, size)) if s.mask_path else np.zeros((size, size), bool)
-                      for s in test])
+    masks = np.stack(
+        [load_mask(s.mask_path, (size, size)) if s.mask_path else np.zeros((size, size), bool) for s in test]
+    )
 
     t0 = time.perf_counter()
     _say(f"text embeddings for {DEMO_CATEGORY!r} ...")
@@ -125,17 +140,22 @@ def run_demo(
         _say(f"running WinCLIP {name} on {len(paths)} images (threshold {deployment.threshold:.4g}) ...")
         from vlmad.cli.common import progress
 
-        opts = DetectionOptions(save_maps=True, overlay=True, save_masks=True, deployment=deployment,
-                                gt_masks=gt_masks, batch_size=1)
+        opts = DetectionOptions(
+            save_maps=True, overlay=True, save_masks=True, deployment=deployment, gt_masks=gt_masks, batch_size=1
+        )
         with progress(len(paths), f"demo {name}") as advance:
             rows = run_detection(detector, paths, out_dir / name, opts, progress=advance)
         elapsed = time.perf_counter() - t0
         overlays[name] = {r.path: r.overlay_file for r in rows}
         scores = np.array([r.score for r in rows])
         maps = np.stack([np.load(out_dir / name / r.map_file) for r in rows])
-        runs[name] = {"image_auroc": image_auroc(labels, scores), "pixel_auroc": pixel_auroc(masks, maps),
-                      "s_per_image": elapsed / len(paths), "threshold": deployment.threshold,
-                      "n_flagged": sum(r.decision == "anomalous" for r in rows)}
+        runs[name] = {
+            "image_auroc": image_auroc(labels, scores),
+            "pixel_auroc": pixel_auroc(masks, maps),
+            "s_per_image": elapsed / len(paths),
+            "threshold": deployment.threshold,
+            "n_flagged": sum(r.decision == "anomalous" for r in rows),
+        }
     md, page = _write_summary(out_dir, runs, overlays, test, random_weights, model, detector, load_s, setup_s)
     return DemoResult(out_dir, random_weights, md, page, runs)
 
@@ -149,10 +169,15 @@ def _calibrate(detector, class_name: str, refs: list[Path], held_out: list[Path]
     pixels: list = []
     scores, _ = score_images(detector, held_out, pixel_samples=pixels)
     info = detector.info().as_dict()
-    record = deploy_record(normal_quantile_threshold([s for s in scores if s is not None], 0.99), info["method"],
-                           class_name, info, {"source": "held-out normal train images of the demo dataset"},
-                           fingerprint=detector_fingerprint(info, class_name, references_fingerprint(refs)),
-                           pixel=pixel_calibration(pixels, 0.01))
+    record = deploy_record(
+        normal_quantile_threshold([s for s in scores if s is not None], 0.99),
+        info["method"],
+        class_name,
+        info,
+        {"source": "held-out normal train images of the demo dataset"},
+        fingerprint=detector_fingerprint(info, class_name, references_fingerprint(refs)),
+        pixel=pixel_calibration(pixels, 0.01),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     write_deploy(path, record)
     return validate_deploy(record, str(path))
@@ -161,15 +186,23 @@ def _calibrate(detector, class_name: str, refs: list[Path], held_out: list[Path]
 def _write_summary(out_dir, runs, overlays, test, random_weights, model, detector, load_s, setup_s):
     info = detector.info()
     stamp = f"**{RANDOM_WEIGHTS_STAMP.upper()}**\n\n" if random_weights else ""
-    lines = ["# vlmad demo — WinCLIP on a generated dataset\n", stamp,
-             f"model `{model}`, weights `{info.weights_id}`, input {info.image_size}px, prompt set "
-             f"`{info.prompt_set}`; load {load_s:.1f}s, text setup {setup_s:.2f}s\n",
-             "| run | image AUROC | pixel AUROC | threshold | flagged | s/image |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# vlmad demo — WinCLIP on a generated dataset\n",
+        stamp,
+        f"model `{model}`, weights `{info.weights_id}`, input {info.image_size}px, prompt set "
+        f"`{info.prompt_set}`; load {load_s:.1f}s, text setup {setup_s:.2f}s\n",
+        "| run | image AUROC | pixel AUROC | threshold | flagged | s/image |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, m in runs.items():
-        lines.append(f"| {name} | {m['image_auroc']:.3f} | {m['pixel_auroc']:.3f} | {m['threshold']:.4g} | "
-                     f"{m['n_flagged']}/{len(test)} | {m['s_per_image']:.2f} |")
-    lines.append("\nQC panels (original | heatmap on the calibrated scale with colour bar | predicted mask | "
-                 "ground truth; score, decision, threshold): " + ", ".join(f"`{name}/overlays/`" for name in runs))
+        lines.append(
+            f"| {name} | {m['image_auroc']:.3f} | {m['pixel_auroc']:.3f} | {m['threshold']:.4g} | "
+            f"{m['n_flagged']}/{len(test)} | {m['s_per_image']:.2f} |"
+        )
+    lines.append(
+        "\nQC panels (original | heatmap on the calibrated scale with colour bar | predicted mask | "
+        "ground truth; score, decision, threshold): " + ", ".join(f"`{name}/overlays/`" for name in runs)
+    )
     if random_weights:
         lines.append(f"\n{RANDOM_K_SHOT_NOTE}")
     md = out_dir / "summary.md"
@@ -178,14 +211,21 @@ def _write_summary(out_dir, runs, overlays, test, random_weights, model, detecto
     for s in test:
         imgs = "".join(
             f'<figure><img src="{html.escape(run)}/{html.escape(overlays[run][str(s.image_path)])}" width="640">'
-            f"<figcaption>{html.escape(run)}</figcaption></figure>" for run in runs)
-        cells.append(f"<div class='row'><h3>{html.escape(s.defect_type)} / {html.escape(s.image_path.name)}</h3>"
-                     f"{imgs}</div>")
-    banner = (f"<p class='warn'>{RANDOM_WEIGHTS_STAMP}</p><p>{html.escape(RANDOM_K_SHOT_NOTE)}</p>"
-              if random_weights else "")
-    table = "".join(f"<tr><td>{n}</td><td>{m['image_auroc']:.3f}</td><td>{m['pixel_auroc']:.3f}</td>"
-                    f"<td>{m['threshold']:.4g}</td><td>{m['n_flagged']}/{len(test)}</td>"
-                    f"<td>{m['s_per_image']:.2f}</td></tr>" for n, m in runs.items())
+            f"<figcaption>{html.escape(run)}</figcaption></figure>"
+            for run in runs
+        )
+        cells.append(
+            f"<div class='row'><h3>{html.escape(s.defect_type)} / {html.escape(s.image_path.name)}</h3>{imgs}</div>"
+        )
+    banner = (
+        f"<p class='warn'>{RANDOM_WEIGHTS_STAMP}</p><p>{html.escape(RANDOM_K_SHOT_NOTE)}</p>" if random_weights else ""
+    )
+    table = "".join(
+        f"<tr><td>{n}</td><td>{m['image_auroc']:.3f}</td><td>{m['pixel_auroc']:.3f}</td>"
+        f"<td>{m['threshold']:.4g}</td><td>{m['n_flagged']}/{len(test)}</td>"
+        f"<td>{m['s_per_image']:.2f}</td></tr>"
+        for n, m in runs.items()
+    )
     page = out_dir / "summary.html"
     page.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>vlmad demo</title><style>"
@@ -197,7 +237,9 @@ def _write_summary(out_dir, runs, overlays, test, random_weights, model, detecto
         f"<th>threshold</th><th>flagged</th><th>s/image</th></tr>{table}</table><p>Each row: original | heatmap "
         "on the scale calibrated on held-out normal images, with its colour bar and the predicted defect contour | "
         "predicted mask | ground-truth mask; below it the score, the decision and the threshold in use.</p>"
-        f"{''.join(cells)}</body></html>")
-    (out_dir / "demo.json").write_text(json.dumps({"runs": runs, "random_weights": random_weights,
-                                                   "detector": info.as_dict()}, indent=2))
+        f"{''.join(cells)}</body></html>"
+    )
+    (out_dir / "demo.json").write_text(
+        json.dumps({"runs": runs, "random_weights": random_weights, "detector": info.as_dict()}, indent=2)
+    )
     return md, page

@@ -282,9 +282,11 @@ def detect_on_ray(
     done = completed_prefix(csv_path)
     pending = _write_shards(out / ".ray-inputs", inputs, done, namer, recursive)
     if overlay and (deployment is None or deployment.pixel is None):
-        raise VlmadError("--overlay with --executor ray needs a deploy file with a calibrated map scale (heatmaps are "
-                         "never scaled per image)", "pass --deploy (from `vlmad calibrate`), or use --executor local "
-                         "for one scale over the whole run")
+        raise VlmadError(
+            "--overlay with --executor ray needs a deploy file with a calibrated map scale (heatmaps are "
+            "never scaled per image)",
+            "pass --deploy (from `vlmad calibrate`), or use --executor local for one scale over the whole run",
+        )
     counts = {"total": total, "skipped": len(done), "scored": 0, "errors": 0, "non_finite": 0}
     for sub, wanted in (("maps", save_maps), ("overlays", overlay)):
         if wanted:

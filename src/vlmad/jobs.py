@@ -13,5 +13,13 @@ from vlmad_runtime.jobs import (
     unique_stems,
 )
 
-__all__ = ["CSV_FIELDS", "NON_FINITE", "DetectionOptions", "DetectionRow", "Scorer", "expand_images",
-           "run_detection", "unique_stems"]
+__all__ = [
+    "CSV_FIELDS",
+    "NON_FINITE",
+    "DetectionOptions",
+    "DetectionRow",
+    "Scorer",
+    "expand_images",
+    "run_detection",
+    "unique_stems",
+]

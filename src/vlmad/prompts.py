@@ -111,8 +111,11 @@ class PromptSet:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        for kind, items in (("normal_states", self.normal_states), ("anomalous_states", self.anomalous_states),
-                            ("templates", self.templates)):
+        for kind, items in (
+            ("normal_states", self.normal_states),
+            ("anomalous_states", self.anomalous_states),
+            ("templates", self.templates),
+        ):
             if not items:
                 raise VlmadError(f"prompt set {self.name!r}: {kind} is empty", "give at least one entry")
             bad = [s for s in items if not isinstance(s, str) or s.count("{}") != 1]
@@ -151,15 +154,24 @@ class PromptSet:
 
 PROMPT_SETS: dict[str, PromptSet] = {
     "winclip": PromptSet(
-        "winclip", WINCLIP_NORMAL_STATES, WINCLIP_ANOMALOUS_STATES, WINCLIP_TEMPLATES,
+        "winclip",
+        WINCLIP_NORMAL_STATES,
+        WINCLIP_ANOMALOUS_STATES,
+        WINCLIP_TEMPLATES,
         "WinCLIP compositional prompt ensemble exactly as anomalib 2.7.0 (duplicate jpeg template kept)",
     ),
     "winclip-paper": PromptSet(
-        "winclip-paper", WINCLIP_NORMAL_STATES, WINCLIP_ANOMALOUS_STATES, WINCLIP_PAPER_TEMPLATES,
+        "winclip-paper",
+        WINCLIP_NORMAL_STATES,
+        WINCLIP_ANOMALOUS_STATES,
+        WINCLIP_PAPER_TEMPLATES,
         "WinCLIP paper's template list (no duplicate)",
     ),
     "aprilgan": PromptSet(
-        "aprilgan", APRILGAN_NORMAL_STATES, APRILGAN_ANOMALOUS_STATES, APRILGAN_TEMPLATES,
+        "aprilgan",
+        APRILGAN_NORMAL_STATES,
+        APRILGAN_ANOMALOUS_STATES,
+        APRILGAN_TEMPLATES,
         "APRIL-GAN: 7 normal / 5 anomalous states x 35 CLIP ImageNet-style templates",
     ),
 }
@@ -217,7 +229,8 @@ def load_prompt_set(spec: str | Path | PromptSet | dict) -> PromptSet:
 def _from_mapping(data: dict, name: str) -> PromptSet:
     missing = [k for k in ("normal_states", "anomalous_states", "templates") if k not in data]
     if missing:
-        raise VlmadError(f"prompt set {name!r} lacks {', '.join(missing)}",
-                         "a prompt set needs normal_states, anomalous_states and templates")
-    return PromptSet(str(name), tuple(data["normal_states"]), tuple(data["anomalous_states"]),
-                     tuple(data["templates"]))
+        raise VlmadError(
+            f"prompt set {name!r} lacks {', '.join(missing)}",
+            "a prompt set needs normal_states, anomalous_states and templates",
+        )
+    return PromptSet(str(name), tuple(data["normal_states"]), tuple(data["anomalous_states"]), tuple(data["templates"]))

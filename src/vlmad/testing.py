@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 
-def discriminative_state_dict(arch: str, seed: int = 0, embed_gain: float = 8.0, qk_gain: float = 3.0,
-                              image_size: int | None = None) -> dict[str, torch.Tensor]:
+def discriminative_state_dict(
+    arch: str, seed: int = 0, embed_gain: float = 8.0, qk_gain: float = 3.0, image_size: int | None = None
+) -> dict[str, torch.Tensor]:
     """Random weights of ``arch`` with amplified embeddings and attention logits (deterministic in ``seed``)."""
     from vlmad.backbones.loading import _build_skeleton, register_tiny_configs
 
@@ -54,7 +55,7 @@ def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     for i in range(1, n, 2):
         s = size // 4
         y, x = rng.integers(0, size - s, 2)
-        imgs[i, :, y:y + s, x:x + s] = 1.0
+        imgs[i, :, y : y + s, x : x + s] = 1.0
     return imgs.clamp(0, 1)
 
 

@@ -22,7 +22,7 @@ def _plain_block(block, x):
 def _single_window_embedding(bb: ClipBackbone, embedded: torch.Tensor, b: int, patches: torch.Tensor):
     v = bb.visual
     seq = torch.cat([torch.zeros(1, dtype=torch.long), patches + 1])
-    x = v.ln_pre(embedded[b:b + 1, seq])
+    x = v.ln_pre(embedded[b : b + 1, seq])
     for blk in v.transformer.resblocks:
         x = _plain_block(blk, x)
     return v.ln_post(x[:, 0]) @ v.proj
@@ -39,8 +39,9 @@ def test_fast_and_reference_paths_agree(tiny_backbone):
         torch.testing.assert_close(a.intermediates[i], b.intermediates[i], atol=1e-5, rtol=1e-5)
     for scale in (2, 3):
         w = make_windows(tiny_backbone.grid_size, scale)
-        torch.testing.assert_close(tiny_backbone.window_embeddings(a.embedded, w),
-                                   ref.window_embeddings(b.embedded, w), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            tiny_backbone.window_embeddings(a.embedded, w), ref.window_embeddings(b.embedded, w), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_each_window_equals_its_own_single_sequence_forward(tiny_backbone):
@@ -63,8 +64,12 @@ def test_chunking_does_not_change_results(tiny_backbone):
     feats = tiny_backbone.encode_image(x)
     windows = make_windows(tiny_backbone.grid_size, 3)
     small = ClipBackbone(tiny_backbone.model, tiny_backbone.arch, tiny_backbone.source, chunk_tokens=25)
-    torch.testing.assert_close(small.window_embeddings(feats.embedded, windows),
-                               tiny_backbone.window_embeddings(feats.embedded, windows), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(
+        small.window_embeddings(feats.embedded, windows),
+        tiny_backbone.window_embeddings(feats.embedded, windows),
+        atol=1e-6,
+        rtol=1e-6,
+    )
 
 
 def test_no_hooks_left_behind(tiny_backbone):
@@ -76,8 +81,12 @@ def test_no_hooks_left_behind(tiny_backbone):
 
 
 def test_text_encoding_matches_open_clip_with_cut_context(tiny_backbone):
-    prompts = ["a photo of a bottle.", "a", "a close-up photo of the damaged metal nut for anomaly detection.",
-               "a photo of a bottle."]
+    prompts = [
+        "a photo of a bottle.",
+        "a",
+        "a close-up photo of the damaged metal nut for anomaly detection.",
+        "a photo of a bottle.",
+    ]
     ours = tiny_backbone.encode_text(prompts)
     theirs = tiny_backbone.model.encode_text(tiny_backbone.tokenize(prompts))
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)

@@ -13,14 +13,28 @@ TINY = {"model": "vlmad-tiny-vit", "random_weights": True}
 
 @pytest.fixture(scope="session")
 def mvtec_root(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("data") / "mvtec", layout="mvtec",
-                        categories="demo_texture,demo_object", n_train=3, n_test_good=3, n_test_bad=3, size=64)
+    return make_dataset(
+        tmp_path_factory.mktemp("data") / "mvtec",
+        layout="mvtec",
+        categories="demo_texture,demo_object",
+        n_train=3,
+        n_test_good=3,
+        n_test_bad=3,
+        size=64,
+    )
 
 
 @pytest.fixture(scope="session")
 def visa_root(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("data") / "visa", layout="visa",
-                        categories="demo_texture,demo_object", n_train=3, n_test_good=3, n_test_bad=3, size=64)
+    return make_dataset(
+        tmp_path_factory.mktemp("data") / "visa",
+        layout="visa",
+        categories="demo_texture,demo_object",
+        n_train=3,
+        n_test_good=3,
+        n_test_bad=3,
+        size=64,
+    )
 
 
 @pytest.fixture
@@ -39,8 +53,9 @@ def make_config(tmp_path, tiny_spec):
         kw.setdefault("methods", [tiny_spec])
         kw.setdefault("batch_size", 4)
         kw.setdefault("flops", False)
-        return BenchmarkConfig(out=out or tmp_path / "run", datasets=[DatasetSpec(kind, root, kw.pop("categories",
-                                                                                                      None))], **kw)
+        return BenchmarkConfig(
+            out=out or tmp_path / "run", datasets=[DatasetSpec(kind, root, kw.pop("categories", None))], **kw
+        )
 
     return make
 

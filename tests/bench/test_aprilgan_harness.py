@@ -20,21 +20,54 @@ def _rows(run):
 
 def test_train_then_benchmark_both_methods_with_leakage_guard(tmp_path, weights_file):
     weights = str(weights_file(ARCH))
-    visa = make_dataset(tmp_path / "visa", layout="visa", categories="candle,pcb1", n_train=3, n_test_good=3,
-                        n_test_bad=3, size=56)
-    mvtec = make_dataset(tmp_path / "mvtec", layout="mvtec", categories="bottle", n_train=3, n_test_good=3,
-                         n_test_bad=3, size=56)
+    visa = make_dataset(
+        tmp_path / "visa", layout="visa", categories="candle,pcb1", n_train=3, n_test_good=3, n_test_bad=3, size=56
+    )
+    mvtec = make_dataset(
+        tmp_path / "mvtec", layout="mvtec", categories="bottle", n_train=3, n_test_good=3, n_test_bad=3, size=56
+    )
     runner = CliRunner()
-    trained = runner.invoke(app, ["train", "aprilgan", str(visa), "--kind", "visa", "--out", str(tmp_path / "heads"),
-                                  "--epochs", "2", "--model", ARCH, "--checkpoint", weights])
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            "aprilgan",
+            str(visa),
+            "--kind",
+            "visa",
+            "--out",
+            str(tmp_path / "heads"),
+            "--epochs",
+            "2",
+            "--model",
+            ARCH,
+            "--checkpoint",
+            weights,
+        ],
+    )
     assert trained.exit_code == 0, trained.output
     heads = tmp_path / "heads" / "epoch_002.safetensors"
     assert heads.exists() and heads.with_suffix(".json").exists()
 
     common = ["--model", ARCH, "--checkpoint", weights, "--set", f"aprilgan.heads={heads}", "--batch-size", "4"]
     run = tmp_path / "cross"
-    res = runner.invoke(app, ["benchmark", "--dataset", "mvtec", "--root", str(mvtec), "--methods",
-                              "aprilgan,winclip", "--shots", "0,1", "--out", str(run), *common])
+    res = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "--dataset",
+            "mvtec",
+            "--root",
+            str(mvtec),
+            "--methods",
+            "aprilgan,winclip",
+            "--shots",
+            "0,1",
+            "--out",
+            str(run),
+            *common,
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = _rows(run)
     done = {(r["method"], r["shots"]) for r in rows if r["status"] == "ok"}
@@ -46,13 +79,29 @@ def test_train_then_benchmark_both_methods_with_leakage_guard(tmp_path, weights_
 
     # evaluating the heads on the categories they were trained on is refused ...
     leak = tmp_path / "leak"
-    res = runner.invoke(app, ["benchmark", "--dataset", "visa", "--root", str(visa), "--methods", "aprilgan",
-                              "--out", str(leak), *common])
+    res = runner.invoke(
+        app,
+        ["benchmark", "--dataset", "visa", "--root", str(visa), "--methods", "aprilgan", "--out", str(leak), *common],
+    )
     assert res.exit_code == 0, res.output
     assert {r["status"] for r in _rows(leak)} == {"refused"}
     # ... unless forced, and then every row carries the label
-    res = runner.invoke(app, ["benchmark", "--dataset", "visa", "--root", str(visa), "--methods", "aprilgan",
-                              "--out", str(leak), "--force-protocol", *common])
+    res = runner.invoke(
+        app,
+        [
+            "benchmark",
+            "--dataset",
+            "visa",
+            "--root",
+            str(visa),
+            "--methods",
+            "aprilgan",
+            "--out",
+            str(leak),
+            "--force-protocol",
+            *common,
+        ],
+    )
     assert res.exit_code == 0, res.output
     forced = [r for r in _rows(leak) if r["status"] == "ok"]
     assert len(forced) == 2 and all(r["protocol"]["protocol_forced"] for r in forced)
@@ -65,8 +114,14 @@ def test_transductive_finalize_is_labelled(tmp_path, weights_file):
 
     from vlmad import create_detector
 
-    det = create_detector("aprilgan", model=ARCH, checkpoint=str(weights_file(ARCH)), allow_untrained=True,
-                          transductive=True, use_cache=False)
+    det = create_detector(
+        "aprilgan",
+        model=ARCH,
+        checkpoint=str(weights_file(ARCH)),
+        allow_untrained=True,
+        transductive=True,
+        use_cache=False,
+    )
     det.setup("bottle")
     images = torch.rand(4, 3, 56, 56)
     det.fit(det.backbone.preprocess_tensor(torch.rand(1, 3, 56, 56)))
@@ -76,7 +131,8 @@ def test_transductive_finalize_is_labelled(tmp_path, weights_file):
     norm = (map_max - map_max.min()) / (map_max.max() - map_max.min())
     torch.testing.assert_close(scores, 0.5 * (pred.cls_scores + norm), atol=1e-6, rtol=1e-6)
     assert det.info().transductive is True
-    plain = create_detector("aprilgan", model=ARCH, checkpoint=str(weights_file(ARCH)), allow_untrained=True,
-                            use_cache=False)
+    plain = create_detector(
+        "aprilgan", model=ARCH, checkpoint=str(weights_file(ARCH)), allow_untrained=True, use_cache=False
+    )
     s, m = plain.finalize(pred.image_scores, pred.anomaly_maps)
     assert s is pred.image_scores and m is pred.anomaly_maps

@@ -18,9 +18,31 @@ TINY = ["--model", "vlmad-tiny-vit", "--random-weights"]
 
 def test_benchmark_command_end_to_end(mvtec_root, tmp_path):
     out = tmp_path / "run"
-    args = ["benchmark", "--dataset", "mvtec", "--root", str(mvtec_root), "--out", str(out), *TINY,
-            "--shots", "0,1", "--seeds", "0", "--limit", "2", "--num-workers", "2", "--batch-size", "2",
-            "--set", "winclip.prompt_set=winclip-paper", "--aupro", "both", "--no-flops"]
+    args = [
+        "benchmark",
+        "--dataset",
+        "mvtec",
+        "--root",
+        str(mvtec_root),
+        "--out",
+        str(out),
+        *TINY,
+        "--shots",
+        "0,1",
+        "--seeds",
+        "0",
+        "--limit",
+        "2",
+        "--num-workers",
+        "2",
+        "--batch-size",
+        "2",
+        "--set",
+        "winclip.prompt_set=winclip-paper",
+        "--aupro",
+        "both",
+        "--no-flops",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = load_results(out)
@@ -42,9 +64,27 @@ def test_stop_on_unreadable_image_exits_with_the_message(tmp_path, mvtec_root, m
     root = tmp_path / "data"
     shutil.copytree(mvtec_root, root)
     (root / "demo_object" / "test" / "good" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    monkeypatch.setattr(sys, "argv", ["vlmad", "benchmark", "--dataset", "mvtec", "--root", str(root), "--out",
-                                      str(tmp_path / "run"), *TINY, "--on-error", "stop", "--categories",
-                                      "demo_object", "--quiet", "--no-flops"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "vlmad",
+            "benchmark",
+            "--dataset",
+            "mvtec",
+            "--root",
+            str(root),
+            "--out",
+            str(tmp_path / "run"),
+            *TINY,
+            "--on-error",
+            "stop",
+            "--categories",
+            "demo_object",
+            "--quiet",
+            "--no-flops",
+        ],
+    )
     with pytest.raises(SystemExit) as exc:
         main()
     assert exc.value.code == 2
@@ -53,17 +93,36 @@ def test_stop_on_unreadable_image_exits_with_the_message(tmp_path, mvtec_root, m
 
 
 def test_dataset_and_root_must_pair(tmp_path, mvtec_root):
-    result = CliRunner().invoke(app, ["benchmark", "--dataset", "mvtec", "--dataset", "visa", "--root",
-                                      str(mvtec_root), "--out", str(tmp_path / "r"), *TINY])
+    result = CliRunner().invoke(
+        app,
+        [
+            "benchmark",
+            "--dataset",
+            "mvtec",
+            "--dataset",
+            "visa",
+            "--root",
+            str(mvtec_root),
+            "--out",
+            str(tmp_path / "r"),
+            *TINY,
+        ],
+    )
     assert isinstance(result.exception, VlmadError) and "--root" in result.exception.message
 
 
 def test_method_specs_from_options():
-    (spec,) = build_method_specs("winclip", model=["vlmad-tiny-vit"], checkpoint=["winclip=w.safetensors"],
-                                 sets=["winclip.scales=[2]", "batch_size=4"])
-    assert spec == {"method": "winclip", "label": "winclip",
-                    "kwargs": {"model": "vlmad-tiny-vit", "checkpoint": "w.safetensors", "scales": [2],
-                               "batch_size": 4}}
+    (spec,) = build_method_specs(
+        "winclip",
+        model=["vlmad-tiny-vit"],
+        checkpoint=["winclip=w.safetensors"],
+        sets=["winclip.scales=[2]", "batch_size=4"],
+    )
+    assert spec == {
+        "method": "winclip",
+        "label": "winclip",
+        "kwargs": {"model": "vlmad-tiny-vit", "checkpoint": "w.safetensors", "scales": [2], "batch_size": 4},
+    }
     assert build_method_specs("winclip", random_weights=True)[0]["kwargs"] == {"random_weights": True}
     with pytest.raises(UnknownNameError, match="aprilgan"):
         build_method_specs("winclip", checkpoint=["aprilgan=w.safetensors"])

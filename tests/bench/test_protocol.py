@@ -31,8 +31,11 @@ def test_references_are_seeded_nested_and_from_train_only():
 
 def _test_split() -> list[Sample]:
     good = [Sample(Path(f"/d/c/test/good/{i:03d}.png"), "normal", "c", "test") for i in range(5)]
-    bad = [Sample(Path(f"/d/c/test/{d}/{i:03d}.png"), "anomalous", "c", "test", d, Path(f"/m/{d}{i}.png"))
-           for d in ("crack", "hole") for i in range(3)]
+    bad = [
+        Sample(Path(f"/d/c/test/{d}/{i:03d}.png"), "anomalous", "c", "test", d, Path(f"/m/{d}{i}.png"))
+        for d in ("crack", "hole")
+        for i in range(3)
+    ]
     return good + bad
 
 

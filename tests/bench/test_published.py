@@ -11,22 +11,51 @@ from vlmad.bench.published import compare, find_entry, load_published
 from vlmad.bench.tables import build_table, group_configs, macro_stat
 from vlmad.data.mvtec import MVTEC_CATEGORIES
 
-INFO = {"method": "winclip", "model": "ViT-B-16-plus-240", "weights_id": "ViT-B-16-plus-240/laion400m_e31",
-        "image_size": 240, "prompt_set": "winclip", "shots": 0, "transductive": False, "random_weights": False,
-        "scales": [2, 3], "image_scale": True, "precision": "fp32", "temperature": 0.07}
+INFO = {
+    "method": "winclip",
+    "model": "ViT-B-16-plus-240",
+    "weights_id": "ViT-B-16-plus-240/laion400m_e31",
+    "image_size": 240,
+    "prompt_set": "winclip",
+    "shots": 0,
+    "transductive": False,
+    "random_weights": False,
+    "scales": [2, 3],
+    "image_scale": True,
+    "precision": "fp32",
+    "temperature": 0.07,
+}
 WEIGHTS = {"source": "pretrained", "model": "ViT-B-16-plus-240", "tag": "laion400m_e31", "tag_from": "default"}
 
 
 def fake_row(category: str, seed=None, shots: int = 0, value: float = 0.9, **over):
     row = {
-        "status": "ok", "method": "winclip", "method_label": "winclip", "method_spec": {"method": "winclip"},
-        "method_options": {}, "weights": dict(WEIGHTS), "detector": {**INFO, "shots": shots},
-        "random_weights": False, "shots": shots, "seed": seed,
+        "status": "ok",
+        "method": "winclip",
+        "method_label": "winclip",
+        "method_spec": {"method": "winclip"},
+        "method_options": {},
+        "weights": dict(WEIGHTS),
+        "detector": {**INFO, "shots": shots},
+        "random_weights": False,
+        "shots": shots,
+        "seed": seed,
         "dataset": {"kind": "mvtec", "root": "/data/mvtec", "category": category},
-        "protocol": {"eval_resolution": "input", "eval_size": [240, 240], "aupro": "exact", "limit": None,
-                     "protocol_forced": False, "transductive": False},
-        "metrics": {"image_auroc": value, "image_ap": value, "image_f1_max": value, "pixel_auroc": value,
-                    "aupro": value},
+        "protocol": {
+            "eval_resolution": "input",
+            "eval_size": [240, 240],
+            "aupro": "exact",
+            "limit": None,
+            "protocol_forced": False,
+            "transductive": False,
+        },
+        "metrics": {
+            "image_auroc": value,
+            "image_ap": value,
+            "image_f1_max": value,
+            "pixel_auroc": value,
+            "aupro": value,
+        },
         "n_images": {"skipped": 0},
     }
     for k, v in over.items():
@@ -61,17 +90,20 @@ def test_matching_protocol_shows_the_published_number():
     assert compare(facts, "pixel_ap").value is None and compare(facts, "pixel_ap").reason is None  # not published
 
 
-@pytest.mark.parametrize("change, reason", [
-    (lambda r: r.update(random_weights=True), "random weights"),
-    (lambda r: r["weights"].update(tag="openai"), "not the published"),
-    (lambda r: r["detector"].update(image_size=336), "input size 336"),
-    (lambda r: r["detector"].update(prompt_set="winclip-paper"), "prompt_set=winclip-paper"),
-    (lambda r: r["protocol"].update(eval_resolution="original"), "original resolution"),
-    (lambda r: r["protocol"].update(limit=10), "--limit 10"),
-    (lambda r: r["protocol"].update(protocol_forced=True), "--force-protocol"),
-    (lambda r: r["protocol"].update(transductive=True), "transductive"),
-    (lambda r: r["n_images"].update(skipped=1), "skipped"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda r: r.update(random_weights=True), "random weights"),
+        (lambda r: r["weights"].update(tag="openai"), "not the published"),
+        (lambda r: r["detector"].update(image_size=336), "input size 336"),
+        (lambda r: r["detector"].update(prompt_set="winclip-paper"), "prompt_set=winclip-paper"),
+        (lambda r: r["protocol"].update(eval_resolution="original"), "original resolution"),
+        (lambda r: r["protocol"].update(limit=10), "--limit 10"),
+        (lambda r: r["protocol"].update(protocol_forced=True), "--force-protocol"),
+        (lambda r: r["protocol"].update(transductive=True), "transductive"),
+        (lambda r: r["n_images"].update(skipped=1), "skipped"),
+    ],
+)
 def test_any_protocol_difference_gives_na_with_reason(change, reason):
     rows = full_grid()
     for r in rows:
@@ -94,11 +126,22 @@ def aprilgan_grid(shots: int = 0, seed=None, **detector):
     for r in rows:
         r.update(method="aprilgan", method_label="aprilgan")
         r["weights"] = {"source": "pretrained", "model": "ViT-L-14-336", "tag": "openai"}
-        r["detector"] = {"method": "aprilgan", "model": "ViT-L-14-336", "weights_id": "ViT-L-14-336/openai",
-                         "image_size": 518, "prompt_set": "aprilgan", "shots": shots, "transductive": False,
-                         "random_weights": False, "stages": [6, 12, 18, 24], "heads": "visa.safetensors@abc",
-                         "heads_untrained": False, "class_name_style": "raw", "precision": "fp32",
-                         "activation": "GELU"}
+        r["detector"] = {
+            "method": "aprilgan",
+            "model": "ViT-L-14-336",
+            "weights_id": "ViT-L-14-336/openai",
+            "image_size": 518,
+            "prompt_set": "aprilgan",
+            "shots": shots,
+            "transductive": False,
+            "random_weights": False,
+            "stages": [6, 12, 18, 24],
+            "heads": "visa.safetensors@abc",
+            "heads_untrained": False,
+            "class_name_style": "raw",
+            "precision": "fp32",
+            "activation": "GELU",
+        }
         r["detector"].update(detector)
         for key in [k for k, v in detector.items() if v is None]:
             del r["detector"][key]

@@ -47,8 +47,18 @@ def test_lock_prevents_a_second_writer(tmp_path):
 
 def test_scores_roundtrip(tmp_path):
     p = tmp_path / "scores" / "k.csv"
-    write_scores(p, [{"path": "c/test/good/0.png", "label": "normal", "defect_type": "good", "score": 0.25},
-                     {"path": "c/test/bad/1.png", "label": "anomalous", "defect_type": "bad", "score": None,
-                      "error": "truncated"}])
+    write_scores(
+        p,
+        [
+            {"path": "c/test/good/0.png", "label": "normal", "defect_type": "good", "score": 0.25},
+            {
+                "path": "c/test/bad/1.png",
+                "label": "anomalous",
+                "defect_type": "bad",
+                "score": None,
+                "error": "truncated",
+            },
+        ],
+    )
     rows = read_scores(p)
     assert rows[0]["score"] == 0.25 and rows[1]["score"] is None and rows[1]["error"] == "truncated"

@@ -19,11 +19,30 @@ CLI = "import vlmad.cli.bench_cmd; from vlmad.cli import main; main()"
 def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, mvtec_root, crash_run):
     out = tmp_path / "run"
     results = out / "results.jsonl"
-    cmd = [sys.executable, "-c", CLI, "benchmark", "--dataset", "mvtec", "--root", str(mvtec_root),
-           "--out", str(out), "--model", "vlmad-tiny-vit", "--random-weights", "--shots", "0,1,2",
-           "--seeds", "0,1", "--quiet", "--no-flops", "--num-workers", "0"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "VLMAD_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [
+        sys.executable,
+        "-c",
+        CLI,
+        "benchmark",
+        "--dataset",
+        "mvtec",
+        "--root",
+        str(mvtec_root),
+        "--out",
+        str(out),
+        "--model",
+        "vlmad-tiny-vit",
+        "--random-weights",
+        "--shots",
+        "0,1,2",
+        "--seeds",
+        "0,1",
+        "--quiet",
+        "--no-flops",
+        "--num-workers",
+        "0",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "VLMAD_CACHE_DIR": str(tmp_path / "cache")}
     total = 2 * (1 + 2 + 2)  # categories x (zero-shot once + 2 seeds x 2 few-shot counts)
 
     first = crash_run.kill_after_first_row(cmd, env, results)
@@ -35,7 +54,7 @@ def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, mvtec_root, 
     lines = crash_run.lines(results)
     keys = [json.loads(line)["row_key"] for line in lines]
     assert len(keys) == len(set(keys)) == total, "no duplicate and no lost row"
-    assert lines[:len(first)] == first, "finished rows are kept byte for byte"
+    assert lines[: len(first)] == first, "finished rows are kept byte for byte"
     rows = {r["row_key"]: r for r in load_results(out)}
     assert all(rows[k] == v for k, v in before.items())
     assert all((out / r["scores_file"]).is_file() for r in rows.values())

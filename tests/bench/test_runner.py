@@ -14,8 +14,16 @@ from vlmad.bench import build_detector_from_spec, load_results, read_scores, run
 from vlmad.methods.base import Detector
 from vlmad_runtime.errors import VlmadError
 
-DETECTOR_FIELDS = ("method", "model", "weights_id", "image_size", "prompt_set", "shots", "transductive",
-                   "random_weights")
+DETECTOR_FIELDS = (
+    "method",
+    "model",
+    "weights_id",
+    "image_size",
+    "prompt_set",
+    "shots",
+    "transductive",
+    "random_weights",
+)
 
 
 def test_visa_grid_rows_protocol_references_and_reports(visa_root, make_config):
@@ -23,7 +31,8 @@ def test_visa_grid_rows_protocol_references_and_reports(visa_root, make_config):
     rows = load_results(out)
     # zero-shot once per category (seeds do not apply), few-shot once per seed
     assert sorted((r["dataset"]["category"], r["shots"], r["seed"]) for r in rows) == sorted(
-        (c, k, s) for c in ("demo_object", "demo_texture") for k, s in ((0, None), (2, 0), (2, 1)))
+        (c, k, s) for c in ("demo_object", "demo_texture") for k, s in ((0, None), (2, 0), (2, 1))
+    )
     train_names = {p.name for p in (visa_root / "demo_object" / "Data" / "Images" / "Normal").iterdir()}
     csv_rows = list(csv.DictReader(open(visa_root / "split_csv" / "1cls.csv")))
     train_files = {r["image"] for r in csv_rows if r["split"] == "train"}
@@ -37,8 +46,9 @@ def test_visa_grid_rows_protocol_references_and_reports(visa_root, make_config):
         assert r["protocol"]["eval_resolution"] == "input" and r["protocol"]["eval_size"] == [64, 64]
         assert r["protocol"]["aupro"] == "exact" and r["protocol"]["check_protocol"] == {}
         assert r["vlmad_version"] and r["run"]["torch"]
-        assert {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
-                "aupro"} <= set(r["metrics"])
+        assert {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"} <= set(
+            r["metrics"]
+        )
         # references: exactly K, from the train split only, never a test image
         assert len(r["references"]) == r["shots"]
         assert set(r["references"]) <= train_files and not set(r["references"]) & test_files
@@ -51,8 +61,16 @@ def test_visa_grid_rows_protocol_references_and_reports(visa_root, make_config):
     # the two seeds draw different references, the same seed the same ones
     two = {r["seed"]: r["references"] for r in rows if r["shots"] == 2 and r["dataset"]["category"] == "demo_object"}
     assert two[0] != two[1]
-    for name in ("tables/visa_image.md", "tables/visa_image.csv", "tables/visa_pixel.md", "tables/visa_pixel.csv",
-                 "efficiency.md", "efficiency.csv", "summary.md", "run.json"):
+    for name in (
+        "tables/visa_image.md",
+        "tables/visa_image.csv",
+        "tables/visa_pixel.md",
+        "tables/visa_pixel.csv",
+        "efficiency.md",
+        "efficiency.csv",
+        "summary.md",
+        "run.json",
+    ):
         assert (out / name).is_file(), name
     image_md = (out / "tables/visa_image.md").read_text()
     assert "winclip+ 2-shot †" in image_md and "random weights - scores are meaningless" in image_md
@@ -153,8 +171,10 @@ def test_protocol_check_refusal_force_and_finalize(mvtec_root, make_config):
     assert len(rows) == 2 and (out / "results.jsonl").read_text().splitlines()[:2] == texture_row
     obj = rows["demo_object"]
     assert obj["status"] == "ok" and obj["protocol"]["protocol_forced"] is True
-    assert obj["protocol"]["check_protocol"] == {"leakage_forced": True,
-                                                 "refused_without_force": "heads were trained on demo_object"}
+    assert obj["protocol"]["check_protocol"] == {
+        "leakage_forced": True,
+        "refused_without_force": "heads were trained on demo_object",
+    }
     assert rows["demo_texture"]["protocol"]["protocol_forced"] is False
     image_md = (out / "tables/mvtec_image.md").read_text()
     assert "(forced)" in image_md and "protocol check forced" in image_md
@@ -162,8 +182,9 @@ def test_protocol_check_refusal_force_and_finalize(mvtec_root, make_config):
 
 @pytest.mark.parametrize("resolution, shape", [("original", [64, 64]), (32, [32, 32])])
 def test_eval_resolution_and_aupro_variants(mvtec_root, make_config, resolution, shape):
-    out = run_benchmark(make_config(mvtec_root, categories=["demo_object"], eval_resolution=resolution, aupro="both",
-                                    limit=2))
+    out = run_benchmark(
+        make_config(mvtec_root, categories=["demo_object"], eval_resolution=resolution, aupro="both", limit=2)
+    )
     (row,) = load_results(out)
     assert row["protocol"]["eval_resolution"] == resolution and row["protocol"]["eval_size"] == shape
     assert {"aupro", "aupro_legacy200"} <= set(row["metrics"])
@@ -201,10 +222,14 @@ def test_metrics_come_from_the_stored_scores(mvtec_root, make_config):
     values = np.array([s["score"] for s in scores])
     assert labels.any() and not labels.all() and len(set(values.tolist())) > 1  # a non-degenerate check
     precision, recall, _ = precision_recall_curve(labels, values)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
-                   where=precision + recall > 0)
-    independent = {"image_auroc": roc_auc_score(labels, values), "image_ap": average_precision_score(labels, values),
-                   "image_f1_max": float(f1.max())}
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=precision + recall > 0
+    )
+    independent = {
+        "image_auroc": roc_auc_score(labels, values),
+        "image_ap": average_precision_score(labels, values),
+        "image_f1_max": float(f1.max()),
+    }
     assert {k: row["metrics"][k] for k in independent} == pytest.approx(independent, abs=1e-9)
     assert row["seed"] == 3 and len(row["references"]) == 1
     assert row["references"][0].startswith("demo_texture/train/good/")

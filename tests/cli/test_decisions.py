@@ -37,7 +37,7 @@ def detect_args(images, out, deploy, **opts) -> list:
     base.update(opts)
     args = ["detect", *images, "--out", out, "--deploy", deploy]
     for key, value in base.items():
-        for v in (value if isinstance(value, list) else [value]):
+        for v in value if isinstance(value, list) else [value]:
             if v is True:
                 args.append(key)
             elif v is not None:
@@ -53,8 +53,22 @@ def calibrated(tmp_path_factory, mvtec_root, weights_file):
     weights = weights_file(MODEL)
     out = {"weights": weights, "good": good, "ref": good / "000.png", "tmp": tmp}
     for name, extra in (("zero", []), ("one", ["--reference", good / "000.png"])):
-        res = invoke("calibrate", "-c", "demo_object", "--normal-dir", good, "--model", MODEL, "--checkpoint",
-                     weights, "--pixel-fp-rate", "0.01", "--out", tmp / f"{name}.json", *extra)
+        res = invoke(
+            "calibrate",
+            "-c",
+            "demo_object",
+            "--normal-dir",
+            good,
+            "--model",
+            MODEL,
+            "--checkpoint",
+            weights,
+            "--pixel-fp-rate",
+            "0.01",
+            "--out",
+            tmp / f"{name}.json",
+            *extra,
+        )
         assert res.exit_code == 0, res.output + repr(res.exception)
         out[name] = tmp / f"{name}.json"
     return out
@@ -74,15 +88,18 @@ def test_calibrate_records_fingerprint_pixel_scale_and_remaining_normals(calibra
 PROMPT_FILE = "name: winclip\nnormal_states: ['{}']\nanomalous_states: ['broken {}']\ntemplates: ['a photo of {}.']\n"
 
 
-@pytest.mark.parametrize("change, expected", [
-    ({"--reference": "REF"}, {"shots", "reference_fingerprint", "method"}),
-    ({"-c": "demo_texture"}, {"class_name"}),
-    ({"--model": "vlmad-tiny-vit-240", "--checkpoint": None, "--random-weights": True}, {"model", "weights_id"}),
-    ({"--checkpoint": None, "--random-weights": True}, {"weights_id"}),
-    ({"--prompt-set": "aprilgan"}, {"prompt_set", "prompt_hash"}),
-    ({"--prompt-set": "PROMPT_FILE"}, {"prompt_hash"}),
-    ({"--precision": "int8"}, {"precision"}),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"--reference": "REF"}, {"shots", "reference_fingerprint", "method"}),
+        ({"-c": "demo_texture"}, {"class_name"}),
+        ({"--model": "vlmad-tiny-vit-240", "--checkpoint": None, "--random-weights": True}, {"model", "weights_id"}),
+        ({"--checkpoint": None, "--random-weights": True}, {"weights_id"}),
+        ({"--prompt-set": "aprilgan"}, {"prompt_set", "prompt_hash"}),
+        ({"--prompt-set": "PROMPT_FILE"}, {"prompt_hash"}),
+        ({"--precision": "int8"}, {"precision"}),
+    ],
+)
 def test_zero_shot_deploy_refuses_another_detector(calibrated, mvtec_root, tmp_path, change, expected):
     change = dict(change)
     if change.get("--reference") == "REF":
@@ -104,11 +121,19 @@ def test_reference_set_must_match_by_content_in_any_order(calibrated, mvtec_root
     good, images = calibrated["good"], [mvtec_root / "demo_object" / "test" / "good"]
     copy = tmp_path / "renamed.png"
     shutil.copy(calibrated["ref"], copy)  # same image, another name: same detector
-    res = invoke(*detect_args(images, tmp_path / "ok", calibrated["one"], weights=calibrated["weights"],
-                              **{"--reference": copy}))
+    res = invoke(
+        *detect_args(images, tmp_path / "ok", calibrated["one"], weights=calibrated["weights"], **{"--reference": copy})
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
-    res = invoke(*detect_args(images, tmp_path / "other", calibrated["one"], weights=calibrated["weights"],
-                              **{"--reference": good / "001.png"}))
+    res = invoke(
+        *detect_args(
+            images,
+            tmp_path / "other",
+            calibrated["one"],
+            weights=calibrated["weights"],
+            **{"--reference": good / "001.png"},
+        )
+    )
     assert isinstance(res.exception, DeployMismatchError)
     assert [d[0] for d in res.exception.differences] == ["reference_fingerprint"]
 
@@ -118,8 +143,15 @@ def test_force_deploy_labels_every_row(calibrated, mvtec_root, tmp_path):
     images = [mvtec_root / "demo_object" / "test"]
     refs = [calibrated["good"] / f"00{i}.png" for i in (1, 2, 3)]
     out = tmp_path / "forced"
-    res = invoke(*detect_args([d for d in sorted(images[0].iterdir())], out, calibrated["zero"],
-                              weights=calibrated["weights"], **{"--reference": refs, "--force-deploy": True}))
+    res = invoke(
+        *detect_args(
+            [d for d in sorted(images[0].iterdir())],
+            out,
+            calibrated["zero"],
+            weights=calibrated["weights"],
+            **{"--reference": refs, "--force-deploy": True},
+        )
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     rows = rows_of(out)
     assert len(rows) == 6 and all(NOT_CALIBRATED_NOTE in r["note"] and r["decision"] for r in rows)
@@ -137,8 +169,11 @@ def test_nan_weights_give_non_finite_score_errors_and_exit_non_zero(calibrated, 
     images = sorted((mvtec_root / "demo_object" / "test" / "good").iterdir())
     (tmp_path / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "nan"
-    res = invoke(*detect_args([*images, tmp_path / "broken.png"], out, calibrated["zero"], weights=nan_weights,
-                              **{"--force-deploy": True}))
+    res = invoke(
+        *detect_args(
+            [*images, tmp_path / "broken.png"], out, calibrated["zero"], weights=nan_weights, **{"--force-deploy": True}
+        )
+    )
     assert res.exit_code != 0 and isinstance(res.exception, VlmadError)
     assert "non-finite" in res.exception.message
     rows = rows_of(out)
@@ -151,9 +186,15 @@ def test_nan_weights_give_non_finite_score_errors_and_exit_non_zero(calibrated, 
 def test_good_overlay_cooler_than_defective_and_masks(calibrated, mvtec_root, tmp_path):
     test = mvtec_root / "demo_object" / "test"
     out = tmp_path / "qc"
-    res = invoke(*detect_args(sorted(test.iterdir()), out, calibrated["one"], weights=calibrated["weights"],
-                              **{"--reference": calibrated["ref"], "--overlay": True, "--save-masks": True,
-                                 "--save-maps": True}))
+    res = invoke(
+        *detect_args(
+            sorted(test.iterdir()),
+            out,
+            calibrated["one"],
+            weights=calibrated["weights"],
+            **{"--reference": calibrated["ref"], "--overlay": True, "--save-masks": True, "--save-maps": True},
+        )
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     dep = load_deploy(calibrated["one"])
     rows = rows_of(out)
@@ -177,15 +218,28 @@ def colour_bar_crop(path: Path) -> np.ndarray:
     arr = np.asarray(Image.open(path).convert("RGB"))
     row = arr[:256]
     cols = np.where((row != 255).any(axis=(0, 2)))[0]
-    return row[:, cols.max() - 50: cols.max() + 1]
+    return row[:, cols.max() - 50 : cols.max() + 1]
 
 
 def test_two_overlays_of_one_run_share_one_scale(mvtec_root, weights_file, tmp_path):
     good = mvtec_root / "demo_object" / "test" / "good"
     bad = sorted(p for d in (mvtec_root / "demo_object" / "test").iterdir() if d.name != "good" for p in d.iterdir())
     out = tmp_path / "run"
-    res = invoke("detect", sorted(good.iterdir())[0], bad[0], "-c", "demo_object", "--model", MODEL,
-                 "--checkpoint", weights_file(MODEL), "--overlay", "--save-maps", "--out", out)
+    res = invoke(
+        "detect",
+        sorted(good.iterdir())[0],
+        bad[0],
+        "-c",
+        "demo_object",
+        "--model",
+        MODEL,
+        "--checkpoint",
+        weights_file(MODEL),
+        "--overlay",
+        "--save-maps",
+        "--out",
+        out,
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     run = json.loads((out / "run.json").read_text())
     scale = run["heatmap_scale"]
@@ -203,8 +257,15 @@ def test_ray_executor_checks_the_deploy_file_like_local_detect(calibrated, mvtec
     be labelled there)."""
     images = [mvtec_root / "demo_object" / "test" / "good"]
     for extra in ({}, {"--force-deploy": True}):
-        res = invoke(*detect_args(images, tmp_path / "ray", calibrated["zero"], weights=calibrated["weights"],
-                                  **{"-c": "demo_texture", "--executor": "ray", **extra}))
+        res = invoke(
+            *detect_args(
+                images,
+                tmp_path / "ray",
+                calibrated["zero"],
+                weights=calibrated["weights"],
+                **{"-c": "demo_texture", "--executor": "ray", **extra},
+            )
+        )
         assert res.exit_code != 0 and isinstance(res.exception, VlmadError), res.output
         assert "class_name" in res.exception.message or "--force-deploy" in res.exception.message
         assert not (tmp_path / "ray" / "scores.csv").exists()

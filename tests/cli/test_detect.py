@@ -22,8 +22,9 @@ CLIP_STD = np.array((0.26862954, 0.26130258, 0.27577711), dtype=np.float32)
 
 def vlmad(*args: str, env_extra: dict[str, str] | None = None, timeout: float = 600):
     env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", "vlmad", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vlmad", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def write_pngs(folder: Path, n: int, size: int, seed: int) -> list[Path]:
@@ -53,12 +54,31 @@ def test_detect_cli_matches_anomalib_on_png_files(tmp_path, weights_file, anomal
     weights = weights_file(arch)
     images = write_pngs(tmp_path / "imgs", 4, 240, seed=21)
     refs = write_pngs(tmp_path / "refs", 2, 240, seed=22)
-    oracle = anomalib_winclip(tmp_path / "oracle", arch, weights, preprocess_like_a_user(images), "screw",
-                              refs=preprocess_like_a_user(refs), shots=(0, 2))
+    oracle = anomalib_winclip(
+        tmp_path / "oracle",
+        arch,
+        weights,
+        preprocess_like_a_user(images),
+        "screw",
+        refs=preprocess_like_a_user(refs),
+        shots=(0, 2),
+    )
     for k, extra in ((0, []), (2, ["--reference", refs[0], "--reference", refs[1]])):
         out = tmp_path / f"out{k}"
-        res = vlmad("detect", *images, "--class-name", "screw", "--model", arch, "--checkpoint", weights,
-                    "--out", out, "--save-maps", *extra)
+        res = vlmad(
+            "detect",
+            *images,
+            "--class-name",
+            "screw",
+            "--model",
+            arch,
+            "--checkpoint",
+            weights,
+            "--out",
+            out,
+            "--save-maps",
+            *extra,
+        )
         assert res.returncode == 0, res.stderr
         rows = read_scores(out)
         assert [r["path"] for r in rows] == [str(p) for p in images]
@@ -79,8 +99,22 @@ def test_detect_outputs_overlays_and_survives_bad_files(tmp_path, weights_file):
     gray = tmp_path / "imgs" / "gray.png"
     Image.fromarray((np.arange(120 * 80).reshape(120, 80) % 255).astype(np.uint8)).save(gray)
     out = tmp_path / "out"
-    res = vlmad("detect", tmp_path / "imgs", "-c", "bottle", "--model", "vlmad-tiny-vit", "--checkpoint",
-                weights_file("vlmad-tiny-vit"), "--out", out, "--save-maps", "--overlay", "--batch-size", "2")
+    res = vlmad(
+        "detect",
+        tmp_path / "imgs",
+        "-c",
+        "bottle",
+        "--model",
+        "vlmad-tiny-vit",
+        "--checkpoint",
+        weights_file("vlmad-tiny-vit"),
+        "--out",
+        out,
+        "--save-maps",
+        "--overlay",
+        "--batch-size",
+        "2",
+    )
     assert res.returncode == 0, res.stderr
     rows = {Path(r["path"]).name: r for r in read_scores(out)}
     assert set(rows) == {p.name for p in images} | {"broken.png", "gray.png", "cut.jpg"}
@@ -94,16 +128,39 @@ def test_detect_outputs_overlays_and_survives_bad_files(tmp_path, weights_file):
         panel = Image.open(out / r["overlay_file"])  # QC panel: original | heatmap + colour bar, caption below
         assert panel.height > 256 and panel.width > 2 * 256 * Image.open(tmp_path / "imgs" / name).width // 120
     assert (rows["gray.png"]["width"], rows["gray.png"]["height"]) == ("80", "120")
-    stop = vlmad("detect", tmp_path / "imgs", "-c", "bottle", "--model", "vlmad-tiny-vit", "--checkpoint",
-                 weights_file("vlmad-tiny-vit"), "--out", tmp_path / "out2", "--on-error", "stop")
+    stop = vlmad(
+        "detect",
+        tmp_path / "imgs",
+        "-c",
+        "bottle",
+        "--model",
+        "vlmad-tiny-vit",
+        "--checkpoint",
+        weights_file("vlmad-tiny-vit"),
+        "--out",
+        tmp_path / "out2",
+        "--on-error",
+        "stop",
+    )
     assert stop.returncode == 2 and "broken.png" in stop.stderr and "Traceback" not in stop.stderr
 
 
 def test_random_weights_are_stamped_everywhere(tmp_path):
     images = write_pngs(tmp_path / "imgs", 2, 64, seed=24)
     out = tmp_path / "out"
-    res = vlmad("detect", *images, "-c", "bottle", "--model", "vlmad-tiny-vit", "--random-weights", "--out", out,
-                "--save-maps", "--overlay")
+    res = vlmad(
+        "detect",
+        *images,
+        "-c",
+        "bottle",
+        "--model",
+        "vlmad-tiny-vit",
+        "--random-weights",
+        "--out",
+        out,
+        "--save-maps",
+        "--overlay",
+    )
     assert res.returncode == 0, res.stderr
     assert "random weights - scores are meaningless" in res.stderr
     assert all(r["note"] == "random weights - scores are meaningless" for r in read_scores(out))

@@ -25,9 +25,7 @@ from vlmad_runtime.errors import DatasetLayoutError, UnknownNameError
 @pytest.fixture(scope="module")
 def mvtec_root(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("mvtec") / "ds"
-    return make_dataset(
-        out, "mvtec", ("carpet_texture", "bottle_object"), n_train=3, n_test_good=2, n_test_bad=5
-    )
+    return make_dataset(out, "mvtec", ("carpet_texture", "bottle_object"), n_train=3, n_test_good=2, n_test_bad=5)
 
 
 def _small(tmp_path: Path, **kw) -> Path:

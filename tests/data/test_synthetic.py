@@ -29,9 +29,7 @@ READER = {"mvtec": "mvtec", "visa": "visa", "visa-converted": "visa", "folder": 
 
 def _digest(root: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in root.rglob("*")
-        if p.is_file()
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
     }
 
 
@@ -91,9 +89,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 @pytest.mark.parametrize("layout", ["mvtec", "folder"])
 def test_saved_masks_match_the_changed_pixels_on_disk(tmp_path, layout):
-    root = make_dataset(
-        tmp_path / "ds", layout, ("p_object", "q_texture"), n_train=1, n_test_good=1, n_test_bad=4
-    )
+    root = make_dataset(tmp_path / "ds", layout, ("p_object", "q_texture"), n_train=1, n_test_good=1, n_test_bad=4)
     ds = load_dataset(READER[layout], root)
     for cat in ds.categories:
         bad = [s for s in ds.samples(cat, "test") if s.is_anomalous]

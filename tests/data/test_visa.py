@@ -26,9 +26,7 @@ CATS = ("candle_object", "fryum")
 
 @pytest.fixture(scope="module")
 def raw_root(tmp_path_factory) -> Path:
-    return make_dataset(
-        tmp_path_factory.mktemp("visa") / "raw", "visa", CATS, n_train=3, n_test_good=2, n_test_bad=4
-    )
+    return make_dataset(tmp_path_factory.mktemp("visa") / "raw", "visa", CATS, n_train=3, n_test_good=2, n_test_bad=4)
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +96,7 @@ def test_raw_paths_follow_visa_layout(raw_root):
 
 def test_converted_masks_have_no_suffix(converted_root):
     bad = [s for s in VisA(converted_root).samples("fryum", "test") if s.is_anomalous]
-    assert (
-        bad[0].mask_path
-        == converted_root / "fryum" / "ground_truth" / "bad" / f"{bad[0].image_path.stem}.png"
-    )
+    assert bad[0].mask_path == converted_root / "fryum" / "ground_truth" / "bad" / f"{bad[0].image_path.stem}.png"
 
 
 def test_forced_layout_and_load_dataset(raw_root, tmp_path):
@@ -197,9 +192,7 @@ def test_csv_with_bom_and_blank_lines(tmp_path):
 
 
 def _small_converted(tmp_path: Path) -> Path:
-    return make_dataset(
-        tmp_path / "conv", "visa-converted", ("obj",), n_train=1, n_test_good=1, n_test_bad=2, size=32
-    )
+    return make_dataset(tmp_path / "conv", "visa-converted", ("obj",), n_train=1, n_test_good=1, n_test_bad=2, size=32)
 
 
 def test_converted_missing_mask(tmp_path):

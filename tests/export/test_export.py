@@ -402,8 +402,18 @@ def test_runtime_refuses_a_deploy_file_calibrated_for_another_detector(cli_expor
     common = ["-c", "bottle", "--model", "vlmad-tiny-vit", "--checkpoint", weights_file("vlmad-tiny-vit")]
     run([sys.executable, "-m", "vlmad", "calibrate", *common, "--normal-dir", root / "imgs", "--out", deploy])
     res = subprocess.run(
-        [sys.executable, "-m", "vlmad_runtime.cli", "detect", root / "bundle", *imgs, "--deploy", deploy,
-         "--out", tmp_path / "o"],
+        [
+            sys.executable,
+            "-m",
+            "vlmad_runtime.cli",
+            "detect",
+            root / "bundle",
+            *imgs,
+            "--deploy",
+            deploy,
+            "--out",
+            tmp_path / "o",
+        ],
         capture_output=True,
         text=True,
     )

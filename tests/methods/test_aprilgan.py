@@ -69,9 +69,7 @@ def design_predict(model, heads: ProjectionHeads, text, x, stages, bank=None):
                 z = tok[0] @ lin.weight.T + lin.bias
                 z = z / z.norm(dim=-1, keepdim=True)
                 logits = 100.0 * z @ text.T  # (P, 2)
-                up = F.interpolate(
-                    logits.T.reshape(1, 2, g, g), size=(size, size), mode="bilinear", align_corners=True
-                )
+                up = F.interpolate(logits.T.reshape(1, 2, g, g), size=(size, size), mode="bilinear", align_corners=True)
                 amap += torch.softmax(up, dim=1)[0, 1]
             cls = torch.softmax(100.0 * (pooled / pooled.norm()) @ text.T, dim=-1)[1]
             score = cls
@@ -94,9 +92,7 @@ def design_bank(model, refs, stages):
     per_stage = [[] for _ in stages]
     with torch.no_grad():
         for i in range(refs.shape[0]):
-            out = model.visual.forward_intermediates(
-                refs[i : i + 1], indices=[s - 1 for s in stages], output_fmt="NLC"
-            )
+            out = model.visual.forward_intermediates(refs[i : i + 1], indices=[s - 1 for s in stages], output_fmt="NLC")
             for k, tok in enumerate(out["image_intermediates"]):
                 per_stage[k].append(tok[0])
     return [torch.cat(p) for p in per_stage]
@@ -195,9 +191,7 @@ def test_transductive_normalisation_is_explicit(bb4, images, refs):
     from vlmad.methods.base import Prediction
 
     plain = [Prediction(p.image_scores, p.anomaly_maps) for p in preds]
-    torch.testing.assert_close(
-        tdet.normalize_scores_transductive(plain).image_scores, expect, rtol=0, atol=1e-5
-    )
+    torch.testing.assert_close(tdet.normalize_scores_transductive(plain).image_scores, expect, rtol=0, atol=1e-5)
     # zero-shot: the reference's image score is the CLS probability, nothing to normalise
     tdet.reset_references()
     zp = tdet.predict(images)
@@ -256,9 +250,7 @@ def test_registered_with_winclip_backbone_options():
     spec = get_spec("aprilgan")
     assert (spec.default_model, spec.default_pretrained) == ("ViT-L-14-336", "openai")
     assert dict(spec.backbone_defaults) == {"image_size": 518, "quick_gelu": False}
-    bb, rest = split_backbone_kwargs(
-        "aprilgan", {"device": "cpu", "precision": "fp32", "allow_untrained": True}
-    )
+    bb, rest = split_backbone_kwargs("aprilgan", {"device": "cpu", "precision": "fp32", "allow_untrained": True})
     assert bb == {
         "model": "ViT-L-14-336",
         "pretrained": "openai",
@@ -323,9 +315,7 @@ def test_real_vit_l14_336_at_518_random_init():
     from vlmad.prompts import PromptSet
 
     one = PromptSet("one", ("{}",), ("damaged {}",), ("a photo of a {}.",))
-    det = create_detector(
-        "aprilgan", random_weights=True, allow_untrained=True, prompt_set=one, use_cache=False
-    )
+    det = create_detector("aprilgan", random_weights=True, allow_untrained=True, prompt_set=one, use_cache=False)
     bb = det.backbone
     assert bb.arch == "ViT-L-14-336" and bb.image_size == 518 and bb.grid_size == (37, 37)
     assert det.stages == (6, 12, 18, 24) and bb.num_layers == 24

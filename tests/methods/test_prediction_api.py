@@ -49,11 +49,23 @@ def test_predictions_carry_inputs_and_decisions_from_a_deploy_file(tmp_path, met
     from vlmad.fingerprint import detector_fingerprint
 
     info = det.info().as_dict()
-    deploy.write_text(json.dumps({  # deploy format 2 (vlmad_runtime.deploy), as `vlmad calibrate` writes it
-        "format": 2, "threshold": middle, "method": info["method"], "class_name": "bottle",
-        "expected_false_alarm_rate": None, "calibration": {"mode": "f1-optimal", "n_images": 3},
-        "fingerprint": detector_fingerprint(info, "bottle", None), "pixel": None, "detector": info,
-        "created": "2026-01-01", "vlmad_version": "0.2.0"}))
+    deploy.write_text(
+        json.dumps(
+            {  # deploy format 2 (vlmad_runtime.deploy), as `vlmad calibrate` writes it
+                "format": 2,
+                "threshold": middle,
+                "method": info["method"],
+                "class_name": "bottle",
+                "expected_false_alarm_rate": None,
+                "calibration": {"mode": "f1-optimal", "n_images": 3},
+                "fingerprint": detector_fingerprint(info, "bottle", None),
+                "pixel": None,
+                "detector": info,
+                "created": "2026-01-01",
+                "vlmad_version": "0.2.0",
+            }
+        )
+    )
     with pytest.raises(VlmadError, match="bound to the detector"):
         pred.decide(deploy)  # a deploy file is checked against the detector: it must be given
     assert pred.decide(deploy, detector=det) is pred and pred.threshold == middle

@@ -22,8 +22,11 @@ def test_window_geometry_matches_brute_force():
     for grid, scale in (((15, 15), 2), ((15, 15), 3), ((4, 6), 3), ((8, 8), 1)):
         w = make_windows(grid, scale)
         h, wd = grid
-        expect = [[(r + i) * wd + (c + j) for i in range(scale) for j in range(scale)]
-                  for r in range(h - scale + 1) for c in range(wd - scale + 1)]
+        expect = [
+            [(r + i) * wd + (c + j) for i in range(scale) for j in range(scale)]
+            for r in range(h - scale + 1)
+            for c in range(wd - scale + 1)
+        ]
         assert w.tolist() == expect
     assert make_windows((15, 15), 2).shape == (196, 4) and make_windows((15, 15), 3).shape == (169, 9)
     with pytest.raises(VlmadError):
@@ -58,8 +61,7 @@ def test_class_and_association_scores_brute_force():
     got = association_scores(emb, bank)
     for b in range(2):
         for i in range(5):
-            d = min((1 - float(torch.nn.functional.cosine_similarity(emb[b, i], bank[m], dim=0))) / 2
-                    for m in range(7))
+            d = min((1 - float(torch.nn.functional.cosine_similarity(emb[b, i], bank[m], dim=0))) / 2 for m in range(7))
             assert got[b, i].item() == pytest.approx(d, rel=1e-5, abs=1e-6)
 
 

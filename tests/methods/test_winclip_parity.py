@@ -23,12 +23,19 @@ def _compare(arch, weights, oracle, tmp_path, n_images, shots, class_name="metal
     images = bb.preprocess_tensor(random_images(n_images, size, seed=11))
     refs = bb.preprocess_tensor(random_images(max(shots), size, seed=12)) if max(shots) else None
     # anomalib does not turn "_" into a space; give it the display name vlmad uses
-    out = oracle(tmp_path / "oracle", arch, weights, images.numpy(), class_name.replace("_", " "),
-                 refs=None if refs is None else refs.numpy(), shots=shots)
+    out = oracle(
+        tmp_path / "oracle",
+        arch,
+        weights,
+        images.numpy(),
+        class_name.replace("_", " "),
+        refs=None if refs is None else refs.numpy(),
+        shots=shots,
+    )
     det = WinClip(bb, batch_size=3)
     det.setup(class_name)
     np.testing.assert_allclose(det.text_embeddings.numpy(), out["text_embeddings"], atol=TOL, rtol=0)
-    feats = bb.encode_image(images[: n_images])
+    feats = bb.encode_image(images[:n_images])
     np.testing.assert_allclose(feats.pooled.numpy(), out["image_embeddings"], atol=TOL, rtol=0)
     np.testing.assert_allclose(feats.patch_tokens.numpy(), out["patch_embeddings"], atol=TOL, rtol=0)
     for s in (2, 3):
@@ -58,5 +65,6 @@ def test_parity_tiny_zero_and_few_shot(arch, weights_file, anomalib_winclip, tmp
 @pytest.mark.slow
 def test_parity_real_vit_b_16_plus_240(weights_file, anomalib_winclip, tmp_path):
     """The real WinCLIP architecture (random init, ~0.67 TFLOP per image): 2 images, zero- and 1-shot."""
-    _compare("ViT-B-16-plus-240", weights_file("ViT-B-16-plus-240"), anomalib_winclip, tmp_path, n_images=2,
-             shots=(0, 1))
+    _compare(
+        "ViT-B-16-plus-240", weights_file("ViT-B-16-plus-240"), anomalib_winclip, tmp_path, n_images=2, shots=(0, 1)
+    )

@@ -122,9 +122,7 @@ def test_fpr_landing_exactly_on_the_limit() -> None:
     maps[0][~masks[0]] = np.arange(10) / 10
     maps[0][masks[0]] = [0.95, 0.85, 0.75, 0.65, 0.05, 0.0]
     for limit in [0.3, 0.29, 0.31, 0.1, 1.0]:
-        assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(
-            brute_force_aupro(masks, maps, limit), abs=1e-12
-        )
+        assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(brute_force_aupro(masks, maps, limit), abs=1e-12)
 
 
 def test_connectivity() -> None:
@@ -336,9 +334,7 @@ def test_matches_anomalib_aupro(oracle_python: str, tmp_path: Path) -> None:
         )
     script = tmp_path / "oracle_aupro.py"
     script.write_text(ORACLE_SCRIPT)
-    proc = subprocess.run(
-        [oracle_python, str(script), json.dumps(spec)], capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([oracle_python, str(script), json.dumps(spec)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     for name, (masks, maps, limit) in cases.items():

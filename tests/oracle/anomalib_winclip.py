@@ -87,7 +87,7 @@ def main() -> None:
                 continue
             scores, maps = [], []
             for start in range(0, images.shape[0], bs):
-                r = model(images[start:start + bs])
+                r = model(images[start : start + bs])
                 scores.append(r.pred_score)
                 maps.append(r.anomaly_map)
             out[f"scores_k{k}"] = torch.cat(scores).numpy()

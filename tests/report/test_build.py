@@ -16,9 +16,17 @@ TINY = {"model": "vlmad-tiny-vit", "random_weights": True}
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory, mvtec_root):
     out = tmp_path_factory.mktemp("bench") / "run"
-    run_benchmark(BenchmarkConfig(out=out, datasets=[DatasetSpec("mvtec", mvtec_root)],
-                                  methods=[method_spec("winclip", **TINY)], shots=[0, 1], seeds=[0, 1],
-                                  batch_size=4, flops=False))
+    run_benchmark(
+        BenchmarkConfig(
+            out=out,
+            datasets=[DatasetSpec("mvtec", mvtec_root)],
+            methods=[method_spec("winclip", **TINY)],
+            shots=[0, 1],
+            seeds=[0, 1],
+            batch_size=4,
+            flops=False,
+        )
+    )
     return out
 
 
@@ -28,8 +36,20 @@ def test_report_of_a_benchmark_folder(bench_run):
     assert compute_gallery_maps(bench_run) == {}  # the run's step; the report below only reads the folder
     paths = build_report(bench_run)
     html = paths["html"].read_text()
-    for section in ("overview", "recommend", "results", "shot-curves", "efficiency", "cross-domain",
-                    "prompt-ablation", "ablations", "published", "calibration", "gallery", "configurations"):
+    for section in (
+        "overview",
+        "recommend",
+        "results",
+        "shot-curves",
+        "efficiency",
+        "cross-domain",
+        "prompt-ablation",
+        "ablations",
+        "published",
+        "calibration",
+        "gallery",
+        "configurations",
+    ):
         assert f'<section id="{section}">' in html, section
     assert "vlmad benchmark report" in html and "No cross-domain runs in this study" in html
     assert "No prompt ablation in this study" in html and "No deploy.json in this run" in html
@@ -49,15 +69,29 @@ def test_cross_domain_matrix_from_heads_rows(bench_run, tmp_path):
     for r in rows:
         ok = json.loads(json.dumps(r))
         ok.update(row_key=r["row_key"] + "v", method="aprilgan", method_label="aprilgan:visa-heads")
-        ok["detector"] = {**r["detector"], "method": "aprilgan", "heads_training_data": {
-            "kind": "visa", "regime": "cross-dataset", "categories": ["candle"]}}
+        ok["detector"] = {
+            **r["detector"],
+            "method": "aprilgan",
+            "heads_training_data": {"kind": "visa", "regime": "cross-dataset", "categories": ["candle"]},
+        }
         refused = {k: v for k, v in r.items() if k not in ("detector", "metrics", "efficiency", "scores_file")}
-        refused.update(row_key=r["row_key"] + "m", method="aprilgan", method_label="aprilgan:mvtec-heads",
-                       status="refused", reason="not-zero-shot: heads trained on mvtec/demo_object test images")
+        refused.update(
+            row_key=r["row_key"] + "m",
+            method="aprilgan",
+            method_label="aprilgan:mvtec-heads",
+            status="refused",
+            reason="not-zero-shot: heads trained on mvtec/demo_object test images",
+        )
         extra += [ok, refused]
-    extra.append({**extra[0], "row_key": "mvtec-heads-ok", "method_label": "aprilgan:mvtec-heads", "detector": {
-        **extra[0]["detector"], "heads_training_data": {"kind": "mvtec", "regime": "cross-dataset"}},
-        "dataset": {**extra[0]["dataset"], "kind": "visa", "root": "/elsewhere"}})
+    extra.append(
+        {
+            **extra[0],
+            "row_key": "mvtec-heads-ok",
+            "method_label": "aprilgan:mvtec-heads",
+            "detector": {**extra[0]["detector"], "heads_training_data": {"kind": "mvtec", "regime": "cross-dataset"}},
+            "dataset": {**extra[0]["dataset"], "kind": "visa", "root": "/elsewhere"},
+        }
+    )
     with open(run / "results.jsonl", "a") as fh:
         for r in extra:
             fh.write(json.dumps(r) + "\n")

@@ -20,10 +20,18 @@ def test_every_figure_renders():
     series = [F.Series("a 0-shot", [50.0, None, 70.0], [None, None, 2.0]), F.Series("b 1-shot", [60.0, 65.0, 80.0])]
     bars = F.category_bars(["x", "y", "macro mean"], [("i-AUROC", series), ("i-AP", series)], "t", False)
     curves = F.shot_curves([("i-AUROC", [F.Series("a", [50, 60, 70], [None, 1, 2], [0, 1, 4])])], "t", True)
-    pareto = F.pareto_plot([("MVTec AD", [F.ParetoPoint("a", 2.0, 70, True), F.ParetoPoint("b", 9.0, 60, False,
-                                                                                           False)])], "CPU", "i-AUROC")
-    matrix = F.matrix_plot(["visa", "mvtec"], ["MVTec AD", "VisA"], np.array([[90.0, np.nan], [np.nan, 80.0]]),
-                           [["", "refused"], ["not run", ""]], "p-AUROC", "m", True)
+    pareto = F.pareto_plot(
+        [("MVTec AD", [F.ParetoPoint("a", 2.0, 70, True), F.ParetoPoint("b", 9.0, 60, False, False)])], "CPU", "i-AUROC"
+    )
+    matrix = F.matrix_plot(
+        ["visa", "mvtec"],
+        ["MVTec AD", "VisA"],
+        np.array([[90.0, np.nan], [np.nan, 80.0]]),
+        [["", "refused"], ["not run", ""]],
+        "p-AUROC",
+        "m",
+        True,
+    )
     deltas = F.delta_bars(["a", "b"], [("i-AUROC", [1.5, -2.0], [0.5, None]), ("p-AUROC", [0.0, 0.0], [])], "d")
     for png in (bars, curves, pareto, matrix, deltas):
         assert png.startswith(PNG) and min(_size(png)) > 100

@@ -12,12 +12,22 @@ def _rec(path, label, score):
 
 
 def test_selection_best_worst_borderline():
-    records = [_rec("g1", "normal", 0.1), _rec("g2", "normal", 0.7), _rec("g3", "normal", 0.3),
-               _rec("b1", "anomalous", 0.9), _rec("b2", "anomalous", 0.2), _rec("b3", "anomalous", 0.52),
-               {"path": "x", "label": "normal", "defect_type": "good", "score": None}]
+    records = [
+        _rec("g1", "normal", 0.1),
+        _rec("g2", "normal", 0.7),
+        _rec("g3", "normal", 0.3),
+        _rec("b1", "anomalous", 0.9),
+        _rec("b2", "anomalous", 0.2),
+        _rec("b3", "anomalous", 0.52),
+        {"path": "x", "label": "normal", "defect_type": "good", "score": None},
+    ]
     picks = {p.kind: p.path for p in select_images(records, threshold=0.5)}
-    assert picks == {"best detection": "b1", "highest-scored normal": "g2", "lowest-scored anomaly": "b2",
-                     "borderline": "b3"}
+    assert picks == {
+        "best detection": "b1",
+        "highest-scored normal": "g2",
+        "lowest-scored anomaly": "b2",
+        "borderline": "b3",
+    }
     two = select_images(records, threshold=0.5, per_kind=2)
     assert len({p.path for p in two}) == len(two) == 7 - 1  # every scored image once at most
 
@@ -34,8 +44,15 @@ def test_triptych(mvtec_root):
     cat = mvtec_root / "demo_object"
     img = next((cat / "test" / "scratch").glob("*.png"))
     mask = cat / "ground_truth" / "scratch" / f"{img.stem}_mask.png"
-    panel = triptych(img, mask, np.random.default_rng(0).random((16, 16)), 0.0, 1.0, height=64,
-                     stamp="random weights - scores are meaningless")
+    panel = triptych(
+        img,
+        mask,
+        np.random.default_rng(0).random((16, 16)),
+        0.0,
+        1.0,
+        height=64,
+        stamp="random weights - scores are meaningless",
+    )
     assert panel.size == (3 * 64 + 8, 64 + 16)  # the stamp gets its own strip
     normal = triptych(next((cat / "test" / "good").glob("*.png")), None, np.zeros((4, 4)), 0.0, 1.0, height=32)
     assert normal.size == (3 * 32 + 8, 32) and np.asarray(normal)[:, 36:68].max() == 0  # black mask: normal image

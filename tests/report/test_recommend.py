@@ -13,10 +13,12 @@ def _e(ds, label, method, shots, auroc, aupro=None, ms=None, spread=None):
 
 
 def test_zero_few_shot_and_latency():
-    entries = [_e("MVTec AD", "winclip 0-shot", "winclip", 0, 91.0, 64.0, 40.0),
-               _e("MVTec AD", "aprilgan 0-shot", "aprilgan", 0, 86.0, 80.0, 20.0),
-               _e("MVTec AD", "winclip+ 1-shot", "winclip", 1, 93.0, None, 60.0, spread=0.4),
-               _e("MVTec AD", "aprilgan 1-shot", "aprilgan", 1, 92.8, None, 25.0, spread=0.3)]
+    entries = [
+        _e("MVTec AD", "winclip 0-shot", "winclip", 0, 91.0, 64.0, 40.0),
+        _e("MVTec AD", "aprilgan 0-shot", "aprilgan", 0, 86.0, 80.0, 20.0),
+        _e("MVTec AD", "winclip+ 1-shot", "winclip", 1, 93.0, None, 60.0, spread=0.4),
+        _e("MVTec AD", "aprilgan 1-shot", "aprilgan", 1, 92.8, None, 25.0, spread=0.3),
+    ]
     recs = {r.topic: r for r in recommend(entries)}
     zc = recs["zero-shot classification"]
     assert zc.numbers["best"] == "winclip 0-shot" and zc.numbers["margin"] == 5.0 and not zc.numbers["tie"]
@@ -37,7 +39,11 @@ def test_changing_numbers_changes_the_answer():
 
 
 def test_across_datasets():
-    entries = [_e("MVTec AD", "w", "winclip", 0, 90.0), _e("MVTec AD", "a", "aprilgan", 0, 80.0),
-               _e("VisA", "w", "winclip", 0, 70.0), _e("VisA", "a", "aprilgan", 0, 78.0)]
+    entries = [
+        _e("MVTec AD", "w", "winclip", 0, 90.0),
+        _e("MVTec AD", "a", "aprilgan", 0, 80.0),
+        _e("VisA", "w", "winclip", 0, 70.0),
+        _e("VisA", "a", "aprilgan", 0, 78.0),
+    ]
     across = [r for r in recommend(entries) if r.topic == "across datasets"]
     assert across and across[0].numbers["ranking"][0] == ("winclip", 80.0)

@@ -57,8 +57,11 @@ def make_detector(weights_file, serve_text_cache):
         if method == "winclip":
             from vlmad.methods.winclip import WinClip
 
-            bb = (ClipBackbone.load("vlmad-tiny-vit", random_weights=True) if random
-                  else ClipBackbone.load("vlmad-tiny-vit", checkpoint=str(weights_file("vlmad-tiny-vit"))))
+            bb = (
+                ClipBackbone.load("vlmad-tiny-vit", random_weights=True)
+                if random
+                else ClipBackbone.load("vlmad-tiny-vit", checkpoint=str(weights_file("vlmad-tiny-vit")))
+            )
             return WinClip(bb, cache=cache, batch_size=batch_size)
         from vlmad.methods.aprilgan import AprilGan
 
@@ -115,8 +118,12 @@ def make_app(tmp_path, make_detector):
     from vlmad.serve.limits import Limits
 
     def make(detector=None, data_dir=None, limits: Limits | None = None, loader=None, **fields):
-        config = ServeConfig(class_name=fields.pop("class_name", "bottle"), data_dir=data_dir or tmp_path / "data",
-                             limits=limits or Limits(), **fields)
+        config = ServeConfig(
+            class_name=fields.pop("class_name", "bottle"),
+            data_dir=data_dir or tmp_path / "data",
+            limits=limits or Limits(),
+            **fields,
+        )
         if loader is not None:
             return create_app(config, loader=loader)
         return create_app(config, detector=detector if detector is not None else make_detector())

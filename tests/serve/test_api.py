@@ -17,8 +17,7 @@ from PIL import Image
 from vlmad.serve.limits import Limits
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
-pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is "
-                    "not installed")
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is not installed")
 
 
 def assert_error(res, status: int, code: str, *words: str) -> dict:
@@ -104,12 +103,23 @@ def test_threshold_gives_decisions_and_deploy_mismatch_warns(make_app, serve_hel
     from vlmad.serve.app import load_deploy
 
     deploy = tmp_path / "deploy.json"
-    deploy.write_text(json.dumps({"format": 2, "threshold": 0.0, "method": "aprilgan", "class_name": "screw",
-                                  "expected_false_alarm_rate": 0.01,
-                                  "calibration": {"mode": "normal-quantile", "n_images": 9},
-                                  "fingerprint": {"model": "ViT-L-14-336", "shots": 4}, "pixel": None,
-                                  "detector": {"model": "ViT-L-14-336", "shots": 4}, "created": "2026-01-01",
-                                  "vlmad_version": "0.2.0"}))
+    deploy.write_text(
+        json.dumps(
+            {
+                "format": 2,
+                "threshold": 0.0,
+                "method": "aprilgan",
+                "class_name": "screw",
+                "expected_false_alarm_rate": 0.01,
+                "calibration": {"mode": "normal-quantile", "n_images": 9},
+                "fingerprint": {"model": "ViT-L-14-336", "shots": 4},
+                "pixel": None,
+                "detector": {"model": "ViT-L-14-336", "shots": 4},
+                "created": "2026-01-01",
+                "vlmad_version": "0.2.0",
+            }
+        )
+    )
     data = load_deploy(deploy).record  # the record only: warnings; the fingerprint check: test_deploy_check.py
     with serve_helpers.client(make_app(threshold=data["threshold"], deploy=data, deploy_path=str(deploy))) as c:
         body = detect(c, serve_helpers.png(4)).json()
@@ -128,8 +138,12 @@ def test_load_deploy_errors(tmp_path):
     from vlmad.serve.app import load_deploy
     from vlmad_runtime.errors import VlmadError
 
-    cases = {"missing.json": None, "bad.json": "{not json", "nothr.json": '{"method": "winclip"}',
-             "nan.json": '{"threshold": "abc"}'}
+    cases = {
+        "missing.json": None,
+        "bad.json": "{not json",
+        "nothr.json": '{"method": "winclip"}',
+        "nan.json": '{"threshold": "abc"}',
+    }
     for name, text in cases.items():
         if text is not None:
             (tmp_path / name).write_text(text)
@@ -175,8 +189,15 @@ def test_health_ready_info_metrics_openapi_page(make_app, serve_helpers):
     sample = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_]+="[^"]*",?)*\})? [-+0-9.eEInfa]+$')
     for line in text.strip().splitlines():
         assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
-    for path in ("/v1/detect", "/v1/references", "/v1/references/{name}", "/v1/info", "/healthz", "/readyz",
-                 "/metrics"):
+    for path in (
+        "/v1/detect",
+        "/v1/references",
+        "/v1/references/{name}",
+        "/v1/info",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in schema["paths"], path
     body_types = schema["paths"]["/v1/detect"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "application/json"} <= set(body_types)
@@ -199,8 +220,9 @@ def test_reference_sets_crud_and_few_shot_matches_fit(make_app, make_detector, s
     expected = float(det.predict(Image.open(io.BytesIO(query)).convert("RGB")).image_scores[0])
     with serve_helpers.client(make_app()) as c:
         assert c.get("/v1/references").json() == {"sets": []}
-        r = c.post("/v1/references/good-1", files=[("images", (f"g{i}.png", b, "image/png")) for i, b in
-                                                   enumerate(refs)])
+        r = c.post(
+            "/v1/references/good-1", files=[("images", (f"g{i}.png", b, "image/png")) for i, b in enumerate(refs)]
+        )
         assert r.status_code == 201, r.text
         created = r.json()
         assert created["name"] == "good-1" and created["count"] == 3 and created["shots"] == 3
@@ -220,10 +242,16 @@ def test_reference_sets_crud_and_few_shot_matches_fit(make_app, make_detector, s
         # JSON upload, then replace
         r = c.post("/v1/references/other", json={"images_b64": [base64.b64encode(refs[0]).decode()]})
         assert r.status_code == 201 and r.json()["count"] == 1
-        assert_error(c.post("/v1/references/other", json={"images_b64": [base64.b64encode(refs[1]).decode()]}),
-                     409, "reference_set_exists", "already exists")
-        r = c.post("/v1/references/other?replace=true", files=[("images", ("a.png", refs[1], "image/png")),
-                                                               ("images", ("b.png", refs[2], "image/png"))])
+        assert_error(
+            c.post("/v1/references/other", json={"images_b64": [base64.b64encode(refs[1]).decode()]}),
+            409,
+            "reference_set_exists",
+            "already exists",
+        )
+        r = c.post(
+            "/v1/references/other?replace=true",
+            files=[("images", ("a.png", refs[1], "image/png")), ("images", ("b.png", refs[2], "image/png"))],
+        )
         assert r.status_code == 200 and r.json()["count"] == 2 and r.json()["shots"] == 2
         other = detect(c, query, "?references=other").json()
         assert other["shots"] == 2 and other["reference_version"] == r.json()["version"]
@@ -243,8 +271,9 @@ def test_reference_sets_survive_a_restart(tmp_path, make_app, make_detector, ser
     refs = [serve_helpers.png(30 + i, (64, 64)) for i in range(2)]
     query = serve_helpers.png(40)
     with serve_helpers.client(make_app(data_dir=data_dir)) as c:
-        created = c.post("/v1/references/line-a", files=[("images", (f"{i}.png", b, "image/png"))
-                                                         for i, b in enumerate(refs)]).json()
+        created = c.post(
+            "/v1/references/line-a", files=[("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(refs)]
+        ).json()
         before = detect(c, query, "?references=line-a").json()["score"]
     # a new process would see exactly the files on disk: a fresh app with a fresh detector on the same data dir
     (data_dir / "references" / ".tmp-crashed.zip").write_bytes(b"half a zip")  # an interrupted write
@@ -262,12 +291,18 @@ def test_reference_sets_survive_a_restart(tmp_path, make_app, make_detector, ser
 
 
 def test_requests_for_different_sets_are_batched_per_set(make_app, serve_helpers):
-    refs = {name: [serve_helpers.png(50 + i + 10 * k, (64, 64)) for i in range(2)]
-            for k, name in enumerate(("set-a", "set-b"))}
+    refs = {
+        name: [serve_helpers.png(50 + i + 10 * k, (64, 64)) for i in range(2)]
+        for k, name in enumerate(("set-a", "set-b"))
+    }
     with serve_helpers.client(make_app(max_batch_size=8, max_wait_ms=300)) as c:
         for name, imgs in refs.items():
-            assert c.post(f"/v1/references/{name}", files=[("images", ("x.png", b, "image/png"))
-                                                           for b in imgs]).status_code == 201
+            assert (
+                c.post(
+                    f"/v1/references/{name}", files=[("images", ("x.png", b, "image/png")) for b in imgs]
+                ).status_code
+                == 201
+            )
         single = {n: detect(c, serve_helpers.png(60), f"?references={n}").json()["score"] for n in refs}
         single[None] = detect(c, serve_helpers.png(60)).json()["score"]
         results: list[dict] = []
@@ -295,15 +330,30 @@ def test_detect_error_paths(make_app, serve_helpers):
     png = serve_helpers.png(7)
     limits = Limits(max_upload_bytes=200_000, max_pixels=500_000)
     with serve_helpers.client(make_app(limits=limits)) as c:
-        assert_error(c.post("/v1/detect", content=b"hello", headers={"Content-Type": "text/plain"}), 415,
-                     "unsupported_media_type", "text/plain")
+        assert_error(
+            c.post("/v1/detect", content=b"hello", headers={"Content-Type": "text/plain"}),
+            415,
+            "unsupported_media_type",
+            "text/plain",
+        )
         assert_error(c.post("/v1/detect", content=png), 415, "missing_content_type")
-        assert_error(c.post("/v1/detect", files={"picture": ("a.png", png, "image/png")}), 400, "missing_field",
-                     "image", "picture")
-        assert_error(c.post("/v1/detect", data={"note": "x"}, files={"other": ("a.png", png, "image/png")}),
-                     400, "missing_field")
-        assert_error(c.post("/v1/detect", files=[("image", ("a.png", png, "image/png")),
-                                                 ("image", ("b.png", png, "image/png"))]), 400, "too_many_images")
+        assert_error(
+            c.post("/v1/detect", files={"picture": ("a.png", png, "image/png")}),
+            400,
+            "missing_field",
+            "image",
+            "picture",
+        )
+        assert_error(
+            c.post("/v1/detect", data={"note": "x"}, files={"other": ("a.png", png, "image/png")}), 400, "missing_field"
+        )
+        assert_error(
+            c.post(
+                "/v1/detect", files=[("image", ("a.png", png, "image/png")), ("image", ("b.png", png, "image/png"))]
+            ),
+            400,
+            "too_many_images",
+        )
         assert_error(detect(c, png, ctype="text/html"), 415, "unsupported_media_type", "text/html")
         assert_error(detect(c, b"this is not an image at all"), 400, "invalid_image", "not a recognisable image")
         assert_error(detect(c, b""), 400, "empty_image")
@@ -314,18 +364,30 @@ def test_detect_error_paths(make_app, serve_helpers):
         assert_error(detect(c, serve_helpers.bomb(200_000, 200_000)), 413, "too_many_pixels", "bomb")
         big = serve_helpers.png(9, (400, 400))  # ~480 kB of noise > 200 kB
         assert_error(detect(c, big), 413, "request_too_large")
-        assert_error(c.post("/v1/detect", content=b"{nope", headers={"Content-Type": "application/json"}), 400,
-                     "invalid_json")
+        assert_error(
+            c.post("/v1/detect", content=b"{nope", headers={"Content-Type": "application/json"}), 400, "invalid_json"
+        )
         assert_error(c.post("/v1/detect", json=[1, 2]), 400, "invalid_json", "object")
         assert_error(c.post("/v1/detect", json={"filename": "a.png"}), 400, "missing_field", "image_b64")
         assert_error(c.post("/v1/detect", json={"image_b64": "%%%not base64%%%"}), 400, "invalid_base64")
         assert_error(c.post("/v1/detect", json={"image_b64": 12}), 400, "invalid_field")
-        assert_error(c.post("/v1/detect", json={"image_b64": base64.b64encode(png).decode(), "imgae": 1}), 400,
-                     "unknown_field", "imgae")
-        assert_error(c.post("/v1/detect", content=b"--x\r\nbroken", headers={
-            "Content-Type": "multipart/form-data; boundary=x"}), 400, "invalid_multipart")
-        assert_error(c.post("/v1/detect", content=b"abc", headers={"Content-Type": "multipart/form-data"}), 400,
-                     "invalid_multipart", "boundary")
+        assert_error(
+            c.post("/v1/detect", json={"image_b64": base64.b64encode(png).decode(), "imgae": 1}),
+            400,
+            "unknown_field",
+            "imgae",
+        )
+        assert_error(
+            c.post("/v1/detect", content=b"--x\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=x"}),
+            400,
+            "invalid_multipart",
+        )
+        assert_error(
+            c.post("/v1/detect", content=b"abc", headers={"Content-Type": "multipart/form-data"}),
+            400,
+            "invalid_multipart",
+            "boundary",
+        )
         assert_error(detect(c, png, "?references=nope"), 404, "unknown_reference_set", "nope")
         assert_error(detect(c, png, "?references=../../etc"), 400, "invalid_reference_set_name")
         assert_error(detect(c, png, "?heatmap=pretty"), 400, "invalid_query", "pretty")
@@ -343,8 +405,11 @@ def test_reference_error_paths_and_names(make_app, serve_helpers, tmp_path):
     limits = Limits(max_reference_images=3)
     with serve_helpers.client(make_app(data_dir=data_dir, limits=limits)) as c:
         for bad in ("a.b", "x" * 65, "a%20b", "ünï", "a~b"):
-            assert_error(c.post(f"/v1/references/{bad}", files={"images": ("a.png", png, "image/png")}), 400,
-                         "invalid_reference_set_name")
+            assert_error(
+                c.post(f"/v1/references/{bad}", files={"images": ("a.png", png, "image/png")}),
+                400,
+                "invalid_reference_set_name",
+            )
             assert_error(c.get(f"/v1/references/{bad}"), 400, "invalid_reference_set_name")
             assert_error(c.delete(f"/v1/references/{bad}"), 400, "invalid_reference_set_name")
         for path in ("/v1/references/..%2F..%2Fescape", "/v1/references/a/b", "/v1/references/%2e%2e"):
@@ -352,18 +417,32 @@ def test_reference_error_paths_and_names(make_app, serve_helpers, tmp_path):
             assert res.status_code in (400, 404, 405), (path, res.status_code)
             assert res.json()["error"]["code"]
         assert_error(c.get("/v1/references/missing"), 404, "unknown_reference_set", "missing")
-        assert_error(c.post("/v1/references/s1", files={"other": ("a.png", png, "image/png")}), 400,
-                     "missing_field", "images")
+        assert_error(
+            c.post("/v1/references/s1", files={"other": ("a.png", png, "image/png")}), 400, "missing_field", "images"
+        )
         assert_error(c.post("/v1/references/s1", json={"images_b64": []}), 400, "no_images")
         assert_error(c.post("/v1/references/s1", json={"images_b64": "abc"}), 400, "invalid_field")
         assert_error(c.post("/v1/references/s1", json={}), 400, "missing_field", "images_b64")
-        assert_error(c.post("/v1/references/s1", files=[("images", ("a.png", png, "image/png"))] * 4), 400,
-                     "too_many_images", "at most 3")
-        assert_error(c.post("/v1/references/s1", files=[("images", ("a.png", png, "image/png")),
-                                                        ("images", ("b.png", b"junk", "image/png"))]),
-                     400, "invalid_image", "images[1] (b.png)")
-        assert_error(c.post("/v1/references/s1", content=png, headers={"Content-Type": "image/png"}), 415,
-                     "unsupported_media_type")
+        assert_error(
+            c.post("/v1/references/s1", files=[("images", ("a.png", png, "image/png"))] * 4),
+            400,
+            "too_many_images",
+            "at most 3",
+        )
+        assert_error(
+            c.post(
+                "/v1/references/s1",
+                files=[("images", ("a.png", png, "image/png")), ("images", ("b.png", b"junk", "image/png"))],
+            ),
+            400,
+            "invalid_image",
+            "images[1] (b.png)",
+        )
+        assert_error(
+            c.post("/v1/references/s1", content=png, headers={"Content-Type": "image/png"}),
+            415,
+            "unsupported_media_type",
+        )
         assert c.get("/v1/references").json() == {"sets": []}  # nothing half-stored
     # nothing outside <data-dir>/references was written, and nothing but set files inside it
     assert sorted(p.relative_to(data_dir).as_posix() for p in data_dir.rglob("*")) == ["references"]
@@ -373,9 +452,15 @@ def test_reference_error_paths_and_names(make_app, serve_helpers, tmp_path):
 def test_api_key_is_enforced_except_on_health_and_page(make_app, serve_helpers):
     png = serve_helpers.png(12)
     with serve_helpers.client(make_app(api_key="s3cret-key")) as c:
-        for method, path in (("get", "/v1/info"), ("get", "/v1/references"), ("get", "/metrics"),
-                             ("post", "/v1/detect"), ("post", "/v1/references/a"), ("delete", "/v1/references/a"),
-                             ("get", "/v1/references/a")):
+        for method, path in (
+            ("get", "/v1/info"),
+            ("get", "/v1/references"),
+            ("get", "/metrics"),
+            ("post", "/v1/detect"),
+            ("post", "/v1/references/a"),
+            ("delete", "/v1/references/a"),
+            ("get", "/v1/references/a"),
+        ):
             res = getattr(c, method)(path)
             body = assert_error(res, 401, "unauthorized", "api key")
             assert res.headers["www-authenticate"] == "Bearer"
@@ -386,8 +471,9 @@ def test_api_key_is_enforced_except_on_health_and_page(make_app, serve_helpers):
             assert c.get(path).status_code == 200, path
         ok = c.post("/v1/detect", files={"image": ("a.png", png, "image/png")}, headers={"X-API-Key": "s3cret-key"})
         assert ok.status_code == 200
-        bearer = c.post("/v1/detect", files={"image": ("a.png", png, "image/png")},
-                        headers={"Authorization": "Bearer s3cret-key"})
+        bearer = c.post(
+            "/v1/detect", files={"image": ("a.png", png, "image/png")}, headers={"Authorization": "Bearer s3cret-key"}
+        )
         assert bearer.status_code == 200
         assert c.get("/metrics", headers={"X-API-Key": "s3cret-key"}).status_code == 200
         info = c.get("/v1/info", headers={"X-API-Key": "s3cret-key"}).json()
@@ -499,8 +585,9 @@ def test_aprilgan_detector_behind_the_service(make_app, make_detector, serve_hel
     det.fit([Image.open(io.BytesIO(b)).convert("RGB") for b in refs])
     expected = float(det.predict(Image.open(io.BytesIO(query)).convert("RGB")).image_scores[0])
     with serve_helpers.client(make_app(detector=make_detector("aprilgan"))) as c:
-        assert c.post("/v1/references/ag", files=[("images", ("x.png", b, "image/png")) for b in refs]
-                      ).status_code == 201
+        assert (
+            c.post("/v1/references/ag", files=[("images", ("x.png", b, "image/png")) for b in refs]).status_code == 201
+        )
         zero = detect(c, query).json()
         few = detect(c, query, "?references=ag&heatmap=raw").json()
     assert zero["method"] == "aprilgan" and zero["shots"] == 0
@@ -556,16 +643,27 @@ def test_replaced_set_while_queued_uses_and_reports_the_new_version(make_app, ma
         queued = threading.Thread(target=lambda: got.append(detect(c, serve_helpers.png(2), "?references=s")))
         queued.start()
         wait_for(lambda: batcher.depth == 1, "few-shot request never queued")  # key (s, v1)
-        replace = threading.Thread(target=lambda: got.append(c.post(
-            "/v1/references/s?replace=true", files=[("images", ("b.png", b, "image/png")) for b in refs[1:]])))
+        replace = threading.Thread(
+            target=lambda: got.append(
+                c.post("/v1/references/s?replace=true", files=[("images", ("b.png", b, "image/png")) for b in refs[1:]])
+            )
+        )
         replace.start()
         # stored on disk as v2; its warm-up fit is queued behind the few-shot request
         wait_for(lambda: service.store.get("s").version != v1 and batcher.depth == 2, "replace never queued")
         slow.gate.set()
         for t in (blocker, queued, replace):
             t.join(30)
-    by_kind = {("ref" if r.request.method == "POST" and "references/" in str(r.request.url) else
-                "few" if "references=s" in str(r.request.url) else "zero"): r for r in got}
+    by_kind = {
+        (
+            "ref"
+            if r.request.method == "POST" and "references/" in str(r.request.url)
+            else "few"
+            if "references=s" in str(r.request.url)
+            else "zero"
+        ): r
+        for r in got
+    }
     v2 = by_kind["ref"].json()["version"]
     assert v2 != v1 and by_kind["zero"].status_code == 200
     few = by_kind["few"].json()

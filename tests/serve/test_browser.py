@@ -22,8 +22,7 @@ from PIL import Image
 from vlmad.serve.client import free_port, wait_until_ready
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
-pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is "
-                    "not installed")
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is not installed")
 
 CHROMIUM = os.environ.get("VLMAD_CHROMIUM", "/usr/bin/chromium")
 
@@ -87,8 +86,12 @@ def test_page_upload_shows_score_decision_and_heatmap(browser_exe, live_server, 
     import httpx
 
     good = [part_image(False, 160)]
-    assert httpx.post(url + "/v1/references/bottle-good", files=[("images", ("good.png", good[0], "image/png"))],
-                      timeout=30).status_code == 201
+    assert (
+        httpx.post(
+            url + "/v1/references/bottle-good", files=[("images", ("good.png", good[0], "image/png"))], timeout=30
+        ).status_code
+        == 201
+    )
     images = {}
     for name, defect in (("normal.png", False), ("scratched.png", True)):
         images[name] = tmp_path / name
@@ -101,8 +104,14 @@ def test_page_upload_shows_score_decision_and_heatmap(browser_exe, live_server, 
             page = browser.new_page(viewport={"width": 1200, "height": 1100})
             page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
             page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-            page.on("request", lambda r: errors.append(f"external request {r.url}")
-                    if not r.url.startswith(url) and not r.url.startswith(("data:", "blob:")) else None)
+            page.on(
+                "request",
+                lambda r: (
+                    errors.append(f"external request {r.url}")
+                    if not r.url.startswith(url) and not r.url.startswith(("data:", "blob:"))
+                    else None
+                ),
+            )
             page.goto(url + "/")
             expect(page.locator("#status")).to_contain_text("ready", timeout=20_000)
             banner = page.locator("#random-banner")
@@ -124,8 +133,7 @@ def test_page_upload_shows_score_decision_and_heatmap(browser_exe, live_server, 
             # few-shot with the reference set, and the opacity slider
             page.select_option("#refset", "bottle-good")
             page.set_input_files("#file", str(images["scratched.png"]))
-            expect(page.locator("#result-meta")).to_contain_text('references "bottle-good" (1-shot)',
-                                                                  timeout=20_000)
+            expect(page.locator("#result-meta")).to_contain_text('references "bottle-good" (1-shot)', timeout=20_000)
             expect(page.locator("#history li")).to_have_count(2)
             page.locator("#opacity").fill("0.8")
             assert page.eval_on_selector("#heat", "e => e.style.opacity") == "0.8"
@@ -199,8 +207,10 @@ def test_a_page_of_another_origin_cannot_poison_references_or_rebind_dns(browser
     write_page(ATTACK_PAGE.format(png=base64.b64encode(part_image(False, 64)).decode(), target=url))
     port = url.rsplit(":", 1)[1]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=browser_exe, args=[
-            "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP attacker.example 127.0.0.1"])
+        browser = pw.chromium.launch(
+            executable_path=browser_exe,
+            args=["--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP attacker.example 127.0.0.1"],
+        )
         try:
             page = browser.new_page()
             page.goto(site + "/")
@@ -232,11 +242,21 @@ def test_page_draws_colour_bar_contour_and_not_calibrated_note(browser_exe, make
     pixel = pixel_calibration([maps[0]], 0.01)
     info = det.info().as_dict()
     det.reset_references()
-    dep = validate_deploy({
-        "format": 2, "threshold": 0.5, "method": info["method"], "class_name": "bottle",
-        "expected_false_alarm_rate": 0.5, "calibration": {"mode": "normal-quantile", "n_images": 1},
-        "fingerprint": detector_fingerprint(info, "bottle", reference_fingerprint([image_digest(good)])),
-        "pixel": pixel.as_dict(), "detector": info, "created": "2026-01-01", "vlmad_version": "0.2.0"})
+    dep = validate_deploy(
+        {
+            "format": 2,
+            "threshold": 0.5,
+            "method": info["method"],
+            "class_name": "bottle",
+            "expected_false_alarm_rate": 0.5,
+            "calibration": {"mode": "normal-quantile", "n_images": 1},
+            "fingerprint": detector_fingerprint(info, "bottle", reference_fingerprint([image_digest(good)])),
+            "pixel": pixel.as_dict(),
+            "detector": info,
+            "created": "2026-01-01",
+            "vlmad_version": "0.2.0",
+        }
+    )
     app = make_app(detector=det, deployment=dep, threshold=dep.threshold)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

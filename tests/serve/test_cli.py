@@ -14,8 +14,7 @@ from PIL import Image
 
 from vlmad.serve.client import free_port, wait_until_ready
 
-pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is "
-                    "not installed")
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is not installed")
 
 # works whether or not vlmad.cli.commands already imports the serve command module
 LAUNCH = "import vlmad.cli.serve_cmd; from vlmad.cli import main; main()"
@@ -23,15 +22,32 @@ LAUNCH = "import vlmad.cli.serve_cmd; from vlmad.cli import main; main()"
 
 def vlmad(*args, env_extra=None, **kw):
     env = dict(os.environ, HF_HUB_OFFLINE="1", **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-c", LAUNCH, *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-c", LAUNCH, *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 # a deploy file of another detector (class screw; no other field of the tiny detector recorded)
-OTHER_DETECTOR = json.dumps({
-    "format": 2, "threshold": 0.25, "method": "winclip", "class_name": "screw", "expected_false_alarm_rate": 0.01,
-    "calibration": {"mode": "normal-quantile", "n_images": 99}, "fingerprint": {"class_name": "screw"},
-    "pixel": None, "detector": {}, "created": "2026-01-01", "vlmad_version": "0.2.0"})
+OTHER_DETECTOR = json.dumps(
+    {
+        "format": 2,
+        "threshold": 0.25,
+        "method": "winclip",
+        "class_name": "screw",
+        "expected_false_alarm_rate": 0.01,
+        "calibration": {"mode": "normal-quantile", "n_images": 99},
+        "fingerprint": {"class_name": "screw"},
+        "pixel": None,
+        "detector": {},
+        "created": "2026-01-01",
+        "vlmad_version": "0.2.0",
+    }
+)
 
 
 def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
@@ -40,10 +56,28 @@ def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
     deploy = tmp_path / "deploy.json"
     deploy.write_text(OTHER_DETECTOR)
     port = free_port()
-    proc = vlmad("serve", "--class-name", "bottle", "--model", "vlmad-tiny-vit", "--random-weights",
-                 "--deploy", deploy, "--force-deploy", "--port", port, "--data-dir", tmp_path / "data",
-                 "--max-batch-size", "4",
-                 "--max-wait-ms", "5", "--log-level", "warning", env_extra={"VLMAD_API_KEY": "k-123"})
+    proc = vlmad(
+        "serve",
+        "--class-name",
+        "bottle",
+        "--model",
+        "vlmad-tiny-vit",
+        "--random-weights",
+        "--deploy",
+        deploy,
+        "--force-deploy",
+        "--port",
+        port,
+        "--data-dir",
+        tmp_path / "data",
+        "--max-batch-size",
+        "4",
+        "--max-wait-ms",
+        "5",
+        "--log-level",
+        "warning",
+        env_extra={"VLMAD_API_KEY": "k-123"},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         if not wait_until_ready(url, 120, alive=lambda: proc.poll() is None):
@@ -56,8 +90,12 @@ def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
         assert any("class 'screw'" in w for w in info["warnings"])
         buf = io.BytesIO()
         Image.new("RGB", (50, 40), (120, 80, 40)).save(buf, "PNG")
-        res = httpx.post(url + "/v1/detect", files={"image": ("a.png", buf.getvalue(), "image/png")},
-                         headers={"Authorization": "Bearer k-123"}, timeout=30)
+        res = httpx.post(
+            url + "/v1/detect",
+            files={"image": ("a.png", buf.getvalue(), "image/png")},
+            headers={"Authorization": "Bearer k-123"},
+            timeout=30,
+        )
         assert res.status_code == 200, res.text
         body = res.json()
         assert body["decision"] in ("anomalous", "normal") and body["warning"].startswith("random weights")
@@ -76,17 +114,32 @@ def test_serve_cli_end_to_end_with_env_api_key_and_deploy(tmp_path):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"method": "winclip"}', "deploy format none"),
-    ('{"threshold": 0.5, "format": 2}', "lacks"),
-    ("OTHER", "calibrated for another detector"),
-    ("{oops", "is not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"method": "winclip"}', "deploy format none"),
+        ('{"threshold": 0.5, "format": 2}', "lacks"),
+        ("OTHER", "calibrated for another detector"),
+        ("{oops", "is not valid JSON"),
+    ],
+)
 def test_serve_cli_refuses_a_bad_deploy_file(tmp_path, content, message):
     deploy = tmp_path / "deploy.json"
     deploy.write_text(OTHER_DETECTOR if content == "OTHER" else content)
-    proc = vlmad("serve", "--class-name", "bottle", "--model", "vlmad-tiny-vit", "--random-weights",
-                 "--deploy", deploy, "--port", free_port(), "--data-dir", tmp_path / "data")
+    proc = vlmad(
+        "serve",
+        "--class-name",
+        "bottle",
+        "--model",
+        "vlmad-tiny-vit",
+        "--random-weights",
+        "--deploy",
+        deploy,
+        "--port",
+        free_port(),
+        "--data-dir",
+        tmp_path / "data",
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert message in err and "hint:" in err and "Traceback" not in err
@@ -100,8 +153,18 @@ def test_serve_cli_checks_the_port_before_loading_the_model(tmp_path):
         busy.listen(1)
         port = busy.getsockname()[1]
         # an unknown model would fail the load: the port error must come first, so no model is loaded
-        proc = vlmad("serve", "--class-name", "bottle", "--model", "no-such-model", "--random-weights",
-                     "--port", port, "--data-dir", tmp_path / "data")
+        proc = vlmad(
+            "serve",
+            "--class-name",
+            "bottle",
+            "--model",
+            "no-such-model",
+            "--random-weights",
+            "--port",
+            port,
+            "--data-dir",
+            tmp_path / "data",
+        )
         out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2, err[-2000:]
     assert f"port {port} on 127.0.0.1 is already in use" in err and "--port" in err

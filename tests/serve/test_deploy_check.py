@@ -19,12 +19,21 @@ def deployment_for(detector, class_name="bottle", reference_fp=None, **fp_change
     from vlmad.fingerprint import detector_fingerprint
 
     fp = {**detector_fingerprint(detector.info().as_dict(), class_name, reference_fp), **fp_changes}
-    return validate_deploy({
-        "format": 2, "threshold": 0.0, "method": fp["method"], "class_name": class_name,
-        "expected_false_alarm_rate": 0.1, "calibration": {"mode": "normal-quantile", "n_images": 9},
-        "fingerprint": fp, "pixel": {"map_scale": [0.0, 0.5], "pixel_threshold": 0.2, "pixel_fp_rate": 0.01,
-                                     "n_images": 9},
-        "detector": detector.info().as_dict(), "created": "2026-01-01", "vlmad_version": "0.2.0"})
+    return validate_deploy(
+        {
+            "format": 2,
+            "threshold": 0.0,
+            "method": fp["method"],
+            "class_name": class_name,
+            "expected_false_alarm_rate": 0.1,
+            "calibration": {"mode": "normal-quantile", "n_images": 9},
+            "fingerprint": fp,
+            "pixel": {"map_scale": [0.0, 0.5], "pixel_threshold": 0.2, "pixel_fp_rate": 0.01, "n_images": 9},
+            "detector": detector.info().as_dict(),
+            "created": "2026-01-01",
+            "vlmad_version": "0.2.0",
+        }
+    )
 
 
 def post(c, png: bytes, query: str = ""):
@@ -47,8 +56,9 @@ def test_matching_deploy_decides_and_returns_mask_and_scale(make_app, make_detec
     assert contour.shape[-1] == 4 and (contour[..., 3] > 0).sum() <= mask.sum()
 
 
-@pytest.mark.parametrize("change", [{"class_name": "screw"}, {"model": "other"}, {"precision": "int8"},
-                                    {"prompt_hash": "x"}, {"shots": 4}])
+@pytest.mark.parametrize(
+    "change", [{"class_name": "screw"}, {"model": "other"}, {"precision": "int8"}, {"prompt_hash": "x"}, {"shots": 4}]
+)
 def test_mismatching_deploy_gives_no_decision_unless_forced(make_app, make_detector, serve_helpers, change):
     det = make_detector()
     dep = deployment_for(det, **change)
@@ -72,8 +82,9 @@ def test_reference_set_must_be_the_calibrated_one(make_app, make_detector, serve
     det.reset_references()
     with serve_helpers.client(make_app(detector=det, deployment=dep)) as c:
         for name, images in (("same", refs[::-1]), ("other", [refs[0], serve_helpers.png(12)])):
-            r = c.post(f"/v1/references/{name}", files=[("images", (f"{i}.png", b, "image/png"))
-                                                         for i, b in enumerate(images)])
+            r = c.post(
+                f"/v1/references/{name}", files=[("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(images)]
+            )
             assert r.status_code in (200, 201), r.text
         same = post(c, serve_helpers.png(4), "?references=same")
         other = post(c, serve_helpers.png(4), "?references=other")

@@ -21,15 +21,15 @@ from PIL import Image
 from vlmad.serve.guard import default_allowed_hosts, normalise_origin, split_list
 from vlmad.serve.limits import Limits
 
-pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is "
-                    "not installed")
+pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is not installed")
 
 ATTACKER = "http://127.0.0.1:18090"
 
 
 def _ref_post(client, png: bytes, headers: dict | None = None, name: str = "good"):
-    return client.post(f"/v1/references/{name}?replace=true", files={"images": ("g.png", png, "image/png")},
-                       headers=headers or {})
+    return client.post(
+        f"/v1/references/{name}?replace=true", files={"images": ("g.png", png, "image/png")}, headers=headers or {}
+    )
 
 
 # ---------------------------------------------------------------------------------------------- 1. CSRF and Host
@@ -48,8 +48,7 @@ def test_cross_origin_browser_posts_are_refused_key_or_no_key(make_app, serve_he
         null_origin = _ref_post(c, png, {**key, "Origin": "null"})
         assert null_origin.status_code == 403
         assert c.get("/v1/references", headers=key).json()["sets"] == []  # nothing was stored
-        det = c.post("/v1/detect", files={"image": ("p.png", png, "image/png")},
-                     headers={**key, "Origin": ATTACKER})
+        det = c.post("/v1/detect", files={"image": ("p.png", png, "image/png")}, headers={**key, "Origin": ATTACKER})
         assert det.status_code == 403
         gone = c.delete("/v1/references/good", headers={**key, "Origin": ATTACKER})
         assert gone.status_code == 403
@@ -79,9 +78,12 @@ def test_unknown_host_headers_are_refused_except_on_probes(make_app, serve_helpe
     png = serve_helpers.png(3)
     with serve_helpers.client(make_app()) as c:
         rebound = {"Host": "attacker.example"}
-        for res in (c.get("/v1/info", headers=rebound), c.get("/v1/references", headers=rebound),
-                    c.post("/v1/detect", files={"image": ("p.png", png, "image/png")}, headers=rebound),
-                    c.get("/", headers=rebound)):
+        for res in (
+            c.get("/v1/info", headers=rebound),
+            c.get("/v1/references", headers=rebound),
+            c.post("/v1/detect", files={"image": ("p.png", png, "image/png")}, headers=rebound),
+            c.get("/", headers=rebound),
+        ):
             assert res.status_code == 403, res.text
             assert res.json()["error"]["code"] == "unknown_host"
         assert c.get("/healthz", headers=rebound).status_code == 200
@@ -148,9 +150,11 @@ def test_decode_slots_stay_taken_until_timed_out_decodes_end(make_app):
     app = make_app(limits=Limits(max_concurrent_decodes=2, request_timeout_s=0.05))
     service = app.state.service
     with live_server(app) as url:
+
         def post(_):
-            return httpx.post(url + "/v1/detect", content=png, headers={"Content-Type": "image/png"},
-                              timeout=120).status_code
+            return httpx.post(
+                url + "/v1/detect", content=png, headers={"Content-Type": "image/png"}, timeout=120
+            ).status_code
 
         with ThreadPoolExecutor(12) as pool:
             codes = list(pool.map(post, range(12)))
@@ -178,8 +182,9 @@ def test_full_resolution_image_is_not_alive_while_the_model_runs(make_app, make_
 
     det.predict = predict
     with serve_helpers.client(make_app(detector=det)) as c:
-        res = c.post(f"/v1/detect?heatmap={heatmap}", content=_gradient_png(*size),
-                     headers={"Content-Type": "image/png"})
+        res = c.post(
+            f"/v1/detect?heatmap={heatmap}", content=_gradient_png(*size), headers={"Content-Type": "image/png"}
+        )
     assert res.status_code == 200, res.text
     body = res.json()
     assert body["image"]["width"] == 1500 and body["image"]["height"] == 1100
@@ -236,26 +241,33 @@ def test_deeply_nested_json_is_a_400(make_app, serve_helpers):
 def test_request_bodies_share_one_budget(make_app):
     import httpx
 
-    limits = Limits(max_upload_bytes=1024 * 1024, max_reference_request_bytes=2 * 1024 * 1024,
-                    max_body_bytes_in_flight=2 * 1024 * 1024)
+    limits = Limits(
+        max_upload_bytes=1024 * 1024,
+        max_reference_request_bytes=2 * 1024 * 1024,
+        max_body_bytes_in_flight=2 * 1024 * 1024,
+    )
     app = make_app(limits=limits)
     service = app.state.service
     with live_server(app) as url:
         port = int(url.rsplit(":", 1)[1])
         slow = socket.create_connection(("127.0.0.1", port))
         try:  # a client that declares 1.3 MB and sends the body slowly holds that much of the budget
-            slow.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
-                         b"Content-Length: 1300000\r\n\r\n" + b"\0" * 1000)
+            slow.sendall(
+                b"POST /v1/detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 1300000\r\n\r\n" + b"\0" * 1000
+            )
             _wait_for(lambda: service.bodies.used >= 1_300_000)
-            second = httpx.post(url + "/v1/detect", content=b"\0" * 1_000_000,
-                                headers={"Content-Type": "image/png"}, timeout=30)
+            second = httpx.post(
+                url + "/v1/detect", content=b"\0" * 1_000_000, headers={"Content-Type": "image/png"}, timeout=30
+            )
             assert second.status_code == 503, second.text
             assert second.json()["error"]["code"] == "busy" and second.headers["retry-after"] == "1"
         finally:
             slow.close()
         _wait_for(lambda: service.bodies.used == 0)
-        third = httpx.post(url + "/v1/detect", content=b"\0" * 1_000_000, headers={"Content-Type": "image/png"},
-                           timeout=30)
+        third = httpx.post(
+            url + "/v1/detect", content=b"\0" * 1_000_000, headers={"Content-Type": "image/png"}, timeout=30
+        )
         assert third.status_code == 400 and third.json()["error"]["code"] == "invalid_image"
 
 
@@ -284,8 +296,11 @@ def test_disk_full_on_upload_is_507_and_keeps_the_old_set(make_app, serve_helper
         first = _ref_post(c, serve_helpers.png(5))
         assert first.status_code == 201
         # every write of the new set goes to /dev/full: the kernel answers ENOSPC
-        monkeypatch.setattr(references.tempfile, "mkstemp",
-                            lambda **kw: (os.open("/dev/full", os.O_WRONLY), str(tmp_path / ".tmp-full.zip")))
+        monkeypatch.setattr(
+            references.tempfile,
+            "mkstemp",
+            lambda **kw: (os.open("/dev/full", os.O_WRONLY), str(tmp_path / ".tmp-full.zip")),
+        )
         res = _ref_post(c, serve_helpers.png(6))
         assert res.status_code == 507, res.text
         err = res.json()["error"]

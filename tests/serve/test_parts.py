@@ -264,8 +264,12 @@ def test_decode_image_refusals():
     limits = Limits(max_upload_bytes=10_000, max_pixels=100, allowed_formats=("PNG",))
     buf = io.BytesIO()
     Image.new("RGB", (5, 5)).save(buf, "JPEG")
-    cases = {b"": (400, "empty_image"), b"x" * 20_000: (413, "image_too_large"),
-             b"GIF89a junk": (400, "invalid_image"), buf.getvalue(): (415, "unsupported_image_format")}
+    cases = {
+        b"": (400, "empty_image"),
+        b"x" * 20_000: (413, "image_too_large"),
+        b"GIF89a junk": (400, "invalid_image"),
+        buf.getvalue(): (415, "unsupported_image_format"),
+    }
     big = io.BytesIO()
     Image.new("RGB", (11, 10)).save(big, "PNG")
     cases[big.getvalue()] = (413, "too_many_pixels")

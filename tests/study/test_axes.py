@@ -18,9 +18,20 @@ def _by_name(variants):
 
 
 def test_prompt_variants_are_the_ablated_sets():
-    vs = _by_name(AXES["prompts"].variants(["full", "states-only", "templates-only", "single", "winclip-paper",
-                                            {"name": "mine", "normal_states": ["{}"], "anomalous_states": ["bad {}"],
-                                             "templates": ["{}"]}], "winclip", TINY))
+    vs = _by_name(
+        AXES["prompts"].variants(
+            [
+                "full",
+                "states-only",
+                "templates-only",
+                "single",
+                "winclip-paper",
+                {"name": "mine", "normal_states": ["{}"], "anomalous_states": ["bad {}"], "templates": ["{}"]},
+            ],
+            "winclip",
+            TINY,
+        )
+    )
     assert vs["full"].is_default and vs["full"].apply(TINY) == TINY
     for mode in ("states-only", "templates-only", "single"):
         assert vs[mode].patch == {"prompt_set": ablate(PROMPT_SETS["winclip"], mode).as_dict()}
@@ -45,7 +56,10 @@ def test_window_scales():
 def test_stages_each_and_all():
     vs = AXES["stages"].variants(["each", "all"], "aprilgan", TINY)  # tiny: 2 blocks -> stages (1, 2)
     assert [(v.name, v.is_default, v.patch) for v in vs] == [
-        ("all", True, {}), ("1", False, {STAGE_SUBSET_KEY: [1]}), ("2", False, {STAGE_SUBSET_KEY: [2]})]
+        ("all", True, {}),
+        ("1", False, {STAGE_SUBSET_KEY: [1]}),
+        ("2", False, {STAGE_SUBSET_KEY: [2]}),
+    ]
     four = AXES["stages"].variants(["each"], "aprilgan", {**TINY, "model": "vlmad-tiny-vit-4l"})
     assert [v.name for v in four] == ["default", "1", "2", "3", "4"]
     with pytest.raises(VlmadError, match="not one of the detector's stages"):
@@ -58,18 +72,21 @@ def test_resolution_and_backbone():
     assert list(vs) == ["default", "96px", "48px"]  # 64 px is the default: merged
     with pytest.raises(VlmadError, match="multiple of the patch size"):
         AXES["resolution"].variants([100], "winclip", TINY)
-    bb = _by_name(AXES["backbone"].variants(["default", {"model": "vlmad-tiny-vit-4l", "name": "deeper"}],
-                                            "winclip", TINY))
+    bb = _by_name(
+        AXES["backbone"].variants(["default", {"model": "vlmad-tiny-vit-4l", "name": "deeper"}], "winclip", TINY)
+    )
     assert bb["deeper"].apply(TINY) == {"model": "vlmad-tiny-vit-4l", "random_weights": True}
     with pytest.raises(VlmadError, match="has no weights"):
-        AXES["backbone"].variants([{"model": "vlmad-tiny-vit-4l"}], "winclip", {"model": "vlmad-tiny-vit",
-                                                                                 "checkpoint": "x.safetensors"})
+        AXES["backbone"].variants(
+            [{"model": "vlmad-tiny-vit-4l"}], "winclip", {"model": "vlmad-tiny-vit", "checkpoint": "x.safetensors"}
+        )
 
 
 def test_plan_phases_share_the_baseline_rows(tmp_path, mvtec_root, visa_root):
     spec = load_study_spec("quick")
-    opts = StudyOptions(out=tmp_path, roots={"mvtec": mvtec_root, "visa": visa_root}, model=["vlmad-tiny-vit"],
-                        random_weights=True)
+    opts = StudyOptions(
+        out=tmp_path, roots={"mvtec": mvtec_root, "visa": visa_root}, model=["vlmad-tiny-vit"], random_weights=True
+    )
     plan = plan_study(spec, opts)
     names = [p.name for p in plan.phases]
     assert names[0] == "main grid" and "prompts: baseline" in names and "stages=1" in names
@@ -92,11 +109,22 @@ def test_options_and_errors(tmp_path, mvtec_root):
     with pytest.raises(VlmadError, match="--root visa=PATH"):
         plan_study(spec, StudyOptions(out=tmp_path, roots={"mvtec": mvtec_root}, random_weights=True))
     with pytest.raises(VlmadError, match="needs its heads file"):
-        plan_study(spec, StudyOptions(out=tmp_path, roots={"mvtec": mvtec_root}, datasets=["mvtec"],
-                                      random_weights=True))
-    plan = plan_study(spec, StudyOptions(out=tmp_path, roots={"mvtec": mvtec_root}, datasets=["mvtec"],
-                                         random_weights=True, sets=["aprilgan.allow_untrained=true"],
-                                         categories=["demo_object"], shots=[0, 2], limit=4))
+        plan_study(
+            spec, StudyOptions(out=tmp_path, roots={"mvtec": mvtec_root}, datasets=["mvtec"], random_weights=True)
+        )
+    plan = plan_study(
+        spec,
+        StudyOptions(
+            out=tmp_path,
+            roots={"mvtec": mvtec_root},
+            datasets=["mvtec"],
+            random_weights=True,
+            sets=["aprilgan.allow_untrained=true"],
+            categories=["demo_object"],
+            shots=[0, 2],
+            limit=4,
+        ),
+    )
     cfg = plan.phases[0].config
     assert cfg.shots == [0, 2] and cfg.limit == 4 and cfg.datasets[0].categories == ["demo_object"]
     assert cfg.methods[1]["kwargs"] == {"random_weights": True, "allow_untrained": True}

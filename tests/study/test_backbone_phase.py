@@ -27,9 +27,17 @@ def test_backbone_variants_and_a_broken_one(tmp_path, mvtec_root):
     spec_file = tmp_path / "b.yaml"
     spec_file.write_text(SPEC)
     messages: list[str] = []
-    out = run_study(load_study_spec(spec_file),
-                    StudyOptions(out=tmp_path / "run", roots={"mvtec": mvtec_root}, model=["vlmad-tiny-vit"],
-                                 random_weights=True, flops=False), log=messages.append)
+    out = run_study(
+        load_study_spec(spec_file),
+        StudyOptions(
+            out=tmp_path / "run",
+            roots={"mvtec": mvtec_root},
+            model=["vlmad-tiny-vit"],
+            random_weights=True,
+            flops=False,
+        ),
+        log=messages.append,
+    )
     rows = load_results(out)
     variants = {(r["tags"] or {}).get("variant"): r for r in rows}
     assert set(variants) == {None, "deeper"}

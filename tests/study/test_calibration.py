@@ -63,8 +63,14 @@ def test_f1_optimal_threshold_matches_the_f1_metric():
 
 def test_deploy_json_round_trip(tmp_path):
     cal = normal_quantile_threshold([0.1, 0.2, 0.3, 0.4], 0.5)
-    record = deploy_record(cal, "winclip", "bottle", {"method": "winclip", "model": "m"}, {"source": "test"},
-                           fingerprint={"method": "winclip", "model": "m", "class_name": "bottle"})
+    record = deploy_record(
+        cal,
+        "winclip",
+        "bottle",
+        {"method": "winclip", "model": "m"},
+        {"source": "test"},
+        fingerprint={"method": "winclip", "model": "m", "class_name": "bottle"},
+    )
     path = tmp_path / "d" / "deploy.json"
     assert write_deploy(path, record) is True
     assert write_deploy(path, {**record, "created": "2000-01-01T00:00:00+00:00"}) is False  # same content: kept
@@ -74,9 +80,15 @@ def test_deploy_json_round_trip(tmp_path):
     data = json.loads(path.read_text())
     assert list(data)[:5] == ["format", "threshold", "method", "class_name", "expected_false_alarm_rate"]
     assert data["calibration"]["source"] == "test" and data["calibration"]["quantile"] == 0.5
-    for broken in ({**data, "threshold": "x"}, {k: v for k, v in data.items() if k != "detector"},
-                   {**data, "calibration": {"mode": "magic", "n_images": 3}},
-                   {**data, "expected_false_alarm_rate": 2.0}, {**data, "threshold": True},
-                   {**data, "threshold": "0.5"}, {**data, "format": 1}, {**data, "fingerprint": {}}):
+    for broken in (
+        {**data, "threshold": "x"},
+        {k: v for k, v in data.items() if k != "detector"},
+        {**data, "calibration": {"mode": "magic", "n_images": 3}},
+        {**data, "expected_false_alarm_rate": 2.0},
+        {**data, "threshold": True},
+        {**data, "threshold": "0.5"},
+        {**data, "format": 1},
+        {**data, "fingerprint": {}},
+    ):
         with pytest.raises(VlmadError):
             validate_deploy(broken)

@@ -19,8 +19,23 @@ def test_normal_dir_quantile_then_detect_with_deploy(tmp_path, mvtec_root):
     good = mvtec_root / "demo_object" / "train" / "good"
     ref = good / "000.png"
     out = tmp_path / "deploy.json"
-    res = CliRunner().invoke(app, ["calibrate", "--class-name", "demo_object", "--normal-dir", str(good),
-                                   "--reference", str(ref), "--quantile", "0.5", "--out", str(out), *TINY])
+    res = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "--class-name",
+            "demo_object",
+            "--normal-dir",
+            str(good),
+            "--reference",
+            str(ref),
+            "--quantile",
+            "0.5",
+            "--out",
+            str(out),
+            *TINY,
+        ],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     dep = load_deploy(out)
     cal = dep.record["calibration"]
@@ -30,9 +45,22 @@ def test_normal_dir_quantile_then_detect_with_deploy(tmp_path, mvtec_root):
     assert cal["warning"] == "random weights - scores are meaningless"
 
     det_out = tmp_path / "det"
-    res = CliRunner().invoke(app, ["detect", str(mvtec_root / "demo_object" / "test" / "good"), "--class-name",
-                                   "demo_object", "--reference", str(ref), "--out", str(det_out), "--deploy",
-                                   str(out), *TINY])
+    res = CliRunner().invoke(
+        app,
+        [
+            "detect",
+            str(mvtec_root / "demo_object" / "test" / "good"),
+            "--class-name",
+            "demo_object",
+            "--reference",
+            str(ref),
+            "--out",
+            str(det_out),
+            "--deploy",
+            str(out),
+            *TINY,
+        ],
+    )
     assert res.exit_code == 0, res.output
     with open(det_out / "scores.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -41,8 +69,25 @@ def test_normal_dir_quantile_then_detect_with_deploy(tmp_path, mvtec_root):
 
 def test_labelled_split_f1_optimal_with_drawn_references(tmp_path, mvtec_root):
     out = tmp_path / "d.json"
-    res = CliRunner().invoke(app, ["calibrate", "--dataset", "mvtec", "--root", str(mvtec_root), "--category",
-                                   "demo_texture", "--shots", "1", "--seed", "1", "--out", str(out), *TINY])
+    res = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "--dataset",
+            "mvtec",
+            "--root",
+            str(mvtec_root),
+            "--category",
+            "demo_texture",
+            "--shots",
+            "1",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+            *TINY,
+        ],
+    )
     assert res.exit_code == 0, res.output + repr(res.exception)
     data = json.loads(out.read_text())
     cal = data["calibration"]
@@ -52,9 +97,25 @@ def test_labelled_split_f1_optimal_with_drawn_references(tmp_path, mvtec_root):
     assert 0.0 <= data["expected_false_alarm_rate"] <= 1.0
 
     quant = tmp_path / "q.json"
-    res = CliRunner().invoke(app, ["calibrate", "--dataset", "mvtec", "--root", str(mvtec_root), "--category",
-                                   "demo_texture", "--mode", "normal-quantile", "--shots", "1", "--out", str(quant),
-                                   *TINY])
+    res = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "--dataset",
+            "mvtec",
+            "--root",
+            str(mvtec_root),
+            "--category",
+            "demo_texture",
+            "--mode",
+            "normal-quantile",
+            "--shots",
+            "1",
+            "--out",
+            str(quant),
+            *TINY,
+        ],
+    )
     assert res.exit_code == 0, res.output
     qc = json.loads(quant.read_text())["calibration"]
     assert qc["split"] == "train" and qc["n_images"] == 3  # 4 train images minus the reference
@@ -63,6 +124,8 @@ def test_labelled_split_f1_optimal_with_drawn_references(tmp_path, mvtec_root):
 def test_calibrate_needs_one_source(tmp_path, mvtec_root):
     res = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path / "x.json"), *TINY])
     assert isinstance(res.exception, VlmadError) and "--normal-dir" in res.exception.message
-    res = CliRunner().invoke(app, ["calibrate", "--normal-dir", str(mvtec_root), "--dataset", "mvtec",
-                                   "--out", str(tmp_path / "x.json"), *TINY])
+    res = CliRunner().invoke(
+        app,
+        ["calibrate", "--normal-dir", str(mvtec_root), "--dataset", "mvtec", "--out", str(tmp_path / "x.json"), *TINY],
+    )
     assert isinstance(res.exception, VlmadError)

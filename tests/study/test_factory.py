@@ -27,8 +27,9 @@ def test_backbones_are_shared_between_variants():
 def test_stage_subset_equals_a_single_stage_model():
     factory = StudyDetectorFactory()
     full = factory({"method": "aprilgan", "label": "x", "kwargs": {**TINY, "allow_untrained": True}})
-    one = factory({"method": "aprilgan", "label": "y", "kwargs": {**TINY, "allow_untrained": True,
-                                                                    "stage_subset": [2]}})
+    one = factory(
+        {"method": "aprilgan", "label": "y", "kwargs": {**TINY, "allow_untrained": True, "stage_subset": [2]}}
+    )
     assert full.stages == (1, 2) and one.stages == (2,) and one.info().extra["stages"] == [2]
     bb = full.backbone
     head = ProjectionHeads(bb.width, bb.embed_dim, 1)

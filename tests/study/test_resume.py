@@ -33,8 +33,24 @@ def test_sigkill_then_resume_loses_nothing_and_rerun_computes_nothing(tmp_path, 
     spec.write_text(SPEC)
     out = tmp_path / "run"
     results = out / "results.jsonl"
-    cmd = [sys.executable, "-c", CLI, "study", str(spec), "--root", f"mvtec={mvtec_root}", "--out", str(out),
-           "--model", "vlmad-tiny-vit", "--random-weights", "--quiet", "--no-flops", "--num-workers", "0"]
+    cmd = [
+        sys.executable,
+        "-c",
+        CLI,
+        "study",
+        str(spec),
+        "--root",
+        f"mvtec={mvtec_root}",
+        "--out",
+        str(out),
+        "--model",
+        "vlmad-tiny-vit",
+        "--random-weights",
+        "--quiet",
+        "--no-flops",
+        "--num-workers",
+        "0",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "VLMAD_CACHE_DIR": str(tmp_path / "cache")}
     total = 2 * (1 + 2 * 1) + 2  # classes x (zero-shot + 2 seeds x 1-shot) + the single-prompt variant (zero-shot)
 
@@ -47,7 +63,7 @@ def test_sigkill_then_resume_loses_nothing_and_rerun_computes_nothing(tmp_path, 
     lines = crash_run.lines(results)
     keys = [json.loads(line)["row_key"] for line in lines]
     assert len(keys) == len(set(keys)) == total, "no duplicate and no lost row"
-    assert lines[:len(first)] == first, "finished rows are kept byte for byte"
+    assert lines[: len(first)] == first, "finished rows are kept byte for byte"
     rows = load_results(out)
     assert all(r["status"] == "ok" and (out / r["scores_file"]).is_file() for r in rows)
     assert {(r["tags"] or {}).get("variant") for r in rows} == {None, "single"}
@@ -57,8 +73,15 @@ def test_sigkill_then_resume_loses_nothing_and_rerun_computes_nothing(tmp_path, 
     assert len(study["invocations"]) == 2 and "finished" not in study["invocations"][0]
     assert study["invocations"][1]["computed"] == total - len(first)
 
-    snapshot = {p: p.read_bytes() for p in [results, out / "run.json", *sorted((out / "deploy").glob("**/*.json")),
-                                            *sorted((out / "calibration").glob("*.csv"))]}
+    snapshot = {
+        p: p.read_bytes()
+        for p in [
+            results,
+            out / "run.json",
+            *sorted((out / "deploy").glob("**/*.json")),
+            *sorted((out / "calibration").glob("*.csv")),
+        ]
+    }
     again = subprocess.run([*cmd, "--no-report"], env=env, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr.decode()[-3000:]
     assert {p: p.read_bytes() for p in snapshot} == snapshot, "a finished study rewrites no result"

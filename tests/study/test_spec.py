@@ -25,35 +25,47 @@ def test_presets_ship_and_parse():
 
 
 def test_yaml_path_and_relative_files(tmp_path):
-    (tmp_path / "mine.yaml").write_text("normal_states: ['{}']\nanomalous_states: ['broken {}']\n"
-                                        "templates: ['a photo of a {}.']\n")
+    (tmp_path / "mine.yaml").write_text(
+        "normal_states: ['{}']\nanomalous_states: ['broken {}']\ntemplates: ['a photo of a {}.']\n"
+    )
     spec_file = tmp_path / "s.yaml"
-    spec_file.write_text("datasets: [{kind: folder, root: data}]\nmethods: [winclip]\n"
-                         "ablations:\n  prompts: {values: [full, mine.yaml, {name: two, normal_states: ['{}'], "
-                         "anomalous_states: ['bad {}'], templates: ['{}']}]}\n")
+    spec_file.write_text(
+        "datasets: [{kind: folder, root: data}]\nmethods: [winclip]\n"
+        "ablations:\n  prompts: {values: [full, mine.yaml, {name: two, normal_states: ['{}'], "
+        "anomalous_states: ['bad {}'], templates: ['{}']}]}\n"
+    )
     spec = load_study_spec(spec_file)
     assert spec.name == "s" and spec.datasets[0].root == str(tmp_path / "data")
     assert spec.base_dir == str(tmp_path.resolve())
 
 
-@pytest.mark.parametrize("data, match", [
-    ({"datasets": ["mvtec"], "methods": ["winclip"], "oops": 1}, "unknown key 'oops'"),
-    ({"datasets": ["nope"], "methods": ["winclip"]}, "unknown dataset kind"),
-    ({"datasets": ["mvtec", "mvtec"], "methods": ["winclip"]}, "listed twice"),
-    ({"datasets": ["mvtec"], "methods": ["nope"]}, "unknown method"),
-    ({"datasets": ["mvtec"]}, "no methods"),
-    ({"methods": ["winclip"]}, "no datasets"),
-    ({"datasets": ["mvtec"], "methods": ["winclip"], "ablations": {"colour": {"values": [1]}}}, "unknown ablation"),
-    ({"datasets": ["mvtec"], "methods": ["winclip"], "ablations": {"window_scales": {"values": ["2,x"]}}},
-     "window-scale"),
-    ({"datasets": ["mvtec"], "methods": ["winclip"], "ablations": {"prompts": {"values": ["nonsense"]}}},
-     "unknown prompt set"),
-    ({"datasets": ["mvtec"], "methods": ["winclip"], "ablations": {"prompts": {"methods": ["aprilgan"]}}},
-     "not in the study"),
-    ({"datasets": ["mvtec"], "methods": ["winclip"], "calibration": {"quantile": 1.5}}, "quantile"),
-    ({"datasets": ["mvtec"], "methods": ["winclip"], "calibration": {"mode": "guess"}}, "calibration mode"),
-    ({"datasets": ["mvtec"], "methods": ["winclip"], "limit": 0}, "limit"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"datasets": ["mvtec"], "methods": ["winclip"], "oops": 1}, "unknown key 'oops'"),
+        ({"datasets": ["nope"], "methods": ["winclip"]}, "unknown dataset kind"),
+        ({"datasets": ["mvtec", "mvtec"], "methods": ["winclip"]}, "listed twice"),
+        ({"datasets": ["mvtec"], "methods": ["nope"]}, "unknown method"),
+        ({"datasets": ["mvtec"]}, "no methods"),
+        ({"methods": ["winclip"]}, "no datasets"),
+        ({"datasets": ["mvtec"], "methods": ["winclip"], "ablations": {"colour": {"values": [1]}}}, "unknown ablation"),
+        (
+            {"datasets": ["mvtec"], "methods": ["winclip"], "ablations": {"window_scales": {"values": ["2,x"]}}},
+            "window-scale",
+        ),
+        (
+            {"datasets": ["mvtec"], "methods": ["winclip"], "ablations": {"prompts": {"values": ["nonsense"]}}},
+            "unknown prompt set",
+        ),
+        (
+            {"datasets": ["mvtec"], "methods": ["winclip"], "ablations": {"prompts": {"methods": ["aprilgan"]}}},
+            "not in the study",
+        ),
+        ({"datasets": ["mvtec"], "methods": ["winclip"], "calibration": {"quantile": 1.5}}, "quantile"),
+        ({"datasets": ["mvtec"], "methods": ["winclip"], "calibration": {"mode": "guess"}}, "calibration mode"),
+        ({"datasets": ["mvtec"], "methods": ["winclip"], "limit": 0}, "limit"),
+    ],
+)
 def test_invalid_specs_are_explained(data, match):
     with pytest.raises(VlmadError, match=match):
         parse_study_spec(data, source="t.yaml")

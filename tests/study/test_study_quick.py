@@ -20,8 +20,20 @@ from vlmad.study import load_deploy
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 TINY = ["--model", "vlmad-tiny-vit", "--random-weights"]
-SECTIONS = ["overview", "recommend", "results", "shot-curves", "efficiency", "cross-domain", "prompt-ablation",
-            "ablations", "published", "calibration", "gallery", "configurations"]
+SECTIONS = [
+    "overview",
+    "recommend",
+    "results",
+    "shot-curves",
+    "efficiency",
+    "cross-domain",
+    "prompt-ablation",
+    "ablations",
+    "published",
+    "calibration",
+    "gallery",
+    "configurations",
+]
 
 
 class _Cells(HTMLParser):
@@ -64,8 +76,21 @@ class _Cells(HTMLParser):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, mvtec_root, visa_root):
     out = tmp_path_factory.mktemp("quick") / "run"
-    args = ["study", "quick", "--root", f"mvtec={mvtec_root}", "--root", f"visa={visa_root}", "--out", str(out),
-            *TINY, "--no-flops", "--num-workers", "0", "--quiet"]
+    args = [
+        "study",
+        "quick",
+        "--root",
+        f"mvtec={mvtec_root}",
+        "--root",
+        f"visa={visa_root}",
+        "--out",
+        str(out),
+        *TINY,
+        "--no-flops",
+        "--num-workers",
+        "0",
+        "--quiet",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     return out, args
@@ -136,10 +161,15 @@ def test_report_numbers_equal_results_jsonl(quick_run):
     assert deltas
     by_key = {k: [rows[x] for x in c["row_keys"]] for k, c in ((c["key"], c) for c in data["configs"])}
     for rec in data["ablations"]:
-        variant_rows = [r for r in rows.values() if (r["tags"] or {}).get("variant") == rec["variant"]
-                        and (r["tags"] or {}).get("ablation") == rec["axis"]
-                        and r["method_spec"]["study"]["base_label"] == rec["method"] and r["shots"] == rec["shots"]
-                        and r["dataset"]["kind"] == rec["dataset"]]
+        variant_rows = [
+            r
+            for r in rows.values()
+            if (r["tags"] or {}).get("variant") == rec["variant"]
+            and (r["tags"] or {}).get("ablation") == rec["axis"]
+            and r["method_spec"]["study"]["base_label"] == rec["method"]
+            and r["shots"] == rec["shots"]
+            and r["dataset"]["kind"] == rec["dataset"]
+        ]
         for m in ("image_auroc", "pixel_auroc"):
             v, _ = _expected(variant_rows, m)
             d, _ = _expected(by_key[rec["default_config"]], m)
@@ -157,8 +187,16 @@ def test_deploy_files(quick_run):
     for f in files:
         dep = load_deploy(f)
         rec = dep.record
-        assert set(rec) >= {"threshold", "method", "class_name", "expected_false_alarm_rate", "calibration",
-                            "detector", "created", "vlmad_version"}
+        assert set(rec) >= {
+            "threshold",
+            "method",
+            "class_name",
+            "expected_false_alarm_rate",
+            "calibration",
+            "detector",
+            "created",
+            "vlmad_version",
+        }
         cal = rec["calibration"]
         assert cal["mode"] == "normal-quantile" and cal["quantile"] == 0.99 and cal["n_images"] >= 1
         row = rows[cal["row_key"]]

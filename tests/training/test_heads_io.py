@@ -125,9 +125,7 @@ def test_leakage_guard(saved):
     assert "not zero-shot" in str(err.value) and "force" in err.value.hint
     label = check_leakage(meta, "visa", "candle", force=True)
     assert label.startswith("not-zero-shot") and "visa/candle" in label
-    assert (
-        check_leakage(path, "VisA", "pcb1", force=True) is not None
-    )  # a path works too, names case-insensitive
+    assert check_leakage(path, "VisA", "pcb1", force=True) is not None  # a path works too, names case-insensitive
     assert check_leakage(meta, "visa", "pcb2") is None  # category not trained on
     assert check_leakage(meta, "mvtec", "candle") is None  # another dataset: the paper's protocol
     assert check_leakage(None, "mvtec", "bottle") is None  # untrained heads
@@ -175,9 +173,7 @@ def test_import_reference_checkpoint(tiny_backbone, tmp_path):
     with pytest.raises(DataLeakageError):
         check_leakage(meta, "visa", "candle")
     with pytest.raises(CheckpointMismatchError):
-        import_reference_heads(
-            tmp_path / "visa_pretrained.pth", tmp_path / "x", tiny_backbone, stages=(1, 2, 2)
-        )
+        import_reference_heads(tmp_path / "visa_pretrained.pth", tmp_path / "x", tiny_backbone, stages=(1, 2, 2))
 
 
 # --- the sidecar is checked, not trusted (issue 15 item 8) ---
@@ -264,6 +260,7 @@ def test_import_reference_heads_refuses_another_activation(weights_file, tmp_pat
     assert "quick_gelu=False" in err.value.hint and "--no-quick-gelu" in err.value.hint
     assert not list(tmp_path.glob("out*"))
     # heads declared as trained behind QuickGELU go with a QuickGELU backbone, and the sidecar says so
-    path = import_reference_heads(tmp_path / "ref.pth", tmp_path / "out", quick, stages=(1, 2),
-                                  trained_activation="QuickGELU")
+    path = import_reference_heads(
+        tmp_path / "ref.pth", tmp_path / "out", quick, stages=(1, 2), trained_activation="QuickGELU"
+    )
     assert load_heads(path)[1]["backbone"]["activation"] == "QuickGELU"

@@ -52,8 +52,7 @@ def test_stage_sum_and_gradients():
     target = (torch.rand(2, 6, 6, generator=g) > 0.5).float()
     loss = aprilgan_loss(p1, target)
     expect = sum(
-        naive_focal(torch.stack([1 - p.detach(), p.detach()], 1), target) + naive_dice(p.detach(), target)
-        for p in p1
+        naive_focal(torch.stack([1 - p.detach(), p.detach()], 1), target) + naive_dice(p.detach(), target) for p in p1
     )
     assert abs(float(loss.detach()) - expect) < 1e-5
     loss.backward()

@@ -112,9 +112,7 @@ def test_synthetic_regime_with_mosaics(dataset_root, tiny_backbone, tmp_path):
         config=quiet(epochs=2, mosaic_rate=0.5, synthetic_per_image=2, prompt_set="winclip"),
     )
     data = result.data
-    assert (
-        data["regime"] == "synthetic" and data["split"] == "train" and data["categories"] == ["demo_object"]
-    )
+    assert data["regime"] == "synthetic" and data["split"] == "train" and data["categories"] == ["demo_object"]
     assert data["n_source_images"] == 4 and data["n_items"] == 12  # each normal image + 2 pasted variants
     meta = load_heads(result.checkpoints[-1])[1]
     assert meta["training"]["mosaic_rate"] == 0.5 and meta["training"]["synthetic_per_image"] == 2
@@ -139,9 +137,7 @@ def test_mosaic_default_follows_the_reference(dataset_root, tiny_backbone, tmp_p
 def test_bad_inputs(dataset_root, tiny_backbone, tmp_path):
     reader = load_dataset("mvtec", dataset_root)
     with pytest.raises(VlmadError, match="regime"):
-        train_aprilgan(
-            reader, tmp_path / "x", backbone=tiny_backbone, regime="few-shot", config=quiet(epochs=1)
-        )
+        train_aprilgan(reader, tmp_path / "x", backbone=tiny_backbone, regime="few-shot", config=quiet(epochs=1))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     with pytest.raises(VlmadError, match="not empty"):

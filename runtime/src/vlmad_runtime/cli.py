@@ -76,8 +76,11 @@ def _checked_deploy(deployment, bundle):
     fingerprint is compared with the one the bundle recorded at export (every differing field named)."""
     protocol = bundle.manifest.get("protocol")
     if not protocol:
-        raise VlmadError(f"{bundle.folder}: the bundle records no detector fingerprint, so {deployment.where} cannot "
-                         "be checked against it", "re-export the bundle with this vlmad version")
+        raise VlmadError(
+            f"{bundle.folder}: the bundle records no detector fingerprint, so {deployment.where} cannot "
+            "be checked against it",
+            "re-export the bundle with this vlmad version",
+        )
     deployment.check(protocol)
     return deployment
 

@@ -32,8 +32,7 @@ def jet(x: np.ndarray) -> np.ndarray:
     return np.clip(1.5 - np.abs(4.0 * x - centres), 0.0, 1.0)
 
 
-def colorize(amap: np.ndarray, vmin: float | None = None, vmax: float | None = None,
-             cmap: str = "jet") -> np.ndarray:
+def colorize(amap: np.ndarray, vmin: float | None = None, vmax: float | None = None, cmap: str = "jet") -> np.ndarray:
     """Map values -> RGB uint8 (jet); a bound left out is taken from the map; a constant map is drawn low."""
     if cmap != "jet":
         raise ValueError(f"only the 'jet' colour map is available, got {cmap!r}")
@@ -55,8 +54,14 @@ def defect_mask(amap: np.ndarray, pixel_threshold: float, size: tuple[int, int])
     return upsample_map(amap, size) >= float(pixel_threshold)
 
 
-def overlay_heatmap(image: Image.Image, amap: np.ndarray, alpha: float = 0.5, vmin: float | None = None,
-                    vmax: float | None = None, stamp: str | None = None) -> Image.Image:
+def overlay_heatmap(
+    image: Image.Image,
+    amap: np.ndarray,
+    alpha: float = 0.5,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    stamp: str | None = None,
+) -> Image.Image:
     """Blend the colourised map (resized to the image, bilinear) over the image; optional text stamp."""
     image = image.convert("RGB")
     heat = Image.fromarray(colorize(upsample_map(amap, image.size), vmin, vmax))
@@ -74,8 +79,9 @@ def mask_contour(mask: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
-def draw_contour(image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (255, 255, 255),
-                 width: int = 2) -> Image.Image:
+def draw_contour(
+    image: Image.Image, mask: np.ndarray, colour: tuple[int, int, int] = (255, 255, 255), width: int = 2
+) -> Image.Image:
     """Copy of ``image`` with the mask's outline drawn (thickened to ``width`` pixels)."""
     edge = mask_contour(mask)
     for _ in range(max(0, width - 1)):
@@ -105,8 +111,14 @@ def colour_bar(height: int, scale: MapScale, threshold: float | None = None) -> 
     return out
 
 
-def heatmap_with_bar(image: Image.Image, amap: np.ndarray, scale: MapScale, threshold: float | None = None,
-                     alpha: float = 0.5, mask: np.ndarray | None = None) -> Image.Image:
+def heatmap_with_bar(
+    image: Image.Image,
+    amap: np.ndarray,
+    scale: MapScale,
+    threshold: float | None = None,
+    alpha: float = 0.5,
+    mask: np.ndarray | None = None,
+) -> Image.Image:
     """Overlay on the fixed scale, optional mask contour, colour bar on the right."""
     over = overlay_heatmap(image, amap, alpha, scale.lo, scale.hi)
     if mask is not None:
@@ -175,8 +187,11 @@ def qc_panel(item: QcItem, scale: MapScale, height: int = 256) -> Image.Image:
     row = side_by_side(*panels, height=scaled_h)
     score = "n/a" if item.score is None else f"{item.score:.4g}"
     thr = "none (no deploy file)" if item.threshold is None else f"{item.threshold:.4g}"
-    lines = [f"score {score}   decision {item.decision or '-'}   threshold {thr}",
-             "panels: " + " | ".join(titles), f"heatmap scale [{scale.lo:.3g}, {scale.hi:.3g}]: {scale.source}"]
+    lines = [
+        f"score {score}   decision {item.decision or '-'}   threshold {thr}",
+        "panels: " + " | ".join(titles),
+        f"heatmap scale [{scale.lo:.3g}, {scale.hi:.3g}]: {scale.source}",
+    ]
     if item.note:
         lines.append(item.note)
     out = Image.new("RGB", (row.width, row.height + 14 * len(lines) + 6), (255, 255, 255))

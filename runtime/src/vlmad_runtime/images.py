@@ -45,9 +45,7 @@ _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _TRUNCATION_LOCK = threading.Lock()
 
-_CORRUPT_HINT = (
-    "re-export or re-copy the file (it may be truncated by an interrupted download/copy), or remove it"
-)
+_CORRUPT_HINT = "re-export or re-copy the file (it may be truncated by an interrupted download/copy), or remove it"
 
 #: PIL formats whose first frame is a plain JPEG stream starting at byte 0 (MPO: phone/camera multi-picture).
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
@@ -251,9 +249,7 @@ def load_mask(
     if size is not None:
         w, h = int(size[0]), int(size[1])
         if (w, h) != (binary.shape[1], binary.shape[0]):
-            small = Image.fromarray(binary.astype(np.uint8) * 255, "L").resize(
-                (w, h), Image.Resampling.NEAREST
-            )
+            small = Image.fromarray(binary.astype(np.uint8) * 255, "L").resize((w, h), Image.Resampling.NEAREST)
             binary = np.asarray(small) != 0
     return np.ascontiguousarray(binary, dtype=bool)
 

@@ -32,8 +32,19 @@ from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP, MapScale, QcItem, defect
 from vlmad_runtime.errors import ImageLoadError, VlmadError
 from vlmad_runtime.listing import is_image_file, list_images
 
-CSV_FIELDS = ["path", "score", "decision", "width", "height", "map_file", "overlay_file", "mask_file",
-              "defect_area", "error", "note"]
+CSV_FIELDS = [
+    "path",
+    "score",
+    "decision",
+    "width",
+    "height",
+    "map_file",
+    "overlay_file",
+    "mask_file",
+    "defect_area",
+    "error",
+    "note",
+]
 NON_FINITE = "non_finite_score"
 
 
@@ -125,19 +136,29 @@ class _RunState:
     pending: list[tuple[int, DetectionRow]] = field(default_factory=list)
 
 
-def run_detection(detector: Scorer, images: Sequence[Path], out_dir: Path, opts: DetectionOptions | None = None,
-                  progress: Callable[[int], None] | None = None) -> list[DetectionRow]:
+def run_detection(
+    detector: Scorer,
+    images: Sequence[Path],
+    out_dir: Path,
+    opts: DetectionOptions | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[DetectionRow]:
     """Score ``images`` with a ready detector (setup/fit done) and write the outputs under ``out_dir``."""
     opts = opts or DetectionOptions()
     if opts.on_error not in ("skip", "stop"):
         raise VlmadError(f"on_error must be 'skip' or 'stop', got {opts.on_error!r}")
     pixel = opts.deployment.pixel if opts.deployment else None
     if opts.save_masks and pixel is None:
-        raise VlmadError("--save-masks needs a deploy file with a calibrated pixel threshold",
-                         "write one with `vlmad calibrate ... --out deploy.json` and pass --deploy deploy.json")
+        raise VlmadError(
+            "--save-masks needs a deploy file with a calibrated pixel threshold",
+            "write one with `vlmad calibrate ... --out deploy.json` and pass --deploy deploy.json",
+        )
     info = detector.info()
-    notes = [n for n in (RANDOM_WEIGHTS_STAMP if info.random_weights else "",
-                         NOT_CALIBRATED_NOTE if opts.forced else "") if n]
+    notes = [
+        n
+        for n in (RANDOM_WEIGHTS_STAMP if info.random_weights else "", NOT_CALIBRATED_NOTE if opts.forced else "")
+        if n
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     for flag, sub in ((opts.save_maps, "maps"), (opts.overlay, "overlays"), (opts.save_masks, "masks")):
         if flag:
@@ -169,8 +190,9 @@ def run_detection(detector: Scorer, images: Sequence[Path], out_dir: Path, opts:
     return rows
 
 
-def _score_chunk(detector: Scorer, images: Sequence[Path], chunk: Iterable[int], note: str,
-                 state: _RunState) -> list[DetectionRow]:
+def _score_chunk(
+    detector: Scorer, images: Sequence[Path], chunk: Iterable[int], note: str, state: _RunState
+) -> list[DetectionRow]:
     """Load, score and decide one batch; masks now, overlays now (calibrated scale) or after the run."""
     from vlmad_runtime.images import load_image
 
@@ -194,8 +216,7 @@ def _score_chunk(detector: Scorer, images: Sequence[Path], chunk: Iterable[int],
     return list(rows.values())
 
 
-def _finish_row(row: DetectionRow, i: int, img: Image.Image, score: float, amap: np.ndarray,
-                state: _RunState) -> None:
+def _finish_row(row: DetectionRow, i: int, img: Image.Image, score: float, amap: np.ndarray, state: _RunState) -> None:
     opts, stem = state.opts, state.stems[i]
     if not math.isfinite(score) or not np.isfinite(amap).all():
         row.error = NON_FINITE  # no score, no decision, no picture: never "normal"
@@ -260,19 +281,42 @@ def _draw(row: DetectionRow, img: Image.Image, amap: np.ndarray, scale: MapScale
     dep = state.opts.deployment
     gt_path = state.opts.gt_masks.get(row.path)
     gt = load_mask(gt_path, img.size) if gt_path else None
-    item = QcItem(img, amap, row.score, row.decision, dep.threshold if dep else None,
-                  dep.pixel.pixel_threshold if dep and dep.pixel else None, gt, row.note)
+    item = QcItem(
+        img,
+        amap,
+        row.score,
+        row.decision,
+        dep.threshold if dep else None,
+        dep.pixel.pixel_threshold if dep and dep.pixel else None,
+        gt,
+        row.note,
+    )
     qc_panel(item, scale).save(state.out_dir / row.overlay_file)
 
 
-def _write_run_json(out_dir: Path, info: dict, rows: Sequence[DetectionRow], opts: DetectionOptions,
-                    scale: MapScale | None, notes: Sequence[str]) -> None:
+def _write_run_json(
+    out_dir: Path,
+    info: dict,
+    rows: Sequence[DetectionRow],
+    opts: DetectionOptions,
+    scale: MapScale | None,
+    notes: Sequence[str],
+) -> None:
     dep = opts.deployment
-    (out_dir / "run.json").write_text(json.dumps({
-        "detector": info, "n_images": len(rows), "threshold": dep.threshold if dep else None,
-        "deploy": dep.where if dep else None, "threshold_calibrated_for_this_detector": None if dep is None
-        else not opts.forced,
-        "pixel_threshold": dep.pixel.pixel_threshold if dep and dep.pixel else None,
-        "heatmap_scale": None if scale is None else {"lo": scale.lo, "hi": scale.hi, "source": scale.source},
-        "n_errors": sum(1 for r in rows if r.error), "n_non_finite": sum(1 for r in rows if r.error == NON_FINITE),
-        "warning": "; ".join(notes) or None}, indent=2))
+    (out_dir / "run.json").write_text(
+        json.dumps(
+            {
+                "detector": info,
+                "n_images": len(rows),
+                "threshold": dep.threshold if dep else None,
+                "deploy": dep.where if dep else None,
+                "threshold_calibrated_for_this_detector": None if dep is None else not opts.forced,
+                "pixel_threshold": dep.pixel.pixel_threshold if dep and dep.pixel else None,
+                "heatmap_scale": None if scale is None else {"lo": scale.lo, "hi": scale.hi, "source": scale.source},
+                "n_errors": sum(1 for r in rows if r.error),
+                "n_non_finite": sum(1 for r in rows if r.error == NON_FINITE),
+                "warning": "; ".join(notes) or None,
+            },
+            indent=2,
+        )
+    )

@@ -96,7 +96,8 @@ class ClipBackbone:
         self.fast = fast and all(is_standard_block(b) for b in blocks) and getattr(visual, "attn_pool", None) is None
         self.fast_blocks = (
             nn.ModuleList(FastBlock(b, cls_only_capable=(i == len(blocks) - 1)) for i, b in enumerate(blocks))
-            if self.fast else None
+            if self.fast
+            else None
         )
         self.text_fast_blocks = self._build_text_fast_blocks(fast)
         if precision == "int8":
@@ -153,8 +154,13 @@ class ClipBackbone:
         fast: bool = True,
     ) -> ClipBackbone:
         model, source = resolve_model(
-            arch, pretrained=pretrained, checkpoint=checkpoint, random_weights=random_weights, seed=seed,
-            quick_gelu=quick_gelu, image_size=image_size,
+            arch,
+            pretrained=pretrained,
+            checkpoint=checkpoint,
+            random_weights=random_weights,
+            seed=seed,
+            quick_gelu=quick_gelu,
+            image_size=image_size,
         )
         return cls(model, arch, source, device=device, precision=precision, chunk_tokens=chunk_tokens, fast=fast)
 
@@ -180,7 +186,7 @@ class ClipBackbone:
         index = {p: i for i, p in enumerate(unique)}
         out = []
         for start in range(0, len(unique), batch_size):
-            tokens = self.tokenize(unique[start:start + batch_size]).to(self.device)
+            tokens = self.tokenize(unique[start : start + batch_size]).to(self.device)
             out.append(self._encode_tokens(tokens).float())
         emb = torch.cat(out)
         return emb[torch.tensor([index[p] for p in prompts], device=emb.device)]
@@ -213,8 +219,9 @@ class ClipBackbone:
         return x + v.positional_embedding.to(x.dtype)
 
     @torch.inference_mode()
-    def encode_image(self, images: torch.Tensor, layers: Sequence[int] = (), need_final: bool = True,
-                     need_patch_tokens: bool = True) -> ImageFeatures:
+    def encode_image(
+        self, images: torch.Tensor, layers: Sequence[int] = (), need_final: bool = True, need_patch_tokens: bool = True
+    ) -> ImageFeatures:
         """Full-image forward; ``layers`` (1-based block indices) returns raw intermediate tokens too.
 
         ``need_final=False`` stops after the last requested layer; ``need_patch_tokens=False`` lets the last block
@@ -274,8 +281,8 @@ class ClipBackbone:
         flat_w = torch.arange(n_win, device=self.device).repeat(batch)
         out = []
         for start in range(0, batch * n_win, per_chunk):
-            b = flat_b[start:start + per_chunk, None]
-            idx = seq[flat_w[start:start + per_chunk]]
+            b = flat_b[start : start + per_chunk, None]
+            idx = seq[flat_w[start : start + per_chunk]]
             out.append(self._window_cls(x0[b, idx], None if qkv0 is None else qkv0[b, idx]))
         pooled = v.ln_post(torch.cat(out))
         if v.proj is not None:

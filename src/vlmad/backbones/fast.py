@@ -79,8 +79,13 @@ class FastBlock(nn.Module):
     @staticmethod
     def _add_linear_(x: torch.Tensor, inp: torch.Tensor, lin: nn.Module, scale: nn.Module) -> torch.Tensor:
         """``x + scale(lin(inp))``, computed in place on ``x`` when ``lin`` is a plain fp32/bf16 Linear."""
-        if (type(lin) is nn.Linear and isinstance(scale, nn.Identity) and x.is_contiguous()
-                and x.dtype == lin.weight.dtype == inp.dtype and not x.requires_grad):
+        if (
+            type(lin) is nn.Linear
+            and isinstance(scale, nn.Identity)
+            and x.is_contiguous()
+            and x.dtype == lin.weight.dtype == inp.dtype
+            and not x.requires_grad
+        ):
             flat = x.view(-1, x.shape[-1])
             if lin.bias is not None:
                 flat.add_(lin.bias)

@@ -162,10 +162,12 @@ def _not_weights_error(path: Path, kind: str) -> WeightsUnavailableError:
             "a failed download (`vlmad fetch-weights` downloads weights properly)",
         )
     if kind == "empty":
-        return WeightsUnavailableError(f"checkpoint {path} is empty (0 bytes)",
-                                       "the download or copy was interrupted; fetch the weights again")
-    return WeightsUnavailableError(f"checkpoint {path} is neither a safetensors file nor a torch checkpoint",
-                                   _CHECKPOINT_HINT)
+        return WeightsUnavailableError(
+            f"checkpoint {path} is empty (0 bytes)", "the download or copy was interrupted; fetch the weights again"
+        )
+    return WeightsUnavailableError(
+        f"checkpoint {path} is neither a safetensors file nor a torch checkpoint", _CHECKPOINT_HINT
+    )
 
 
 def _describe(err: BaseException) -> str:
@@ -204,7 +206,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsUnavailableError(f"checkpoint {path} is not a state dict of tensors", _CHECKPOINT_HINT)
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -245,8 +247,9 @@ def _materialise_meta_buffers(model: nn.Module) -> None:
                 raise RuntimeError(f"unexpected non-persistent buffer {name} left on the meta device")
 
 
-def load_weights_into(model_arch: str, sd: dict[str, torch.Tensor], quick_gelu: bool, image_size: int | None,
-                      source: str) -> nn.Module:
+def load_weights_into(
+    model_arch: str, sd: dict[str, torch.Tensor], quick_gelu: bool, image_size: int | None, source: str
+) -> nn.Module:
     """Build the architecture on ``meta`` and assign the state dict; mismatches become a clear error."""
     from open_clip.model import resize_pos_embed
 
@@ -387,9 +390,13 @@ def _download_or_fail(cfg: dict, arch: str, tag: str, download, offline_timeout:
 
 
 def _offline_error(arch: str, tag: str, online: bool, err: object) -> WeightsUnavailableError:
-    where = "the hub is reachable but the download failed" if online else (
-        f"this machine cannot reach {hub_address()[0]} (offline or firewalled) and the weights are not in the local "
-        "cache"
+    where = (
+        "the hub is reachable but the download failed"
+        if online
+        else (
+            f"this machine cannot reach {hub_address()[0]} (offline or firewalled) and the weights are not in the "
+            "local cache"
+        )
     )
     return WeightsUnavailableError(
         f"pretrained weights {arch}/{tag} are not available: {where} ({err})",

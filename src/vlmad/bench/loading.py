@@ -73,8 +73,9 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(small) != 0
 
 
-def load_one(sample: Sample, preprocess: Preprocess | None, eval_size: tuple[int, int] | None,
-             want_mask: bool) -> tuple[Loaded, float]:
+def load_one(
+    sample: Sample, preprocess: Preprocess | None, eval_size: tuple[int, int] | None, want_mask: bool
+) -> tuple[Loaded, float]:
     """Decode + preprocess one sample; ``eval_size=None`` keeps masks at the image's own size."""
     t0 = time.perf_counter()
     img = load_image(sample.image_path)
@@ -108,8 +109,15 @@ class TestSetCache:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, samples: Sequence[Sample], preprocess: Preprocess | None, eval_size: tuple[int, int] | None,
-                 want_masks: bool, num_workers: int = 0, prefetch: int = 16) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        preprocess: Preprocess | None,
+        eval_size: tuple[int, int] | None,
+        want_masks: bool,
+        num_workers: int = 0,
+        prefetch: int = 16,
+    ) -> None:
         self.samples = list(samples)
         self.preprocess = preprocess
         self.eval_size = eval_size
@@ -159,13 +167,14 @@ class TestSetCache:
                 fut.cancel()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def batches(self, batch_size: int, on_error: str = "skip",
-                on_failure: Callable[[LoadFailure], None] | None = None) -> Iterator[list[Loaded]]:
+    def batches(
+        self, batch_size: int, on_error: str = "skip", on_failure: Callable[[LoadFailure], None] | None = None
+    ) -> Iterator[list[Loaded]]:
         """Batches of loaded images, in dataset order. ``on_error="stop"`` raises on the first unreadable file;
         "skip" records it in :attr:`failures` (the first pass only) and goes on."""
         if self.complete:
             for start in range(0, len(self.items), batch_size):
-                yield self.items[start:start + batch_size]
+                yield self.items[start : start + batch_size]
             return
         self.items, self.failures, self.stats = [], [], LoadStats()
         batch: list[Loaded] = []
@@ -199,8 +208,9 @@ def stack_inputs(items: Sequence[Loaded]) -> Any:
     return [it.input for it in items]
 
 
-def load_references(samples: Sequence[Sample], shots: int, preprocess: Preprocess | None, on_error: str
-                    ) -> tuple[list[Sample], Any, list[dict[str, str]], float]:
+def load_references(
+    samples: Sequence[Sample], shots: int, preprocess: Preprocess | None, on_error: str
+) -> tuple[list[Sample], Any, list[dict[str, str]], float]:
     """Take the first ``shots`` readable samples of the seeded order: (chosen, model inputs, skipped, seconds)."""
     t0 = time.perf_counter()
     chosen: list[Sample] = []
@@ -213,15 +223,18 @@ def load_references(samples: Sequence[Sample], shots: int, preprocess: Preproces
             img = load_image(sample.image_path)
         except ImageLoadError as err:
             if on_error == "stop":
-                raise VlmadError(f"{err.message} (reference image; --on-error stop)",
-                                 "replace the file or rerun with --on-error skip (the next image of the seeded "
-                                 "draw is then used)") from None
+                raise VlmadError(
+                    f"{err.message} (reference image; --on-error stop)",
+                    "replace the file or rerun with --on-error skip (the next image of the seeded draw is then used)",
+                ) from None
             skipped.append({"path": str(sample.image_path), "reason": err.reason})
             continue
         chosen.append(sample)
         inputs.append(preprocess(img) if preprocess is not None else img)
     if len(chosen) < shots:
-        raise VlmadError(f"only {len(chosen)} readable train images for {shots}-shot",
-                         "lower --shots or fix the unreadable train images")
+        raise VlmadError(
+            f"only {len(chosen)} readable train images for {shots}-shot",
+            "lower --shots or fix the unreadable train images",
+        )
     batch = torch.stack(inputs) if inputs and isinstance(inputs[0], torch.Tensor) else inputs
     return chosen, batch, skipped, time.perf_counter() - t0

@@ -129,9 +129,13 @@ def weights_identity(method: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         return {"source": "random", "model": model, "tag": None, "tag_from": None}
     if kwargs.get("checkpoint"):
         meta = checkpoint_metadata(kwargs["checkpoint"])
-        return {"source": "checkpoint", "model": model, "tag": meta.get("pretrained"),
-                "tag_from": "checkpoint metadata" if meta.get("pretrained") else None,
-                "checkpoint_arch": meta.get("arch")}
+        return {
+            "source": "checkpoint",
+            "model": model,
+            "tag": meta.get("pretrained"),
+            "tag_from": "checkpoint metadata" if meta.get("pretrained") else None,
+            "checkpoint_arch": meta.get("arch"),
+        }
     if kwargs.get("pretrained"):
         return {"source": "pretrained", "model": model, "tag": kwargs["pretrained"], "tag_from": "option"}
     if model == defaults.get("model"):
@@ -164,11 +168,15 @@ def select_references(train: Sequence[Sample], shots: int, seed: int) -> list[Sa
     """
     bad = [s for s in train if s.split != "train" or s.is_anomalous]
     if bad:
-        raise VlmadError(f"reference candidate {bad[0].image_path} is not a normal train-split image",
-                         "few-shot references are drawn from train/good only")
+        raise VlmadError(
+            f"reference candidate {bad[0].image_path} is not a normal train-split image",
+            "few-shot references are drawn from train/good only",
+        )
     if shots > len(train):
-        raise VlmadError(f"{shots}-shot needs {shots} normal train images but the split has {len(train)}",
-                         "lower --shots or add images to train/good")
+        raise VlmadError(
+            f"{shots}-shot needs {shots} normal train images but the split has {len(train)}",
+            "lower --shots or add images to train/good",
+        )
     order = np.random.default_rng(int(seed)).permutation(len(train))
     return [train[int(i)] for i in order]
 
@@ -209,7 +217,7 @@ def relpath(path: Path, root: Path) -> str:
 
 
 def parse_eval_resolution(value: str | int) -> str | int:
-    """"input" (model input size, default), "original" (each image's size) or a side length N (square)."""
+    """ "input" (model input size, default), "original" (each image's size) or a side length N (square)."""
     if isinstance(value, int) and not isinstance(value, bool):
         n = value
     else:
@@ -219,8 +227,10 @@ def parse_eval_resolution(value: str | int) -> str | int:
         try:
             n = int(text)
         except ValueError:
-            raise VlmadError(f"unknown evaluation resolution {value!r}",
-                             "use 'input' (model input size), 'original' (image size) or a number of pixels") from None
+            raise VlmadError(
+                f"unknown evaluation resolution {value!r}",
+                "use 'input' (model input size), 'original' (image size) or a number of pixels",
+            ) from None
     if n < 8:
         raise VlmadError(f"evaluation resolution {n} px is too small", "use at least 8 pixels")
     return n

@@ -56,8 +56,7 @@ def load_published(path: str | None = None) -> dict[str, Any]:
     return data
 
 
-def find_entry(method: str, dataset: str, shots: int, published: dict[str, Any] | None = None
-               ) -> dict[str, Any] | None:
+def find_entry(method: str, dataset: str, shots: int, published: dict[str, Any] | None = None) -> dict[str, Any] | None:
     published = published or load_published()
     for entry in published["entries"]:
         if entry["method"] == method and entry["dataset"] == dataset and int(entry["shots"]) == int(shots):
@@ -79,8 +78,9 @@ class Comparison:
     label: str | None = None
 
 
-def protocol_mismatch(facts: dict[str, Any], entry: dict[str, Any], published: dict[str, Any] | None = None
-                      ) -> str | None:
+def protocol_mismatch(
+    facts: dict[str, Any], entry: dict[str, Any], published: dict[str, Any] | None = None
+) -> str | None:
     """Why a column of results (``facts``, built by :mod:`vlmad.bench.tables`) is not comparable with ``entry``;
     None when it is. Reasons are short sentences for footnotes."""
     published = published or load_published()
@@ -108,8 +108,11 @@ def protocol_mismatch(facts: dict[str, Any], entry: dict[str, Any], published: d
     if extra:
         return "non-default method options (" + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())) + ")"
     if bool(facts.get("transductive")) != bool(entry.get("transductive", False)):
-        return ("published number is transductive (test-set normalisation), this run is not"
-                if entry.get("transductive") else "this run is transductive, the published number is not")
+        return (
+            "published number is transductive (test-set normalisation), this run is not"
+            if entry.get("transductive")
+            else "this run is transductive, the published number is not"
+        )
     if facts.get("eval_resolution", "input") != "input":
         return f"evaluated at {facts['eval_resolution']} resolution; published at the model input resolution"
     if facts.get("limit") is not None:
@@ -122,8 +125,10 @@ def protocol_mismatch(facts: dict[str, Any], entry: dict[str, Any], published: d
     cats = set(facts.get("categories") or ())
     if official and cats != set(official):
         if cats - set(official):
-            return (f"categories are not the official {DATASET_NAMES.get(entry['dataset'], entry['dataset'])} "
-                    f"ones (e.g. {sorted(cats - set(official))[0]!r})")
+            return (
+                f"categories are not the official {DATASET_NAMES.get(entry['dataset'], entry['dataset'])} "
+                f"ones (e.g. {sorted(cats - set(official))[0]!r})"
+            )
         return f"macro over {len(cats)} of {len(official)} categories"
     if not facts.get("complete", True):
         return "some (category, seed) rows are missing"
@@ -153,11 +158,18 @@ def compare(facts: dict[str, Any], metric: str, published: dict[str, Any] | None
         return Comparison(None)
     if metric not in entry["metrics"]:
         if metric == "aupro" and "aupro_legacy200" in entry["metrics"]:
-            return Comparison(None, f"{entry['label']}'s AUPRO uses the 200-threshold approximation: compare "
-                              "AUPRO-200 (run with --aupro both)", entry["label"])
+            return Comparison(
+                None,
+                f"{entry['label']}'s AUPRO uses the 200-threshold approximation: compare "
+                "AUPRO-200 (run with --aupro both)",
+                entry["label"],
+            )
         if metric == "aupro_legacy200" and "aupro" in entry["metrics"]:
-            return Comparison(None, f"{entry['label']} reports AUPRO, not the 200-threshold approximation "
-                              "(see the AUPRO column)", entry["label"])
+            return Comparison(
+                None,
+                f"{entry['label']} reports AUPRO, not the 200-threshold approximation (see the AUPRO column)",
+                entry["label"],
+            )
         return Comparison(None, None, entry["label"])
     reason = protocol_mismatch(facts, entry, published)
     if reason is not None:

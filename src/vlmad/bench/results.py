@@ -149,8 +149,10 @@ class RunLock:
         except OSError:
             self._fh.close()
             self._fh = None
-            raise VlmadError(f"another {self.holder} is writing to {self.path.parent}",
-                             "wait for it to finish, or pass another --out folder") from None
+            raise VlmadError(
+                f"another {self.holder} is writing to {self.path.parent}",
+                "wait for it to finish, or pass another --out folder",
+            ) from None
         return self
 
     def __exit__(self, *exc: object) -> None:

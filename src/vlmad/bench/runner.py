@@ -118,8 +118,11 @@ class BenchmarkConfig:
     def public_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("detector_factory",)}
         d["datasets"] = [ds.__dict__ for ds in self.datasets]
-        d["detector_factory"] = None if self.detector_factory is None else getattr(
-            self.detector_factory, "__qualname__", repr(self.detector_factory))
+        d["detector_factory"] = (
+            None
+            if self.detector_factory is None
+            else getattr(self.detector_factory, "__qualname__", repr(self.detector_factory))
+        )
         return P.canonical(d)
 
 
@@ -185,12 +188,21 @@ def plan_grid(config: BenchmarkConfig) -> tuple[list[RowPlan], dict[str, Any]]:
             for cat in ds.categories or []:
                 n_test = len(P.limit_samples(reader.samples(cat, "test"), config.limit))
                 for k in sorted(shots):
-                    for seed in (seeds if k > 0 else [None]):
+                    for seed in seeds if k > 0 else [None]:
                         payload = {
-                            "schema": P.ROW_SCHEMA, "method": spec["method"], "label": spec["label"],
-                            "kwargs": keyed[spec["label"]], "dataset": ds.kind, "root": str(ds.root),
-                            "category": cat, "shots": k, "seed": seed, "eval_resolution": eval_res,
-                            "aupro": config.aupro, "limit": config.limit, "tags": config.tags,
+                            "schema": P.ROW_SCHEMA,
+                            "method": spec["method"],
+                            "label": spec["label"],
+                            "kwargs": keyed[spec["label"]],
+                            "dataset": ds.kind,
+                            "root": str(ds.root),
+                            "category": cat,
+                            "shots": k,
+                            "seed": seed,
+                            "eval_resolution": eval_res,
+                            "aupro": config.aupro,
+                            "limit": config.limit,
+                            "tags": config.tags,
                         }
                         plans.append(RowPlan(P.hash_key(payload), spec, ds, cat, k, seed, n_test))
     return plans, readers
@@ -223,9 +235,17 @@ class _Progress:
         )
 
         self.console = Console(stderr=True)
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("images"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                            console=self.console, transient=False)
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("images"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
         self.overall = self.bar.add_task("all rows", total=total_images)
         self.current = None
 
@@ -271,13 +291,16 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
         plans, readers = plan_grid(config)
         store = ResultsStore(out / RESULTS_FILE)
         # refused rows are retried with --force-protocol, refused and failed ones with --retry-failed
-        final = {"ok"} | (set() if config.retry_failed else {"error"} | ({"refused"} if not config.force_protocol
-                                                                          else set()))
+        final = {"ok"} | (
+            set() if config.retry_failed else {"error"} | ({"refused"} if not config.force_protocol else set())
+        )
         done = store.keys(final)
         pending = [p for p in plans if p.key not in done]
         invocation = {
-            "started": _now(), "argv": config.argv if config.argv is not None else list(sys.argv),
-            "config": config.public_dict(), "environment": environment(config.device),
+            "started": _now(),
+            "argv": config.argv if config.argv is not None else list(sys.argv),
+            "config": config.public_dict(),
+            "environment": environment(config.device),
             "grid": {"rows": len(plans), "already_done": len(plans) - len(pending), "to_compute": len(pending)},
         }
         append_invocation(out / "run.json", invocation)
@@ -285,19 +308,22 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
         try:
             if not pending:
                 if config.progress:
-                    _Progress(True, 0).log(f"nothing to compute: all {len(plans)} row(s) of the grid are in "
-                                           f"{out / RESULTS_FILE} (--retry-failed retries refused/failed rows)")
+                    _Progress(True, 0).log(
+                        f"nothing to compute: all {len(plans)} row(s) of the grid are in "
+                        f"{out / RESULTS_FILE} (--retry-failed retries refused/failed rows)"
+                    )
             else:
                 with _Progress(config.progress, sum(p.n_test for p in pending)) as ui:
                     runner.ui = ui
-                    ui.log(f"grid: {len(plans)} row(s), {len(plans) - len(pending)} already in "
-                           f"{out / RESULTS_FILE}, {len(pending)} to compute")
+                    ui.log(
+                        f"grid: {len(plans)} row(s), {len(plans) - len(pending)} already in "
+                        f"{out / RESULTS_FILE}, {len(pending)} to compute"
+                    )
                     from vlmad.bench.executors import run_rows
 
                     run_rows(runner, specs, pending)
         finally:
-            invocation.update(finished=_now(), computed=runner.computed,
-                              interrupted=runner.computed < len(pending))
+            invocation.update(finished=_now(), computed=runner.computed, interrupted=runner.computed < len(pending))
             _replace_last_invocation(out / "run.json", invocation)
             if (out / RESULTS_FILE).exists():
                 from vlmad.bench.tables import write_reports
@@ -377,8 +403,15 @@ class _Predicted:
 
 
 class _Runner:
-    def __init__(self, config: BenchmarkConfig, out: Path, store: ResultsStore, readers: dict[str, Any],
-                 variants: tuple[str, ...], eval_res: str | int) -> None:
+    def __init__(
+        self,
+        config: BenchmarkConfig,
+        out: Path,
+        store: ResultsStore,
+        readers: dict[str, Any],
+        variants: tuple[str, ...],
+        eval_res: str | int,
+    ) -> None:
         self.cfg = config
         self.out = out
         self.store = store
@@ -410,8 +443,9 @@ class _Runner:
                 for p in rows:
                     groups.setdefault((_ds_id(p.dataset), p.category), []).append(p)
                 for (ds_id, category), cat_rows in groups.items():
-                    self._run_category(detector, spec, cat_rows[0].dataset, self.readers[ds_id], category, cat_rows,
-                                       model_load_s)
+                    self._run_category(
+                        detector, spec, cat_rows[0].dataset, self.readers[ds_id], category, cat_rows, model_load_s
+                    )
             finally:
                 del detector
                 if i + 1 < len(todo):  # free the model before building the next one
@@ -427,8 +461,16 @@ class _Runner:
             kwargs.setdefault("use_cache", False)
         return {**spec, "kwargs": kwargs}
 
-    def _run_category(self, detector: Detector, spec: dict[str, Any], ds: DatasetSpec, reader: Any, category: str,
-                      rows: list[RowPlan], model_load_s: float) -> None:
+    def _run_category(
+        self,
+        detector: Detector,
+        spec: dict[str, Any],
+        ds: DatasetSpec,
+        reader: Any,
+        category: str,
+        rows: list[RowPlan],
+        model_load_s: float,
+    ) -> None:
         where = f"{spec['label']} · {ds.kind}/{category}"
         forced, refused_reason = False, None
         try:
@@ -443,9 +485,11 @@ class _Runner:
                 except VlmadError as again:
                     refusal = again
             if refusal is not None:
-                self.ui.log(f"[yellow]refused[/] {where}: {refusal.message}"
-                            + (f" ({refusal.hint})" if refusal.hint else "")
-                            + ("" if self.cfg.force_protocol else "; --force-protocol runs it anyway, labelled"))
+                self.ui.log(
+                    f"[yellow]refused[/] {where}: {refusal.message}"
+                    + (f" ({refusal.hint})" if refusal.hint else "")
+                    + ("" if self.cfg.force_protocol else "; --force-protocol runs it anyway, labelled")
+                )
                 for plan in rows:
                     self._write_failed(plan, spec, _RowFailed("refused", refusal))
                 return
@@ -462,21 +506,33 @@ class _Runner:
         test = P.limit_samples(reader.samples(category, "test"), self.cfg.limit)
         has_masks = bool(reader.has_masks(category))
         size = int(detector.image_size)
-        eval_size = None if self.eval_res == "original" else (
-            (size, size) if self.eval_res == "input" else (int(self.eval_res), int(self.eval_res)))
+        eval_size = (
+            None
+            if self.eval_res == "original"
+            else ((size, size) if self.eval_res == "input" else (int(self.eval_res), int(self.eval_res)))
+        )
         preprocess = make_preprocess(detector)
-        data = TestSetCache(test, preprocess, eval_size, has_masks, self.cfg.num_workers,
-                            prefetch=max(8, 2 * self.cfg.batch_size))
+        data = TestSetCache(
+            test, preprocess, eval_size, has_masks, self.cfg.num_workers, prefetch=max(8, 2 * self.cfg.batch_size)
+        )
         self.ui.category(where, total=sum(p.n_test for p in rows))
-        ctx = _CategoryContext(extras=extras, forced=forced, setup_s=setup_s, text_cache=text_cache,
-                               model_load_s=model_load_s, has_masks=has_masks, eval_size=eval_size,
-                               preprocess=preprocess)
+        ctx = _CategoryContext(
+            extras=extras,
+            forced=forced,
+            setup_s=setup_s,
+            text_cache=text_cache,
+            model_load_s=model_load_s,
+            has_masks=has_masks,
+            eval_size=eval_size,
+            preprocess=preprocess,
+        )
         for plan in rows:
             try:
                 row = self._run_row(detector, spec, reader, plan, data, ctx)
             except _RowFailed as failure:
-                self.ui.log(f"[yellow]{failure.status}[/] {where} {plan.shots}-shot seed {plan.seed}: "
-                            f"{failure.message}")
+                self.ui.log(
+                    f"[yellow]{failure.status}[/] {where} {plan.shots}-shot seed {plan.seed}: {failure.message}"
+                )
                 self._write_failed(plan, spec, failure)
                 self.ui.advance(plan.n_test)
                 continue
@@ -485,8 +541,15 @@ class _Runner:
             self.ui.log(_row_line(row))
 
     # -------------------------------------------------------------- one row
-    def _run_row(self, detector: Detector, spec: dict[str, Any], reader: Any, plan: RowPlan, data: TestSetCache,
-                 ctx: _CategoryContext) -> dict[str, Any]:
+    def _run_row(
+        self,
+        detector: Detector,
+        spec: dict[str, Any],
+        reader: Any,
+        plan: RowPlan,
+        data: TestSetCache,
+        ctx: _CategoryContext,
+    ) -> dict[str, Any]:
         """One row: fit the references, predict the test set, compute metrics and efficiency, write the scores."""
         detector.reset_references()
         fitted = self._fit_references(detector, spec, reader, plan, ctx)
@@ -498,34 +561,65 @@ class _Runner:
         key = (spec["label"], plan.shots)
         if self.cfg.flops and key not in self._flops:
             self._flops[key] = flops_per_image(detector, stack_inputs(pred.items[:1]))
-        eff = self._efficiency(detector, pred.batch_s, pred.streamed, data, pred.rss_increase, pred.on_cuda, ctx,
-                               fitted.fit_s, fitted.ref_load_s, self._flops.get(key))
+        eff = self._efficiency(
+            detector,
+            pred.batch_s,
+            pred.streamed,
+            data,
+            pred.rss_increase,
+            pred.on_cuda,
+            ctx,
+            fitted.fit_s,
+            fitted.ref_load_s,
+            self._flops.get(key),
+        )
         scores_rel = self._write_row_scores(plan, pred, data)
         row = self._base_row(plan, spec)
         n_bad = sum(it.sample.is_anomalous for it in pred.items)
         root = Path(plan.dataset.root)
         row.update(
-            status="ok", detector=info, random_weights=bool(info.get("random_weights")), references=fitted.refs,
+            status="ok",
+            detector=info,
+            random_weights=bool(info.get("random_weights")),
+            references=fitted.refs,
             skipped_references=fitted.skipped,
-            protocol={**row["protocol"], "check_protocol": ctx.extras, "protocol_forced": ctx.forced,
-                      "transductive": bool(info.get("transductive")),
-                      "eval_size": list(eval_shape) if eval_shape else "original", "has_masks": ctx.has_masks},
-            n_images={"test": len(pred.items), "normal": len(pred.items) - n_bad, "anomalous": n_bad,
-                      "skipped": len(data.failures)},
-            skipped_images=[{"path": P.relpath(f.sample.image_path, root), "reason": f.reason}
-                            for f in data.failures],
-            metrics=metrics, metric_errors=metric_errors,
-            timing={"setup_s": ctx.setup_s, "ref_load_s": fitted.ref_load_s, "fit_s": fitted.fit_s,
-                    "predict_s": sum(s for s, _ in pred.batch_s), "finalize_s": pred.finalize_s,
-                    "metrics_s": metrics_s, "load_worker_s": data.stats.worker_s if pred.streamed else 0.0,
-                    "load_wait_s": data.stats.wait_s if pred.streamed else 0.0, "load_cached": not pred.streamed,
-                    "model_load_s": ctx.model_load_s},
-            efficiency=eff, scores_file=scores_rel,
+            protocol={
+                **row["protocol"],
+                "check_protocol": ctx.extras,
+                "protocol_forced": ctx.forced,
+                "transductive": bool(info.get("transductive")),
+                "eval_size": list(eval_shape) if eval_shape else "original",
+                "has_masks": ctx.has_masks,
+            },
+            n_images={
+                "test": len(pred.items),
+                "normal": len(pred.items) - n_bad,
+                "anomalous": n_bad,
+                "skipped": len(data.failures),
+            },
+            skipped_images=[{"path": P.relpath(f.sample.image_path, root), "reason": f.reason} for f in data.failures],
+            metrics=metrics,
+            metric_errors=metric_errors,
+            timing={
+                "setup_s": ctx.setup_s,
+                "ref_load_s": fitted.ref_load_s,
+                "fit_s": fitted.fit_s,
+                "predict_s": sum(s for s, _ in pred.batch_s),
+                "finalize_s": pred.finalize_s,
+                "metrics_s": metrics_s,
+                "load_worker_s": data.stats.worker_s if pred.streamed else 0.0,
+                "load_wait_s": data.stats.wait_s if pred.streamed else 0.0,
+                "load_cached": not pred.streamed,
+                "model_load_s": ctx.model_load_s,
+            },
+            efficiency=eff,
+            scores_file=scores_rel,
         )
         return row
 
-    def _fit_references(self, detector: Detector, spec: dict[str, Any], reader: Any, plan: RowPlan,
-                        ctx: _CategoryContext) -> _Fitted:
+    def _fit_references(
+        self, detector: Detector, spec: dict[str, Any], reader: Any, plan: RowPlan, ctx: _CategoryContext
+    ) -> _Fitted:
         """Draw the row's K references (never a test image) and fit the detector's few-shot memory."""
         if plan.shots <= 0:
             return _Fitted()
@@ -542,11 +636,16 @@ class _Runner:
         test_files = {s.image_path.resolve() for s in reader.samples(plan.category, "test")}
         leaked = [s for s in order if s.image_path.resolve() in test_files]
         if leaked:
-            raise _RowFailed("refused", VlmadError(
-                f"train image {leaked[0].image_path} is also a test image", "references must not be test images"))
+            raise _RowFailed(
+                "refused",
+                VlmadError(
+                    f"train image {leaked[0].image_path} is also a test image", "references must not be test images"
+                ),
+            )
         try:
-            chosen, ref_batch, skipped, ref_load_s = load_references(order, plan.shots, ctx.preprocess,
-                                                                     self.cfg.on_error)
+            chosen, ref_batch, skipped, ref_load_s = load_references(
+                order, plan.shots, ctx.preprocess, self.cfg.on_error
+            )
         except VlmadError as err:
             if self.cfg.on_error == "stop":
                 raise
@@ -596,42 +695,69 @@ class _Runner:
     def _write_row_scores(self, plan: RowPlan, pred: _Predicted, data: TestSetCache) -> str:
         """The per-image scores side file of a row (unreadable images included, score empty); its relative path."""
         root = Path(plan.dataset.root)
-        records = [{"path": P.relpath(it.sample.image_path, root), "label": it.sample.label,
-                    "defect_type": it.sample.defect_type, "score": float(s), "error": ""}
-                   for it, s in zip(pred.items, pred.scores.numpy(), strict=True)]
-        records += [{"path": P.relpath(f.sample.image_path, root), "label": f.sample.label,
-                     "defect_type": f.sample.defect_type, "score": None, "error": f.reason} for f in data.failures]
+        records = [
+            {
+                "path": P.relpath(it.sample.image_path, root),
+                "label": it.sample.label,
+                "defect_type": it.sample.defect_type,
+                "score": float(s),
+                "error": "",
+            }
+            for it, s in zip(pred.items, pred.scores.numpy(), strict=True)
+        ]
+        records += [
+            {
+                "path": P.relpath(f.sample.image_path, root),
+                "label": f.sample.label,
+                "defect_type": f.sample.defect_type,
+                "score": None,
+                "error": f.reason,
+            }
+            for f in data.failures
+        ]
         scores_rel = f"{SCORES_DIR}/{plan.key}.csv"
         write_scores(self.out / scores_rel, records)
         return scores_rel
 
     def _base_row(self, plan: RowPlan, spec: dict[str, Any]) -> dict[str, Any]:
         cfg = self.cfg
-        method_options = {k: v for k, v in spec["kwargs"].items()
-                          if k not in P.BACKBONE_KEYS and k not in P.RUNTIME_KEYS}
+        method_options = {
+            k: v for k, v in spec["kwargs"].items() if k not in P.BACKBONE_KEYS and k not in P.RUNTIME_KEYS
+        }
         return {
             "schema": P.ROW_SCHEMA,
             "row_key": plan.key,
             "status": "ok",
             "method": spec["method"],
             "method_label": spec["label"],
-            "method_spec": P.canonical({"kwargs": P.keyed_kwargs(spec["kwargs"]),
-                                        **{k: v for k, v in spec.items() if k not in ("kwargs",)}}),
+            "method_spec": P.canonical(
+                {"kwargs": P.keyed_kwargs(spec["kwargs"]), **{k: v for k, v in spec.items() if k not in ("kwargs",)}}
+            ),
             "method_options": P.canonical(method_options),
             "weights": P.canonical(P.weights_identity(spec["method"], spec["kwargs"])),
             "dataset": {"kind": plan.dataset.kind, "root": str(plan.dataset.root), "category": plan.category},
             "shots": plan.shots,
             "seed": plan.seed,
             "protocol": {
-                "eval_resolution": self.eval_res, "mask_resize": "nearest", "map_resize": "bilinear",
-                "aupro": cfg.aupro, "limit": cfg.limit, "limit_policy": P.LIMIT_POLICY if cfg.limit else None,
+                "eval_resolution": self.eval_res,
+                "mask_resize": "nearest",
+                "map_resize": "bilinear",
+                "aupro": cfg.aupro,
+                "limit": cfg.limit,
+                "limit_policy": P.LIMIT_POLICY if cfg.limit else None,
                 "reference_policy": P.REFERENCE_POLICY if plan.shots else P.ZERO_SHOT_NOTE,
-                "force_protocol": cfg.force_protocol, "on_error": cfg.on_error,
+                "force_protocol": cfg.force_protocol,
+                "on_error": cfg.on_error,
             },
             "tags": P.canonical(cfg.tags),
-            "run": {"device": cfg.device, "batch_size": cfg.batch_size, "num_workers": cfg.num_workers,
-                    "vlmad": self._versions["vlmad"], "torch": self._versions["torch"],
-                    "open_clip": self._versions["open_clip"]},
+            "run": {
+                "device": cfg.device,
+                "batch_size": cfg.batch_size,
+                "num_workers": cfg.num_workers,
+                "vlmad": self._versions["vlmad"],
+                "torch": self._versions["torch"],
+                "open_clip": self._versions["open_clip"],
+            },
             "vlmad_version": self._versions["vlmad"],
             "code_fingerprint": code_fingerprint(),
             "finished_at": _now(),
@@ -643,8 +769,9 @@ class _Runner:
         self.store.append(row)
 
     # -------------------------------------------------------------- metrics
-    def _metrics(self, items: list, scores: torch.Tensor, maps: torch.Tensor, ctx: _CategoryContext
-                 ) -> tuple[dict[str, float], dict[str, str], tuple[int, int] | None]:
+    def _metrics(
+        self, items: list, scores: torch.Tensor, maps: torch.Tensor, ctx: _CategoryContext
+    ) -> tuple[dict[str, float], dict[str, str], tuple[int, int] | None]:
         from vlmad.metrics import compute_image_metrics, compute_pixel_metrics
 
         labels = np.array([it.sample.is_anomalous for it in items], dtype=bool)
@@ -667,15 +794,22 @@ class _Runner:
         else:
             sizes = {(it.size[1], it.size[0]) for it in items}
             if len(sizes) > 1:
-                errors["pixel"] = (f"images of {len(sizes)} different sizes cannot be stacked at original "
-                                   "resolution; use --eval-resolution input or N")
+                errors["pixel"] = (
+                    f"images of {len(sizes)} different sizes cannot be stacked at original "
+                    "resolution; use --eval-resolution input or N"
+                )
                 return metrics, errors, shape
-            (h, w), = sizes
+            ((h, w),) = sizes
             shape = (h, w)
             masks = np.stack([it.mask if it.mask is not None else np.zeros(shape, bool) for it in items])
-            map_np = np.concatenate([
-                F.interpolate(maps[i:i + 16, None], size=shape, mode="bilinear", align_corners=False)[:, 0].numpy()
-                for i in range(0, maps.shape[0], 16)])
+            map_np = np.concatenate(
+                [
+                    F.interpolate(maps[i : i + 16, None], size=shape, mode="bilinear", align_corners=False)[
+                        :, 0
+                    ].numpy()
+                    for i in range(0, maps.shape[0], 16)
+                ]
+            )
         try:
             metrics.update(compute_pixel_metrics(masks, map_np, aupro_variants=self.variants))
         except VlmadError as err:
@@ -683,9 +817,19 @@ class _Runner:
         return metrics, errors, shape
 
     # -------------------------------------------------------------- efficiency
-    def _efficiency(self, detector: Detector, batch_s: list[tuple[float, int]], streamed: bool, data: TestSetCache,
-                    rss_increase: int, on_cuda: bool, ctx: _CategoryContext, fit_s: float, ref_load_s: float,
-                    gflops: float | None) -> dict[str, Any]:
+    def _efficiency(
+        self,
+        detector: Detector,
+        batch_s: list[tuple[float, int]],
+        streamed: bool,
+        data: TestSetCache,
+        rss_increase: int,
+        on_cuda: bool,
+        ctx: _CategoryContext,
+        fit_s: float,
+        ref_load_s: float,
+        gflops: float | None,
+    ) -> dict[str, Any]:
         warm = batch_s[1:] if len(batch_s) > 1 else batch_s
         secs, n = sum(s for s, _ in warm), sum(k for _, k in warm)
         params = count_parameters(detector)
@@ -695,14 +839,14 @@ class _Runner:
             "images_per_s": n / secs if secs > 0 else None,
             "warm": len(batch_s) > 1,
             "timed_images": n,
-            "load_ms_per_image": (1000.0 * data.stats.worker_s / data.stats.images
-                                  if streamed and data.stats.images else None),
+            "load_ms_per_image": (
+                1000.0 * data.stats.worker_s / data.stats.images if streamed and data.stats.images else None
+            ),
             "load_wait_s": data.stats.wait_s if streamed else None,
             "num_workers": self.cfg.num_workers,
             "rss_increase_mb": None if on_cuda else rss_increase / MB,
             "process_peak_rss_mb": None if peak is None else peak / MB,
-            "cuda_peak_mb": (torch.cuda.max_memory_allocated(torch.device(self.cfg.device)) / MB
-                             if on_cuda else None),
+            "cuda_peak_mb": (torch.cuda.max_memory_allocated(torch.device(self.cfg.device)) / MB if on_cuda else None),
             "params_backbone": params["backbone"],
             "params_method": params["method"],
             "params_total": params["total"],
@@ -725,10 +869,15 @@ def _fmt_metric(metrics: Mapping[str, float], key: str, name: str) -> str:
 
 def _row_line(row: Mapping[str, Any]) -> str:
     m = row.get("metrics") or {}
-    parts = [_fmt_metric(m, "image_auroc", "i-AUROC"), _fmt_metric(m, "pixel_auroc", "p-AUROC"),
-             _fmt_metric(m, "aupro", "AUPRO")]
+    parts = [
+        _fmt_metric(m, "image_auroc", "i-AUROC"),
+        _fmt_metric(m, "pixel_auroc", "p-AUROC"),
+        _fmt_metric(m, "aupro", "AUPRO"),
+    ]
     seed = "" if row["seed"] is None else f" s{row['seed']}"
     ds = row["dataset"]
     t = row.get("timing", {})
-    return (f"[green]✓[/] {ds['kind']}/{ds['category']} {row['method_label']} {row['shots']}-shot{seed}: "
-            f"{'  '.join(p for p in parts if p) or 'no metric'}  ({t.get('predict_s', 0):.1f} s)")
+    return (
+        f"[green]✓[/] {ds['kind']}/{ds['category']} {row['method_label']} {row['shots']}-shot{seed}: "
+        f"{'  '.join(p for p in parts if p) or 'no metric'}  ({t.get('predict_s', 0):.1f} s)"
+    )

@@ -35,8 +35,10 @@ def _per_method(option: str, values: Sequence[str] | None, methods: Sequence[str
         if sep and name in methods:
             targets, val = [name], value
         elif sep and name and "/" not in name and "." not in name:
-            raise UnknownNameError(f"{option} {raw!r}: {name!r} is not one of the methods of this run",
-                                   f"methods: {', '.join(methods)}; pass --{option} VALUE for all of them")
+            raise UnknownNameError(
+                f"{option} {raw!r}: {name!r} is not one of the methods of this run",
+                f"methods: {', '.join(methods)}; pass --{option} VALUE for all of them",
+            )
         else:
             targets, val = list(methods), str(raw)
         for t in targets:
@@ -63,8 +65,9 @@ def _sets(values: Sequence[str] | None, methods: Sequence[str]) -> dict[str, dic
         if dot and method in methods:
             targets = [method]
         elif dot and method not in methods:
-            raise UnknownNameError(f"--set {raw!r}: {method!r} is not one of the methods of this run",
-                                   f"methods: {', '.join(methods)}")
+            raise UnknownNameError(
+                f"--set {raw!r}: {method!r} is not one of the methods of this run", f"methods: {', '.join(methods)}"
+            )
         else:
             targets, key = list(methods), lhs
         for t in targets:
@@ -72,10 +75,15 @@ def _sets(values: Sequence[str] | None, methods: Sequence[str]) -> dict[str, dic
     return out
 
 
-def build_method_specs(methods: str | Sequence[str], model: Sequence[str] | None = None,
-                       pretrained: Sequence[str] | None = None, checkpoint: Sequence[str] | None = None,
-                       random_weights: bool = False, precision: str | None = None,
-                       sets: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def build_method_specs(
+    methods: str | Sequence[str],
+    model: Sequence[str] | None = None,
+    pretrained: Sequence[str] | None = None,
+    checkpoint: Sequence[str] | None = None,
+    random_weights: bool = False,
+    precision: str | None = None,
+    sets: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
     """Method specs (see :func:`vlmad.bench.runner.method_spec`) from command-line style options."""
     from vlmad.methods.registry import available_methods, get_spec
 
@@ -105,8 +113,10 @@ def build_method_specs(methods: str | Sequence[str], model: Sequence[str] | None
         kwargs.update(extra[name])
         sources = [k for k in ("pretrained", "checkpoint", "random_weights") if kwargs.get(k)]
         if len(sources) > 1:
-            raise VlmadError(f"{name}: choose one weights source, got {' and '.join(sources)}",
-                             "pass --pretrained TAG, --checkpoint PATH or --random-weights")
+            raise VlmadError(
+                f"{name}: choose one weights source, got {' and '.join(sources)}",
+                "pass --pretrained TAG, --checkpoint PATH or --random-weights",
+            )
         get_spec(name).check_options(kwargs)  # a --set typo fails here, before any weights load
         specs.append(method_spec(name, **kwargs))
     return specs

@@ -38,9 +38,14 @@ IMAGE_METRICS = ("image_auroc", "image_ap", "image_f1_max")
 PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "aupro_legacy200")
 METRIC_GROUPS = {"image": IMAGE_METRICS, "pixel": PIXEL_METRICS}
 METRIC_NAMES = {
-    "image_auroc": "i-AUROC", "image_ap": "i-AP", "image_f1_max": "i-F1max",
-    "pixel_auroc": "p-AUROC", "pixel_ap": "p-AP", "pixel_f1_max": "p-F1max",
-    "aupro": "AUPRO", "aupro_legacy200": "AUPRO-200",
+    "image_auroc": "i-AUROC",
+    "image_ap": "i-AP",
+    "image_f1_max": "i-F1max",
+    "pixel_auroc": "p-AUROC",
+    "pixel_ap": "p-AP",
+    "pixel_f1_max": "p-F1max",
+    "aupro": "AUPRO",
+    "aupro_legacy200": "AUPRO-200",
 }
 RANDOM_MARK = "†"
 MACRO = "macro mean"
@@ -54,14 +59,22 @@ def config_payload(row: Mapping[str, Any]) -> dict[str, Any]:
     """What must be equal for two rows' numbers to share a column (category and seed excluded)."""
     proto = row.get("protocol", {})
     info = dict(row.get("detector") or {})
-    return canonical({
-        "label": row["method_label"], "method": row["method"], "spec": row.get("method_spec"),
-        "weights": row.get("weights"), "info": info, "shots": row["shots"],
-        "dataset": [row["dataset"]["kind"], row["dataset"]["root"]],
-        "eval_resolution": proto.get("eval_resolution"), "limit": proto.get("limit"),
-        "forced": bool(proto.get("protocol_forced")), "transductive": bool(proto.get("transductive")),
-        "tags": row.get("tags") or {},
-    })
+    return canonical(
+        {
+            "label": row["method_label"],
+            "method": row["method"],
+            "spec": row.get("method_spec"),
+            "weights": row.get("weights"),
+            "info": info,
+            "shots": row["shots"],
+            "dataset": [row["dataset"]["kind"], row["dataset"]["root"]],
+            "eval_resolution": proto.get("eval_resolution"),
+            "limit": proto.get("limit"),
+            "forced": bool(proto.get("protocol_forced")),
+            "transductive": bool(proto.get("transductive")),
+            "tags": row.get("tags") or {},
+        }
+    )
 
 
 @dataclass
@@ -108,14 +121,21 @@ class Config:
         cells = self.cell_metrics()
         complete = all((c, s) in cells for c in self.categories for s in self.seeds)
         return {
-            "method": f["method"], "dataset_kind": f["dataset"]["kind"], "shots": self.shots,
-            "random_weights": self.random, "weights": f.get("weights") or {},
-            "image_size": self.info.get("image_size"), "info": self.info,
+            "method": f["method"],
+            "dataset_kind": f["dataset"]["kind"],
+            "shots": self.shots,
+            "random_weights": self.random,
+            "weights": f.get("weights") or {},
+            "image_size": self.info.get("image_size"),
+            "info": self.info,
             "method_options": f.get("method_options") or {},
-            "transductive": bool(proto.get("transductive")), "eval_resolution": proto.get("eval_resolution"),
-            "limit": proto.get("limit"), "forced": bool(proto.get("protocol_forced")),
+            "transductive": bool(proto.get("transductive")),
+            "eval_resolution": proto.get("eval_resolution"),
+            "limit": proto.get("limit"),
+            "forced": bool(proto.get("protocol_forced")),
             "skipped_images": sum(int((r.get("n_images") or {}).get("skipped", 0)) for r in self.rows),
-            "categories": self.categories, "complete": complete,
+            "categories": self.categories,
+            "complete": complete,
         }
 
 
@@ -257,8 +277,10 @@ class Footnotes:
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], align_right_from: int = 1) -> list[str]:
     esc = [[str(c).replace("|", "\\|") for c in r] for r in [header, *rows]]
-    lines = ["| " + " | ".join(esc[0]) + " |",
-             "|" + "|".join(("---:" if i >= align_right_from else "---") for i in range(len(header))) + "|"]
+    lines = [
+        "| " + " | ".join(esc[0]) + " |",
+        "|" + "|".join(("---:" if i >= align_right_from else "---") for i in range(len(header))) + "|",
+    ]
     lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
     return lines
 
@@ -276,8 +298,9 @@ def dataset_names(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], st
     return names
 
 
-def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: str, group: str
-                ) -> tuple[str, list[dict[str, Any]]] | None:
+def build_table(
+    rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: str, group: str
+) -> tuple[str, list[dict[str, Any]]] | None:
     """Markdown text and tidy CSV records for one dataset and metric group; None when no row has such metrics."""
     metric_list = METRIC_GROUPS[group]
     configs = group_configs(rows)
@@ -288,11 +311,18 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
     notes = Footnotes()
     title = f"{name}: {group}-level metrics (%)"
     categories = sorted({cat for c in configs for cat in c.categories})
-    lines = [f"# {title}", "", f"Dataset: {DATASET_NAMES.get(kind, kind)} layout (`{kind}`) at `{root}`, "
-             f"{len(categories)} class(es).", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Dataset: {DATASET_NAMES.get(kind, kind)} layout (`{kind}`) at `{root}`, {len(categories)} class(es).",
+        "",
+    ]
     if any(c.random for c in configs):
-        lines += [f"> **WARNING: {RANDOM_WEIGHTS_STAMP}.** Columns marked {RANDOM_MARK} use randomly initialised "
-                  "weights (pipeline smoke test).", ""]
+        lines += [
+            f"> **WARNING: {RANDOM_WEIGHTS_STAMP}.** Columns marked {RANDOM_MARK} use randomly initialised "
+            "weights (pipeline smoke test).",
+            "",
+        ]
     records: list[dict[str, Any]] = []
     lines += _macro_section(configs, present, kind, root, notes, records)
     lines += _per_class_section(configs, present, categories, kind, root, records)
@@ -302,8 +332,9 @@ def build_table(rows: Sequence[Mapping[str, Any]], kind: str, root: str, name: s
     return "\n".join(lines).rstrip() + "\n", records
 
 
-def _macro_section(configs: list[Config], present: list[str], kind: str, root: str, notes: Footnotes,
-                   records: list[dict[str, Any]]) -> list[str]:
+def _macro_section(
+    configs: list[Config], present: list[str], kind: str, root: str, notes: Footnotes, records: list[dict[str, Any]]
+) -> list[str]:
     """The macro-mean table, with published numbers and deltas where a configuration has a counterpart."""
     lines = ["## Macro mean over classes", ""]
     stats = {(c.key, m): macro_stat(c, m) for c in configs for m in present}
@@ -334,16 +365,27 @@ def _macro_section(configs: list[Config], present: list[str], kind: str, root: s
             records.append(_record(kind, root, c, MACRO, m, st, pub, diff))
         body.append(line)
     lines += _md_table(header, body, align_right_from=1)
-    lines += ["", "- Percent. Few-shot cells are mean ± sample std (ddof=1) over reference-draw seeds (macro mean "
-              "per seed, then over seeds); zero-shot is deterministic and runs once (seeds '—')."]
+    lines += [
+        "",
+        "- Percent. Few-shot cells are mean ± sample std (ddof=1) over reference-draw seeds (macro mean "
+        "per seed, then over seeds); zero-shot is deterministic and runs once (seeds '—').",
+    ]
     if pub_cols:
-        lines.append("- published: the paper's macro number when the protocol matches (Δ = vlmad − published); "
-                     "n/a with the reason when it does not; — when nothing is published for that configuration.")
+        lines.append(
+            "- published: the paper's macro number when the protocol matches (Δ = vlmad − published); "
+            "n/a with the reason when it does not; — when nothing is published for that configuration."
+        )
     return lines + [""]
 
 
-def _per_class_section(configs: list[Config], present: list[str], categories: list[str], kind: str, root: str,
-                       records: list[dict[str, Any]]) -> list[str]:
+def _per_class_section(
+    configs: list[Config],
+    present: list[str],
+    categories: list[str],
+    kind: str,
+    root: str,
+    records: list[dict[str, Any]],
+) -> list[str]:
     """One table per metric: a row per class, a column per configuration, the macro mean last."""
     lines = ["## Per class", ""]
     for m in present:
@@ -370,8 +412,12 @@ def _legend_section(configs: list[Config], notes: Footnotes) -> list[str]:
     for c in configs:
         lines.append(f"- **{c.label}**: {_describe(c)}")
     lines.append("")
-    skipped = [(r["dataset"]["category"], r["seed"], s) for c in configs for r in c.rows
-               for s in (r.get("skipped_images") or [])]
+    skipped = [
+        (r["dataset"]["category"], r["seed"], s)
+        for c in configs
+        for r in c.rows
+        for s in (r.get("skipped_images") or [])
+    ]
     if skipped:
         lines += ["Skipped test images (unreadable; left out of the metrics):", ""]
         lines += [f"- {cat} (seed {seed}): `{s['path']}` — {s['reason']}" for cat, seed, s in skipped[:50]]
@@ -387,11 +433,16 @@ def _published_reference(kind: str) -> list[str]:
     entries = entries_for(kind)
     if not entries:
         return []
-    lines = [f"Published reference numbers for {DATASET_NAMES[kind]} (macro, %; shown next to a result only when "
-             "the protocol matches):", ""]
+    lines = [
+        f"Published reference numbers for {DATASET_NAMES[kind]} (macro, %; shown next to a result only when "
+        "the protocol matches):",
+        "",
+    ]
     keys = [m for m in (*IMAGE_METRICS, *PIXEL_METRICS) if any(m in e["metrics"] for e in entries)]
-    body = [[e["label"], str(e["shots"])] + [f"{e['metrics'][m]:.1f}" if m in e["metrics"] else "" for m in keys]
-            for e in entries]
+    body = [
+        [e["label"], str(e["shots"])] + [f"{e['metrics'][m]:.1f}" if m in e["metrics"] else "" for m in keys]
+        for e in entries
+    ]
     lines += _md_table(["method", "shots", *[METRIC_NAMES[m] for m in keys]], body, align_right_from=1)
     from vlmad.bench.published import load_published
 
@@ -404,10 +455,20 @@ def _published_reference(kind: str) -> list[str]:
 def _describe(c: Config) -> str:
     info, f = c.info, c.first
     proto = f.get("protocol", {})
-    parts = [f"method `{f['method']}`", f"model `{info.get('model')}`", f"weights `{info.get('weights_id')}`",
-             f"input {info.get('image_size')} px", f"prompts `{info.get('prompt_set')}`", f"{c.shots}-shot"]
-    extra = {k: v for k, v in info.items() if k not in ("method", "model", "weights_id", "image_size", "prompt_set",
-                                                          "shots", "transductive", "random_weights")}
+    parts = [
+        f"method `{f['method']}`",
+        f"model `{info.get('model')}`",
+        f"weights `{info.get('weights_id')}`",
+        f"input {info.get('image_size')} px",
+        f"prompts `{info.get('prompt_set')}`",
+        f"{c.shots}-shot",
+    ]
+    extra = {
+        k: v
+        for k, v in info.items()
+        if k
+        not in ("method", "model", "weights_id", "image_size", "prompt_set", "shots", "transductive", "random_weights")
+    }
     if extra:
         parts.append("settings " + ", ".join(f"{k}={v}" for k, v in sorted(extra.items())))
     if f.get("method_options"):
@@ -433,17 +494,26 @@ def _describe(c: Config) -> str:
     return "; ".join(parts)
 
 
-def _record(kind: str, root: str, c: Config, category: str, metric: str, st: Stat, pub: Any,
-            diff: float | None) -> dict[str, Any]:
+def _record(
+    kind: str, root: str, c: Config, category: str, metric: str, st: Stat, pub: Any, diff: float | None
+) -> dict[str, Any]:
     return {
-        "dataset": kind, "root": root, "configuration": c.label, "config_key": c.key,
-        "method": c.first["method"], "label": c.first["method_label"], "shots": c.shots,
-        "model": c.info.get("model"), "weights_id": c.info.get("weights_id"),
+        "dataset": kind,
+        "root": root,
+        "configuration": c.label,
+        "config_key": c.key,
+        "method": c.first["method"],
+        "label": c.first["method_label"],
+        "shots": c.shots,
+        "model": c.info.get("model"),
+        "weights_id": c.info.get("weights_id"),
         "eval_resolution": c.first.get("protocol", {}).get("eval_resolution"),
-        "category": category, "metric": metric,
+        "category": category,
+        "metric": metric,
         "mean_pct": None if st.mean is None else 100 * st.mean,
         "std_pct": None if st.std is None else 100 * st.std,
-        "n_seeds": st.n, "n_classes": st.classes if category == MACRO else 1,
+        "n_seeds": st.n,
+        "n_classes": st.classes if category == MACRO else 1,
         "published_pct": None if pub is None else pub.value,
         "diff_pct": diff,
         "note": "; ".join(x for x in (st.note, None if pub is None else pub.reason) if x),
@@ -472,36 +542,55 @@ def efficiency_records(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]
     for r in rows:
         eff = r.get("efficiency") or {}
         info = r.get("detector") or {}
-        key = (r["method_label"], info.get("model"), info.get("image_size"), r["shots"], eff.get("device"),
-               info.get("precision"), eff.get("batch_size"), bool(r.get("random_weights")))
+        key = (
+            r["method_label"],
+            info.get("model"),
+            info.get("image_size"),
+            r["shots"],
+            eff.get("device"),
+            info.get("precision"),
+            eff.get("batch_size"),
+            bool(r.get("random_weights")),
+        )
         groups.setdefault(key, []).append(r)
     out = []
     for (label, model, size, shots, device, precision, batch, rand), rs in sorted(
-            groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+        groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])
+    ):
         effs = [r.get("efficiency") or {} for r in rs]
         warm = [e for e in effs if e.get("warm")]
         src = warm or effs
         ms = _median(e.get("ms_per_image") for e in src)
         misses = [e.get("setup_s") for e in effs if e.get("text_cache") == "miss"]
-        out.append({
-            "method": label, "model": model, "input_px": size, "shots": shots, "device": device,
-            "precision": precision, "batch_size": batch, "rows": len(rs),
-            "ms_per_image": ms, "images_per_s": (1000.0 / ms) if ms else None, "warm": bool(warm),
-            "load_ms_per_image": _median(e.get("load_ms_per_image") for e in effs),
-            "num_workers": _max(e.get("num_workers") for e in effs),
-            "rss_increase_mb": _max(e.get("rss_increase_mb") for e in effs),
-            "process_peak_rss_mb": _max(e.get("process_peak_rss_mb") for e in effs),
-            "cuda_peak_mb": _max(e.get("cuda_peak_mb") for e in effs),
-            "params_backbone_m": _scaled(_max(e.get("params_backbone") for e in effs), 1e-6),
-            "params_method_m": _scaled(_max(e.get("params_method") for e in effs), 1e-6),
-            "gflops_per_image": _max(e.get("gflops_per_image") for e in effs),
-            "state_mb": _max(e.get("state_mb") for e in effs),
-            "text_setup_s": _median(misses) if misses else _median(e.get("setup_s") for e in effs),
-            "text_cache": "miss" if misses else ("hit" if any(e.get("text_cache") == "hit" for e in effs) else ""),
-            "fit_s": _median(e.get("fit_s") for e in effs) if shots else None,
-            "model_load_s": _median(e.get("model_load_s") for e in effs),
-            "random_weights": rand,
-        })
+        out.append(
+            {
+                "method": label,
+                "model": model,
+                "input_px": size,
+                "shots": shots,
+                "device": device,
+                "precision": precision,
+                "batch_size": batch,
+                "rows": len(rs),
+                "ms_per_image": ms,
+                "images_per_s": (1000.0 / ms) if ms else None,
+                "warm": bool(warm),
+                "load_ms_per_image": _median(e.get("load_ms_per_image") for e in effs),
+                "num_workers": _max(e.get("num_workers") for e in effs),
+                "rss_increase_mb": _max(e.get("rss_increase_mb") for e in effs),
+                "process_peak_rss_mb": _max(e.get("process_peak_rss_mb") for e in effs),
+                "cuda_peak_mb": _max(e.get("cuda_peak_mb") for e in effs),
+                "params_backbone_m": _scaled(_max(e.get("params_backbone") for e in effs), 1e-6),
+                "params_method_m": _scaled(_max(e.get("params_method") for e in effs), 1e-6),
+                "gflops_per_image": _max(e.get("gflops_per_image") for e in effs),
+                "state_mb": _max(e.get("state_mb") for e in effs),
+                "text_setup_s": _median(misses) if misses else _median(e.get("setup_s") for e in effs),
+                "text_cache": "miss" if misses else ("hit" if any(e.get("text_cache") == "hit" for e in effs) else ""),
+                "fit_s": _median(e.get("fit_s") for e in effs) if shots else None,
+                "model_load_s": _median(e.get("model_load_s") for e in effs),
+                "random_weights": rand,
+            }
+        )
     return out
 
 
@@ -513,21 +602,55 @@ def efficiency_markdown(records: Sequence[Mapping[str, Any]]) -> str:
     lines = ["# Efficiency", ""]
     if any(r["random_weights"] for r in records):
         lines += [f"> Rows marked {RANDOM_MARK}: {RANDOM_WEIGHTS_STAMP} (timings and sizes are still real).", ""]
-    header = ["method", "model", "px", "shots", "device", "batch", "ms/img", "img/s", "load ms/img", "workers",
-              "mem +MB", "peak MB", "CUDA MB", "params M (backbone+method)", "GFLOPs/img", "text setup s",
-              "fit s", "model load s"]
+    header = [
+        "method",
+        "model",
+        "px",
+        "shots",
+        "device",
+        "batch",
+        "ms/img",
+        "img/s",
+        "load ms/img",
+        "workers",
+        "mem +MB",
+        "peak MB",
+        "CUDA MB",
+        "params M (backbone+method)",
+        "GFLOPs/img",
+        "text setup s",
+        "fit s",
+        "model load s",
+    ]
     body = []
     for r in records:
         ms = _num(r["ms_per_image"]) + ("" if r["warm"] or r["ms_per_image"] is None else "*")
-        params = ("—" if r["params_backbone_m"] is None
-                  else f"{r['params_backbone_m']:.2f}+{r['params_method_m'] or 0:.2f}")
+        params = (
+            "—" if r["params_backbone_m"] is None else f"{r['params_backbone_m']:.2f}+{r['params_method_m'] or 0:.2f}"
+        )
         text = _num(r["text_setup_s"], 2) + (" (cache hit)" if r["text_cache"] == "hit" else "")
-        body.append([r["method"] + (f" {RANDOM_MARK}" if r["random_weights"] else ""), str(r["model"]),
-                     str(r["input_px"]), str(r["shots"]), str(r["device"]), str(r["batch_size"]), ms,
-                     _num(r["images_per_s"]), _num(r["load_ms_per_image"]), _num(r["num_workers"], 0),
-                     _num(r["rss_increase_mb"]), _num(r["process_peak_rss_mb"], 0), _num(r["cuda_peak_mb"], 0),
-                     params, _num(r["gflops_per_image"], 2), text, _num(r["fit_s"], 2),
-                     _num(r["model_load_s"], 2)])
+        body.append(
+            [
+                r["method"] + (f" {RANDOM_MARK}" if r["random_weights"] else ""),
+                str(r["model"]),
+                str(r["input_px"]),
+                str(r["shots"]),
+                str(r["device"]),
+                str(r["batch_size"]),
+                ms,
+                _num(r["images_per_s"]),
+                _num(r["load_ms_per_image"]),
+                _num(r["num_workers"], 0),
+                _num(r["rss_increase_mb"]),
+                _num(r["process_peak_rss_mb"], 0),
+                _num(r["cuda_peak_mb"], 0),
+                params,
+                _num(r["gflops_per_image"], 2),
+                text,
+                _num(r["fit_s"], 2),
+                _num(r["model_load_s"], 2),
+            ]
+        )
     lines += _md_table(header, body, align_right_from=2)
     lines += [
         "",
@@ -581,8 +704,9 @@ def write_reports(run_dir: str | Path) -> list[Path]:
     return written
 
 
-def _summary(out: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mapping[str, Any]], sections: list[str],
-             eff_md: str) -> str:
+def _summary(
+    out: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mapping[str, Any]], sections: list[str], eff_md: str
+) -> str:
     lines = ["# vlmad benchmark summary", ""]
     if any(r.get("random_weights") for r in ok):
         lines += [f"> **WARNING: {RANDOM_WEIGHTS_STAMP}** for the rows marked {RANDOM_MARK}.", ""]
@@ -593,11 +717,15 @@ def _summary(out: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mapping[
         latest = {}
     env = latest.get("environment", {})
     failed = [r for r in rows if r.get("status") != "ok"]
-    lines += [f"- results: `{out / 'results.jsonl'}` ({len(ok)} row(s) ok, {len(failed)} refused/failed)",
-              f"- tables: `{out / 'tables'}`; efficiency: `{out / 'efficiency.md'}`"]
+    lines += [
+        f"- results: `{out / 'results.jsonl'}` ({len(ok)} row(s) ok, {len(failed)} refused/failed)",
+        f"- tables: `{out / 'tables'}`; efficiency: `{out / 'efficiency.md'}`",
+    ]
     if env:
-        lines.append(f"- environment: vlmad {env.get('vlmad')}, torch {env.get('torch')}, open_clip "
-                     f"{env.get('open_clip')}, device {env.get('device')}, {env.get('torch_threads')} torch threads")
+        lines.append(
+            f"- environment: vlmad {env.get('vlmad')}, torch {env.get('torch')}, open_clip "
+            f"{env.get('open_clip')}, device {env.get('device')}, {env.get('torch_threads')} torch threads"
+        )
     if latest.get("argv"):
         lines.append(f"- last command: `{shlex.join(str(a) for a in latest['argv'])}`")
     lines.append("")
@@ -605,11 +733,17 @@ def _summary(out: Path, rows: Sequence[Mapping[str, Any]], ok: Sequence[Mapping[
         lines += ["## Rows not computed", ""]
         for r in failed:
             seed = "" if r.get("seed") is None else f" seed {r['seed']}"
-            lines.append(f"- **{r.get('status')}** {r['method_label']} {r['shots']}-shot{seed} · "
-                         f"{r['dataset']['kind']}/{r['dataset']['category']}: {r.get('reason')}"
-                         + (f" (hint: {r['hint']})" if r.get("hint") else ""))
-        lines += ["", "Rerun with `--retry-failed` to try these rows again (`--force-protocol` to override a "
-                  "refused protocol check; forced rows are labelled).", ""]
+            lines.append(
+                f"- **{r.get('status')}** {r['method_label']} {r['shots']}-shot{seed} · "
+                f"{r['dataset']['kind']}/{r['dataset']['category']}: {r.get('reason')}"
+                + (f" (hint: {r['hint']})" if r.get("hint") else "")
+            )
+        lines += [
+            "",
+            "Rerun with `--retry-failed` to try these rows again (`--force-protocol` to override a "
+            "refused protocol check; forced rows are labelled).",
+            "",
+        ]
     for text in sections:
         lines += ["---", "", _demote(text), ""]
     if eff_md:
@@ -624,9 +758,12 @@ def fingerprint_warning(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     seen = mixed_fingerprints(list(rows))
     if not seen:
         return []
-    return [f"> **WARNING: rows from {len(seen)} code versions** ({', '.join(seen)}): this folder was resumed "
-            "after a code change; numbers of different versions sit side by side (rerun into a new --out to "
-            "recompute them all).", ""]
+    return [
+        f"> **WARNING: rows from {len(seen)} code versions** ({', '.join(seen)}): this folder was resumed "
+        "after a code change; numbers of different versions sit side by side (rerun into a new --out to "
+        "recompute them all).",
+        "",
+    ]
 
 
 def _demote(markdown: str) -> str:

@@ -21,6 +21,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
 def _flags_without_type(self, ctx) -> str | None:
     """Typer labels on/off flags `<bool>` in help, as if they took a value; show no type for them."""
     return None if getattr(self, "is_flag", False) else _typed(self, ctx)
@@ -49,8 +50,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_version, help="Print the version and exit."
+    ),
 ) -> None:
     """Zero- and few-shot industrial anomaly detection with vision-language models."""
 

@@ -43,18 +43,26 @@ HELP = (
 @app.command(help=HELP)
 def benchmark(
     ctx: typer.Context,
-    dataset: Annotated[list[str], typer.Option("--dataset", "-d", help="Dataset kind: mvtec, visa or folder "
-                                               "(repeat with --root for several datasets).")],
+    dataset: Annotated[
+        list[str],
+        typer.Option(
+            "--dataset", "-d", help="Dataset kind: mvtec, visa or folder (repeat with --root for several datasets)."
+        ),
+    ],
     root: Annotated[list[Path], typer.Option("--root", help="Dataset folder (one per --dataset, same order).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; reused to resume).")],
-    methods: Annotated[str | None, typer.Option(
-        "--methods", "-m", help="Comma-separated methods (see `vlmad models`; default: the first one).")] = None,
+    methods: Annotated[
+        str | None,
+        typer.Option("--methods", "-m", help="Comma-separated methods (see `vlmad models`; default: the first one)."),
+    ] = None,
     shots: Annotated[str, typer.Option("--shots", help="Comma-separated shot counts; 0 = zero-shot.")] = "0",
-    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated reference-draw seeds (few-shot only).")
-                     ] = "0",
-    categories: Annotated[str | None, typer.Option(
-        "--categories", help="Comma-separated categories (all by default); 'kind:name' to target one "
-        "dataset.")] = None,
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated reference-draw seeds (few-shot only).")] = "0",
+    categories: Annotated[
+        str | None,
+        typer.Option(
+            "--categories", help="Comma-separated categories (all by default); 'kind:name' to target one dataset."
+        ),
+    ] = None,
     model: GridModelOpt = None,
     pretrained: GridPretrainedOpt = None,
     checkpoint: GridCheckpointOpt = None,
@@ -63,21 +71,30 @@ def benchmark(
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     precision: GridPrecisionOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per predict call.")] = 8,
-    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")
-                           ] = 2,
-    limit: Annotated[int | None, typer.Option(
-        "--limit", min=1, help="First N test images per category, balanced normal/anomalous (quick runs).")] = None,
-    eval_resolution: Annotated[str, typer.Option(
-        "--eval-resolution", help="Pixel metrics at 'input' (model input size), 'original' or N pixels.")
+    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")] = 2,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit", min=1, help="First N test images per category, balanced normal/anomalous (quick runs)."
+        ),
+    ] = None,
+    eval_resolution: Annotated[
+        str,
+        typer.Option("--eval-resolution", help="Pixel metrics at 'input' (model input size), 'original' or N pixels."),
     ] = "input",
-    aupro: Annotated[str, typer.Option(
-        "--aupro", help="exact (MVTec definition), legacy200 (research repos' approximation) or both.")] = "exact",
-    on_error: Annotated[str, typer.Option(
-        "--on-error", help="Unreadable image: skip (recorded in the row) or stop.")] = "skip",
-    force_protocol: Annotated[bool, typer.Option(
-        "--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")] = False,
-    retry_failed: Annotated[bool, typer.Option(
-        "--retry-failed", help="Recompute rows recorded as refused or failed.")] = False,
+    aupro: Annotated[
+        str,
+        typer.Option("--aupro", help="exact (MVTec definition), legacy200 (research repos' approximation) or both."),
+    ] = "exact",
+    on_error: Annotated[
+        str, typer.Option("--on-error", help="Unreadable image: skip (recorded in the row) or stop.")
+    ] = "skip",
+    force_protocol: Annotated[
+        bool, typer.Option("--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Recompute rows recorded as refused or failed.")
+    ] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
     no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
@@ -93,26 +110,44 @@ def benchmark(
     from vlmad.methods.registry import default_method
 
     if len(dataset) != len(root):
-        raise VlmadError(f"{len(dataset)} --dataset but {len(root)} --root",
-                         "give one --root per --dataset, in the same order")
+        raise VlmadError(
+            f"{len(dataset)} --dataset but {len(root)} --root", "give one --root per --dataset, in the same order"
+        )
     parse_aupro(aupro)
-    specs = build_method_specs(methods or default_method(), model, pretrained, checkpoint, random_weights,
-                               precision, sets)
+    specs = build_method_specs(
+        methods or default_method(), model, pretrained, checkpoint, random_weights, precision, sets
+    )
     datasets = _datasets(dataset, root, categories)
     config = BenchmarkConfig(
-        out=out, datasets=datasets, methods=specs, shots=parse_int_list(shots, "shots"),
-        seeds=parse_int_list(seeds, "seeds"), device=device, batch_size=batch_size, num_workers=num_workers,
-        limit=limit, eval_resolution=parse_eval_resolution(eval_resolution), aupro=aupro, on_error=on_error,
-        force_protocol=force_protocol, retry_failed=retry_failed, use_cache=not no_cache, flops=not no_flops,
-        progress=not quiet, argv=command_line(ctx),
+        out=out,
+        datasets=datasets,
+        methods=specs,
+        shots=parse_int_list(shots, "shots"),
+        seeds=parse_int_list(seeds, "seeds"),
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        limit=limit,
+        eval_resolution=parse_eval_resolution(eval_resolution),
+        aupro=aupro,
+        on_error=on_error,
+        force_protocol=force_protocol,
+        retry_failed=retry_failed,
+        use_cache=not no_cache,
+        flops=not no_flops,
+        progress=not quiet,
+        argv=command_line(ctx),
         **executor_kwargs(executor, ray_address, cpus_per_row, gpus_per_row, row_retries),
     )
-    on_interrupt(f"finished rows are kept in {out / 'results.jsonl'}; rerun the same command to resume (nothing "
-                 "finished is recomputed)")
+    on_interrupt(
+        f"finished rows are kept in {out / 'results.jsonl'}; rerun the same command to resume (nothing "
+        "finished is recomputed)"
+    )
     run_dir = run_benchmark(config)
     console.print(f"results: {run_dir / 'results.jsonl'}")
-    console.print(f"summary: {run_dir / 'summary.md'} (tables in {run_dir / 'tables'}, efficiency in "
-                  f"{run_dir / 'efficiency.md'})")
+    console.print(
+        f"summary: {run_dir / 'summary.md'} (tables in {run_dir / 'tables'}, efficiency in {run_dir / 'efficiency.md'})"
+    )
 
 
 def command_line(ctx: typer.Context) -> list[str]:
@@ -131,7 +166,7 @@ def command_line(ctx: typer.Context) -> list[str]:
             if value:
                 argv.append(flag)
             continue
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
+        for v in value if isinstance(value, (list, tuple)) else [value]:
             argv += [flag, str(v)]
     return argv
 
@@ -145,8 +180,9 @@ def _datasets(kinds: list[str], roots: list[Path], categories: str | None):
     if not names:
         return [DatasetSpec(k, r, None) for k, r in zip(kinds, roots, strict=True)]
     if len(kinds) == 1:
-        return [DatasetSpec(kinds[0], roots[0], [n.split(":", 1)[-1] if n.startswith(f"{kinds[0]}:") else n
-                                                 for n in names])]
+        return [
+            DatasetSpec(kinds[0], roots[0], [n.split(":", 1)[-1] if n.startswith(f"{kinds[0]}:") else n for n in names])
+        ]
     out, used = [], set()
     for kind, root in zip(kinds, roots, strict=True):
         available = set(load_dataset(kind, root).categories)
@@ -163,6 +199,8 @@ def _datasets(kinds: list[str], roots: list[Path], categories: str | None):
             out.append(DatasetSpec(kind, root, chosen))
     unknown = [n for n in names if n not in used]
     if unknown:
-        raise VlmadError(f"category {unknown[0]!r} is in none of the datasets",
-                         "check --categories (use kind:name to pick a dataset)")
+        raise VlmadError(
+            f"category {unknown[0]!r} is in none of the datasets",
+            "check --categories (use kind:name to pick a dataset)",
+        )
     return out

@@ -23,8 +23,9 @@ READER_FOR_LAYOUT = {"mvtec": "mvtec", "visa": "visa", "visa-converted": "visa",
 
 @app.command("make-dataset")
 def make_dataset_cmd(
-    out_arg: Path | None = typer.Argument(None, help="Folder to create (must be new or empty); or --out.",
-                                          show_default=False),
+    out_arg: Path | None = typer.Argument(
+        None, help="Folder to create (must be new or empty); or --out.", show_default=False
+    ),
     out_opt: Path | None = typer.Option(None, "--out", "-o", help="Folder to create (must be new or empty)."),
     layout: str = typer.Option("mvtec", "--layout", help=f"One of: {', '.join(LAYOUTS)}."),
     categories: str = typer.Option(",".join(DEFAULT_CATEGORIES), "--categories", help="Comma-separated."),
@@ -83,8 +84,15 @@ def download_cmd(
         raise VlmadError("--url and --sha256 go together", "a mirror must be checked against its own checksum")
     on_interrupt(f"the partial download is kept in {root / '.download'}; rerun the same command to resume it")
     with _byte_progress(console) as progress:
-        download_dataset(dataset.lower(), root, url=url, sha256=sha256, keep_archive=keep_archive,
-                         progress=progress, log=lambda m: console.print(m, highlight=False))
+        download_dataset(
+            dataset.lower(),
+            root,
+            url=url,
+            sha256=sha256,
+            keep_archive=keep_archive,
+            progress=progress,
+            log=lambda m: console.print(m, highlight=False),
+        )
     console.print(f"done: {root} (use --dataset {dataset.lower()} --root {root})", highlight=False)
 
 

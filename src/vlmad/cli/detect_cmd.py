@@ -41,8 +41,13 @@ NON_FINITE = "non_finite_score"  # vlmad.jobs.NON_FINITE (not imported here: kee
 
 @app.command()
 def detect(
-    images: Annotated[list[str], typer.Argument(help="Image files, folders, quoted glob patterns ('parts/**/*.png')"
-                                                " or .txt files listing one image path per line.")],
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders, quoted glob patterns ('parts/**/*.png')"
+            " or .txt files listing one image path per line."
+        ),
+    ],
     class_name: ClassNameOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (scores.csv, maps/, overlays/).")],
     recursive: Annotated[bool, typer.Option("--recursive", "-R", help="Also score images in subfolders.")] = False,
@@ -60,35 +65,68 @@ def detect(
     no_cache: NoCacheOpt = False,
     heads: ArtefactOpt = None,
     save_maps: Annotated[bool, typer.Option("--save-maps", help="Write maps/<stem>.npy (float32).")] = False,
-    overlay: Annotated[bool, typer.Option(
-        "--overlay", help="Write overlays/<stem>.png QC panels: original, heatmap with colour bar (calibrated scale "
-                          "with --deploy, else one scale per run), predicted mask, score, decision.")] = False,
-    save_masks: Annotated[bool, typer.Option(
-        "--save-masks", help="Write masks/<stem>.png binary defect masks (needs --deploy with a pixel threshold); "
-                             "scores.csv gets defect_area.")] = False,
+    overlay: Annotated[
+        bool,
+        typer.Option(
+            "--overlay",
+            help="Write overlays/<stem>.png QC panels: original, heatmap with colour bar (calibrated scale "
+            "with --deploy, else one scale per run), predicted mask, score, decision.",
+        ),
+    ] = False,
+    save_masks: Annotated[
+        bool,
+        typer.Option(
+            "--save-masks",
+            help="Write masks/<stem>.png binary defect masks (needs --deploy with a pixel threshold); "
+            "scores.csv gets defect_area.",
+        ),
+    ] = False,
     deploy: Annotated[
-        Path | None, typer.Option("--deploy", help="deploy.json from `vlmad calibrate` -> decisions; refused when "
-                                                   "it was calibrated for another detector.")
+        Path | None,
+        typer.Option(
+            "--deploy",
+            help="deploy.json from `vlmad calibrate` -> decisions; refused when "
+            "it was calibrated for another detector.",
+        ),
     ] = None,
-    force_deploy: Annotated[bool, typer.Option(
-        "--force-deploy", help="Use --deploy even when it was calibrated for another detector; every row is "
-                               "labelled 'threshold not calibrated for this detector'.")] = False,
+    force_deploy: Annotated[
+        bool,
+        typer.Option(
+            "--force-deploy",
+            help="Use --deploy even when it was calibrated for another detector; every row is "
+            "labelled 'threshold not calibrated for this detector'.",
+        ),
+    ] = False,
     on_error: Annotated[str, typer.Option("--on-error", help="skip (record) or stop on unreadable images.")] = "skip",
     allow_untrained: Annotated[
-        bool, typer.Option("--allow-untrained", help="Run without the method's required artefact, e.g. random "
-                           "APRIL-GAN heads (smoke test only).")
+        bool,
+        typer.Option(
+            "--allow-untrained",
+            help="Run without the method's required artefact, e.g. random APRIL-GAN heads (smoke test only).",
+        ),
     ] = False,
-    executor: Annotated[str, typer.Option(
-        "--executor", help="local, or ray: a Ray Data pipeline over an actor pool (large sets; list files are "
-        "streamed; a rerun resumes).")] = "local",
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="local, or ray: a Ray Data pipeline over an actor pool (large sets; list files are "
+            "streamed; a rerun resumes).",
+        ),
+    ] = "local",
     workers: Annotated[int, typer.Option("--workers", min=1, help="With --executor ray: detector actors.")] = 1,
-    gpus_per_worker: Annotated[float, typer.Option(
-        "--gpus-per-worker", min=0, help="With --executor ray: GPUs per detector actor.")] = 0.0,
-    ray_address: Annotated[str | None, typer.Option(
-        "--ray-address", help="With --executor ray: 'auto' or host:port joins a cluster; default: a local one.")
+    gpus_per_worker: Annotated[
+        float, typer.Option("--gpus-per-worker", min=0, help="With --executor ray: GPUs per detector actor.")
+    ] = 0.0,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", help="With --executor ray: 'auto' or host:port joins a cluster; default: a local one."
+        ),
     ] = None,
-    bundle: Annotated[Path | None, typer.Option(
-        "--bundle", help="Run an exported bundle (`vlmad export`; its class must be --class-name).")] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", help="Run an exported bundle (`vlmad export`; its class must be --class-name)."),
+    ] = None,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
     from vlmad.cli.inputs import collect_images
@@ -98,10 +136,36 @@ def detect(
     if executor != "local":
         from vlmad.cli.ray_detect import detect_on_ray_cli
 
-        return detect_on_ray_cli(images, class_name, out, method, reference, reference_dir, model, pretrained,
-                                 checkpoint, random_weights, device, precision, batch_size, prompt_set, no_cache,
-                                 heads, save_maps, overlay, deploy, on_error, allow_untrained, executor, workers,
-                                 gpus_per_worker, ray_address, recursive, force_deploy, save_masks)
+        return detect_on_ray_cli(
+            images,
+            class_name,
+            out,
+            method,
+            reference,
+            reference_dir,
+            model,
+            pretrained,
+            checkpoint,
+            random_weights,
+            device,
+            precision,
+            batch_size,
+            prompt_set,
+            no_cache,
+            heads,
+            save_maps,
+            overlay,
+            deploy,
+            on_error,
+            allow_untrained,
+            executor,
+            workers,
+            gpus_per_worker,
+            ray_address,
+            recursive,
+            force_deploy,
+            save_masks,
+        )
 
     paths = collect_images(images, recursive=recursive)
     refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
@@ -109,21 +173,50 @@ def detect(
     if bundle is not None:
         from vlmad.export.run import detect_with_bundle
 
-        return detect_with_bundle(bundle, class_name, paths, out, save_maps, overlay, batch_size, on_error,
-                                  deployment, given=[refs, model, pretrained, checkpoint, heads])
-    detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision,
-                              prompt_set, no_cache, heads, batch_size,
-                              extra=artefact_kwargs(method, None, skip=True) if allow_untrained else None)
+        return detect_with_bundle(
+            bundle,
+            class_name,
+            paths,
+            out,
+            save_maps,
+            overlay,
+            batch_size,
+            on_error,
+            deployment,
+            given=[refs, model, pretrained, checkpoint, heads],
+        )
+    detector = build_detector(
+        method,
+        model,
+        pretrained,
+        checkpoint,
+        random_weights,
+        device,
+        precision,
+        prompt_set,
+        no_cache,
+        heads,
+        batch_size,
+        extra=artefact_kwargs(method, None, skip=True) if allow_untrained else None,
+    )
     with console.status(f"text embeddings for {class_name!r}"):
         detector.setup(class_name)
     if refs:
         with console.status(f"{len(refs)}-shot reference memory"):
             detector.fit(refs)
     forced = check_deploy(deployment, detector, class_name, refs, force_deploy)
-    opts = DetectionOptions(save_maps=save_maps, overlay=overlay, save_masks=save_masks, batch_size=batch_size,
-                            on_error=on_error, deployment=deployment, forced=forced)
-    on_interrupt(f"the images scored so far are kept in {out / 'scores.csv'}; rerunning the same command scores "
-                 "them all again")
+    opts = DetectionOptions(
+        save_maps=save_maps,
+        overlay=overlay,
+        save_masks=save_masks,
+        batch_size=batch_size,
+        on_error=on_error,
+        deployment=deployment,
+        forced=forced,
+    )
+    on_interrupt(
+        f"the images scored so far are kept in {out / 'scores.csv'}; rerunning the same command scores them all again"
+    )
     with progress(len(paths), "detect") as advance:
         rows = run_detection(detector, paths, out, opts, progress=advance)
     failed = report_rows(rows, out)
@@ -132,16 +225,21 @@ def detect(
 
         console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/]")
     if any(r.error == NON_FINITE for r in rows):
-        raise VlmadError(f"{sum(r.error == NON_FINITE for r in rows)} image(s) got a non-finite score (NaN/inf): "
-                         "no decision for them (error non_finite_score in scores.csv)",
-                         "the weights produce NaN/inf: check --checkpoint/--heads and --precision")
+        raise VlmadError(
+            f"{sum(r.error == NON_FINITE for r in rows)} image(s) got a non-finite score (NaN/inf): "
+            "no decision for them (error non_finite_score in scores.csv)",
+            "the weights produce NaN/inf: check --checkpoint/--heads and --precision",
+        )
     if len(failed) == len(rows):
-        raise VlmadError(f"no image could be scored ({len(failed)} unreadable)",
-                         "check the skipped files above; accepted formats: png, jpg, bmp, tif, webp")
+        raise VlmadError(
+            f"no image could be scored ({len(failed)} unreadable)",
+            "check the skipped files above; accepted formats: png, jpg, bmp, tif, webp",
+        )
 
 
-def check_deploy(deployment: Deployment | None, detector: Detector, class_name: str, refs: list[Path],
-                 force: bool) -> bool:
+def check_deploy(
+    deployment: Deployment | None, detector: Detector, class_name: str, refs: list[Path], force: bool
+) -> bool:
     """Compare the deploy file's fingerprint with this detector's; refuse a mismatch unless ``force``.
 
     Returns True when a mismatch was forced through (rows are then labelled)."""
@@ -172,4 +270,3 @@ def report_rows(rows: list[DetectionRow], out: Path) -> list[DetectionRow]:
     for r in failed:
         console.print(f"[yellow]{'no decision' if r.error == NON_FINITE else 'skipped'}[/] {r.path}: {r.error}")
     return failed
-

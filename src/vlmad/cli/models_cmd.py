@@ -31,8 +31,10 @@ def models(
         methods.add_row(spec.name, spec.default_model or "-", spec.default_pretrained or "-", ", ".join(notes))
     out.print(methods)
     if not all_models:
-        out.print("Any open_clip architecture works with --model (with --pretrained TAG or --checkpoint FILE); "
-                  "`vlmad models --all` lists them with their pretrained tags.")
+        out.print(
+            "Any open_clip architecture works with --model (with --pretrained TAG or --checkpoint FILE); "
+            "`vlmad models --all` lists them with their pretrained tags."
+        )
         return
     _print_architectures(out)
 
@@ -46,9 +48,10 @@ def _print_architectures(out) -> None:
     for arch, tag in list_pretrained():
         tags.setdefault(arch, []).append(tag)
     archs = list_architectures()
-    for title, group in (("architectures with pretrained weights", [a for a in archs if tags.get(a)]),
-                         ("architectures without pretrained tags (random init or --checkpoint)",
-                          [a for a in archs if not tags.get(a)])):
+    for title, group in (
+        ("architectures with pretrained weights", [a for a in archs if tags.get(a)]),
+        ("architectures without pretrained tags (random init or --checkpoint)", [a for a in archs if not tags.get(a)]),
+    ):
         table = Table(title=title)
         table.add_column("architecture")
         table.add_column("pretrained tags")

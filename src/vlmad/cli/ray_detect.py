@@ -91,13 +91,16 @@ def detect_on_ray_cli(
         f"done -> {out / 'scores.csv'}"
     )
     if counts["non_finite"]:
-        raise VlmadError(f"{counts['non_finite']} image(s) got a non-finite score (NaN/inf): no decision for them "
-                         "(error non_finite_score in scores.csv)",
-                         "the weights produce NaN/inf: check --checkpoint/--heads and --precision")
+        raise VlmadError(
+            f"{counts['non_finite']} image(s) got a non-finite score (NaN/inf): no decision for them "
+            "(error non_finite_score in scores.csv)",
+            "the weights produce NaN/inf: check --checkpoint/--heads and --precision",
+        )
 
 
-def checked_deployment(deployment: Any, builder_kwargs: dict[str, Any], class_name: str, refs: list[Path],
-                       force: bool) -> Any:
+def checked_deployment(
+    deployment: Any, builder_kwargs: dict[str, Any], class_name: str, refs: list[Path], force: bool
+) -> Any:
     """The deploy file after its fingerprint check against this detector (built here once: the
     actors build their own copies), exactly as local detect checks it; forced mismatches are refused here
     because Ray rows cannot carry the 'not calibrated' label."""
@@ -109,6 +112,8 @@ def checked_deployment(deployment: Any, builder_kwargs: dict[str, Any], class_na
     if refs:
         detector.fit(refs)
     if check_deploy(deployment, detector, class_name, refs, force):
-        raise VlmadError("--force-deploy is not available with --executor ray (rows cannot be labelled "
-                         "'threshold not calibrated')", "use --executor local, or recalibrate for this detector")
+        raise VlmadError(
+            "--force-deploy is not available with --executor ray (rows cannot be labelled 'threshold not calibrated')",
+            "use --executor local, or recalibrate for this detector",
+        )
     return deployment

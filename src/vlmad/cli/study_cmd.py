@@ -31,8 +31,11 @@ from vlmad.cli.executor_opts import (
 )
 from vlmad_runtime.errors import VlmadError
 
-_PRESET_BLURBS = {"seed-full": "the papers' full protocol", "prompt-ablation": "prompt-ensemble ablation",
-                  "quick": "everything, small, in minutes"}
+_PRESET_BLURBS = {
+    "seed-full": "the papers' full protocol",
+    "prompt-ablation": "prompt-ensemble ablation",
+    "quick": "everything, small, in minutes",
+}
 
 
 def _preset_help() -> str:
@@ -73,34 +76,48 @@ def study(
     ctx: typer.Context,
     spec: Annotated[str, typer.Argument(help="Preset name (seed-full, prompt-ablation, quick) or a YAML spec file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; reused to resume).")],
-    root: Annotated[list[str] | None, typer.Option(
-        "--root", help="Dataset folder as KIND=PATH, e.g. --root mvtec=/data/mvtec --root visa=/data/visa.")] = None,
-    datasets: Annotated[str | None, typer.Option(
-        "--datasets", help="Comma-separated subset of the spec's datasets (the others need no --root).")] = None,
-    categories: Annotated[str | None, typer.Option(
-        "--categories", help="Comma-separated categories; 'kind:name' to target one dataset.")] = None,
+    root: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--root", help="Dataset folder as KIND=PATH, e.g. --root mvtec=/data/mvtec --root visa=/data/visa."
+        ),
+    ] = None,
+    datasets: Annotated[
+        str | None,
+        typer.Option("--datasets", help="Comma-separated subset of the spec's datasets (the others need no --root)."),
+    ] = None,
+    categories: Annotated[
+        str | None, typer.Option("--categories", help="Comma-separated categories; 'kind:name' to target one dataset.")
+    ] = None,
     model: GridModelOpt = None,
     pretrained: GridPretrainedOpt = None,
     checkpoint: GridCheckpointOpt = None,
     random_weights: GridRandomOpt = False,
-    heads: Annotated[list[Path] | None, typer.Option(
-        "--artefact", "--heads", help="Artefact file of the methods that load one, e.g. APRIL-GAN heads (repeat: "
-        "one configuration per file, e.g. trained on VisA and on MVTec AD).")] = None,
+    heads: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--artefact",
+            "--heads",
+            help="Artefact file of the methods that load one, e.g. APRIL-GAN heads (repeat: "
+            "one configuration per file, e.g. trained on VisA and on MVTec AD).",
+        ),
+    ] = None,
     sets: GridSetOpt = None,
     precision: GridPrecisionOpt = None,
-    shots: Annotated[str | None, typer.Option("--shots", help="Override the spec's main-grid shots, e.g. 0,1.")
-                     ] = None,
+    shots: Annotated[str | None, typer.Option("--shots", help="Override the spec's main-grid shots, e.g. 0,1.")] = None,
     seeds: Annotated[str | None, typer.Option("--seeds", help="Override the spec's reference seeds.")] = None,
-    limit: Annotated[int | None, typer.Option(
-        "--limit", min=1, help="Override the spec's test images per category (balanced).")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Override the spec's test images per category (balanced).")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per predict call.")] = 8,
-    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")
-                           ] = 2,
-    force_protocol: Annotated[bool, typer.Option(
-        "--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")] = False,
-    retry_failed: Annotated[bool, typer.Option(
-        "--retry-failed", help="Recompute rows recorded as refused or failed.")] = False,
+    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")] = 2,
+    force_protocol: Annotated[
+        bool, typer.Option("--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")
+    ] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Recompute rows recorded as refused or failed.")
+    ] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
     no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write the report at the end.")] = False,
@@ -122,21 +139,42 @@ def study(
     if isinstance(roots, list):
         wanted = split_names(datasets) or study_spec.dataset_kinds()
         if len(roots) != 1 or len(wanted) != 1:
-            raise VlmadError("--root PATH without KIND= is only accepted for a single dataset",
-                             f"write --root {study_spec.dataset_kinds()[0]}=PATH")
+            raise VlmadError(
+                "--root PATH without KIND= is only accepted for a single dataset",
+                f"write --root {study_spec.dataset_kinds()[0]}=PATH",
+            )
         roots = {wanted[0]: roots[0]}
     options = StudyOptions(
-        out=out, roots=roots, datasets=split_names(datasets) or None, categories=split_names(categories) or None,
-        model=model, pretrained=pretrained, checkpoint=checkpoint, random_weights=random_weights,
-        precision=precision, sets=sets, heads=[str(h) for h in heads or []],
+        out=out,
+        roots=roots,
+        datasets=split_names(datasets) or None,
+        categories=split_names(categories) or None,
+        model=model,
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        random_weights=random_weights,
+        precision=precision,
+        sets=sets,
+        heads=[str(h) for h in heads or []],
         shots=parse_int_list(shots, "shots") if shots else None,
-        seeds=parse_int_list(seeds, "seeds") if seeds else None, limit=limit, device=device,
-        batch_size=batch_size, num_workers=num_workers, force_protocol=force_protocol, retry_failed=retry_failed,
-        use_cache=not no_cache, flops=not no_flops, progress=not quiet, report=not no_report,
+        seeds=parse_int_list(seeds, "seeds") if seeds else None,
+        limit=limit,
+        device=device,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        force_protocol=force_protocol,
+        retry_failed=retry_failed,
+        use_cache=not no_cache,
+        flops=not no_flops,
+        progress=not quiet,
+        report=not no_report,
         argv=command_line(ctx),
-        **executor_kwargs(executor, ray_address, cpus_per_row, gpus_per_row, row_retries))
-    on_interrupt(f"finished rows are kept in {out / 'results.jsonl'}; rerun the same command to resume (nothing "
-                 "finished is recomputed)")
+        **executor_kwargs(executor, ray_address, cpus_per_row, gpus_per_row, row_retries),
+    )
+    on_interrupt(
+        f"finished rows are kept in {out / 'results.jsonl'}; rerun the same command to resume (nothing "
+        "finished is recomputed)"
+    )
     log = (lambda m: None) if quiet else (lambda m: console.print(m, highlight=False))
     run_dir = run_study(study_spec, options, log=log)
     console.print(f"results: {run_dir / 'results.jsonl'}")
@@ -149,18 +187,22 @@ def study(
 @app.command(help="Write report.html (self-contained) and report.md for a study or benchmark run folder.")
 def report(
     run_dir: Annotated[Path, typer.Argument(help="Folder written by `vlmad study` or `vlmad benchmark`.")],
-    no_gallery: Annotated[bool, typer.Option(
-        "--no-gallery", help="Skip the heatmap gallery (it rebuilds detectors to recompute a few maps).")] = False,
-    device: Annotated[str | None, typer.Option(
-        "--device", help="Device for recomputing gallery maps (default: the study's).")] = None,
+    no_gallery: Annotated[
+        bool,
+        typer.Option("--no-gallery", help="Skip the heatmap gallery (it rebuilds detectors to recompute a few maps)."),
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help="Device for recomputing gallery maps (default: the study's).")
+    ] = None,
 ) -> None:
     from vlmad.bench.results import RESULTS_FILE
     from vlmad.cli.common import console
     from vlmad.report.build import build_report
 
     if not (run_dir / RESULTS_FILE).is_file():
-        raise VlmadError(f"no {RESULTS_FILE} in {run_dir}",
-                         "pass the --out folder of `vlmad study` or `vlmad benchmark`")
+        raise VlmadError(
+            f"no {RESULTS_FILE} in {run_dir}", "pass the --out folder of `vlmad study` or `vlmad benchmark`"
+        )
     from vlmad.report.build import compute_gallery_maps
     from vlmad.study.runner import StudyDetectorFactory
 
@@ -188,22 +230,30 @@ CALIBRATE_HELP = (
 @app.command(help=CALIBRATE_HELP)
 def calibrate(
     out: Annotated[Path, typer.Option("--out", "-o", help="deploy.json to write.")],
-    class_name: Annotated[str | None, typer.Option(
-        "--class-name", "-c", help="Object class used in the prompts (default: --category).")] = None,
-    normal_dir: Annotated[Path | None, typer.Option(
-        "--normal-dir", help="Folder of held-out normal images (normal-quantile calibration).")] = None,
-    quantile: Annotated[float, typer.Option("--quantile", help="Share of normal images below the threshold.")
-                        ] = 0.99,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset kind: mvtec, visa or folder.")
-                       ] = None,
+    class_name: Annotated[
+        str | None, typer.Option("--class-name", "-c", help="Object class used in the prompts (default: --category).")
+    ] = None,
+    normal_dir: Annotated[
+        Path | None,
+        typer.Option("--normal-dir", help="Folder of held-out normal images (normal-quantile calibration)."),
+    ] = None,
+    quantile: Annotated[float, typer.Option("--quantile", help="Share of normal images below the threshold.")] = 0.99,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset kind: mvtec, visa or folder.")] = None,
     root: Annotated[Path | None, typer.Option("--root", help="Dataset folder (with --dataset).")] = None,
     category: Annotated[str | None, typer.Option("--category", help="Category of the dataset.")] = None,
-    split: Annotated[str | None, typer.Option("--split", help="Dataset split (default: test for f1-optimal, train "
-                                              "for normal-quantile).")] = None,
-    mode: Annotated[str | None, typer.Option(
-        "--mode", help="f1-optimal (default with --dataset) or normal-quantile.")] = None,
-    shots: Annotated[int, typer.Option("--shots", min=0, help="With --dataset: draw K references from the train "
-                                       "split (seeded, as the benchmark).")] = 0,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="Dataset split (default: test for f1-optimal, train for normal-quantile)."),
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option("--mode", help="f1-optimal (default with --dataset) or normal-quantile.")
+    ] = None,
+    shots: Annotated[
+        int,
+        typer.Option(
+            "--shots", min=0, help="With --dataset: draw K references from the train split (seeded, as the benchmark)."
+        ),
+    ] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Reference draw seed (with --shots).")] = 0,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Use at most N calibration images.")] = None,
     method: MethodOpt = None,
@@ -214,15 +264,23 @@ def calibrate(
     checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Local .safetensors weights.")] = None,
     random_weights: Annotated[bool, typer.Option("--random-weights", help="Random init (smoke test).")] = False,
     heads: ArtefactOpt = None,
-    prompt_set: Annotated[str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")
-                          ] = None,
+    prompt_set: Annotated[
+        str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
     precision: Annotated[str, typer.Option("--precision", help="fp32, int8 (CPU), fp16/bf16 (GPU).")] = "fp32",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
-    pixel_fp_rate: Annotated[float, typer.Option(
-        "--pixel-fp-rate", min=1e-6, max=0.5, help="Target share of a normal image's pixels above the pixel "
-                                                  "threshold (defect masks, heatmap colour bar).")] = 0.001,
+    pixel_fp_rate: Annotated[
+        float,
+        typer.Option(
+            "--pixel-fp-rate",
+            min=1e-6,
+            max=0.5,
+            help="Target share of a normal image's pixels above the pixel "
+            "threshold (defect masks, heatmap colour bar).",
+        ),
+    ] = 0.001,
 ) -> None:
     from vlmad.cli.common import build_detector, console
     from vlmad.fingerprint import detector_fingerprint, references_fingerprint
@@ -237,8 +295,10 @@ def calibrate(
     )
 
     if (normal_dir is None) == (dataset is None):
-        raise VlmadError("give either --normal-dir DIR or --dataset KIND --root PATH --category C",
-                         "--normal-dir: held-out normal images; --dataset: a labelled validation split")
+        raise VlmadError(
+            "give either --normal-dir DIR or --dataset KIND --root PATH --category C",
+            "--normal-dir: held-out normal images; --dataset: a labelled validation split",
+        )
     from vlmad.cli.inputs import collect_images
 
     # the same expansion as `vlmad detect`, so both see the same reference set (fingerprint)
@@ -256,8 +316,9 @@ def calibrate(
         ref_set = {p.resolve() for p in refs}
         all_images = expand_images([normal_dir])
         images = [p for p in all_images if p.resolve() not in ref_set]
-        extra.update(source=f"normal images in {normal_dir.resolve()}",
-                     excluded_references=len(all_images) - len(images))
+        extra.update(
+            source=f"normal images in {normal_dir.resolve()}", excluded_references=len(all_images) - len(images)
+        )
     else:
         from vlmad.bench.protocol import limit_samples, select_references
         from vlmad.data import load_dataset
@@ -283,15 +344,31 @@ def calibrate(
         samples = limit_samples(samples, limit) if chosen_mode == "f1-optimal" else samples[:limit]
         images = [s.image_path for s in samples]
         labels = [s.is_anomalous for s in samples]
-        extra.update(source=f"{dataset} {Path(root).resolve()} / {category} / {use_split} split", dataset=dataset,
-                     root=str(Path(root).resolve()), category=category, split=use_split)
+        extra.update(
+            source=f"{dataset} {Path(root).resolve()} / {category} / {use_split} split",
+            dataset=dataset,
+            root=str(Path(root).resolve()),
+            category=category,
+            split=use_split,
+        )
         class_name = class_name or category
     if limit and normal_dir is not None:
         images = images[:limit]
     if not images:
         raise VlmadError("no calibration image left (after removing the references)", "add held-out images")
-    detector = build_detector(method, model, pretrained, checkpoint, random_weights, device, precision, prompt_set,
-                              no_cache, heads, batch_size)
+    detector = build_detector(
+        method,
+        model,
+        pretrained,
+        checkpoint,
+        random_weights,
+        device,
+        precision,
+        prompt_set,
+        no_cache,
+        heads,
+        batch_size,
+    )
     with console.status(f"text embeddings for {class_name!r}"):
         detector.setup(class_name)
     if refs:
@@ -318,20 +395,33 @@ def calibrate(
     from vlmad.methods.registry import default_method
 
     info = detector.info().as_dict()
-    record = deploy_record(cal, method or default_method(), class_name, info, extra, pixel=pixel,
-                           fingerprint=detector_fingerprint(info, class_name, references_fingerprint(refs)))
+    record = deploy_record(
+        cal,
+        method or default_method(),
+        class_name,
+        info,
+        extra,
+        pixel=pixel,
+        fingerprint=detector_fingerprint(info, class_name, references_fingerprint(refs)),
+    )
     write_deploy(out, record)
     far = record["expected_false_alarm_rate"]
     n = cal.details["n_images"]
-    console.print(f"{n} calibration image(s) after excluding {len(refs)} reference(s); at best they support a "
-                  f"false-alarm rate of {100 / (n + 1):.2f} % (1 / (n + 1))")
-    console.print(f"threshold {record['threshold']:.6g} ({chosen_mode}, {n} image(s)); expected "
-                  f"false-alarm rate {'n/a' if far is None else f'{100 * far:.2f} %'} -> {out}")
+    console.print(
+        f"{n} calibration image(s) after excluding {len(refs)} reference(s); at best they support a "
+        f"false-alarm rate of {100 / (n + 1):.2f} % (1 / (n + 1))"
+    )
+    console.print(
+        f"threshold {record['threshold']:.6g} ({chosen_mode}, {n} image(s)); expected "
+        f"false-alarm rate {'n/a' if far is None else f'{100 * far:.2f} %'} -> {out}"
+    )
     if pixel is None:
         console.print("[yellow]no normal image to calibrate the heatmap scale / pixel threshold on[/]")
     else:
-        console.print(f"heatmap scale [{pixel.map_scale[0]:.4g}, {pixel.map_scale[1]:.4g}], pixel threshold "
-                      f"{pixel.pixel_threshold:.4g} at {100 * pixel_fp_rate:g} % normal pixels")
+        console.print(
+            f"heatmap scale [{pixel.map_scale[0]:.4g}, {pixel.map_scale[1]:.4g}], pixel threshold "
+            f"{pixel.pixel_threshold:.4g} at {100 * pixel_fp_rate:g} % normal pixels"
+        )
     if cal.details.get("note"):
         console.print(f"[yellow]note:[/] {cal.details['note']}")
     for p, e in failed:

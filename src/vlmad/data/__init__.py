@@ -26,9 +26,7 @@ def load_dataset(kind: str, root: str | Path, categories: str | Iterable[str] | 
     try:
         cls = DATASET_KINDS[kind.lower()]
     except KeyError:
-        raise UnknownNameError(
-            f"unknown dataset kind {kind!r}", f"use one of: {', '.join(DATASET_KINDS)}"
-        ) from None
+        raise UnknownNameError(f"unknown dataset kind {kind!r}", f"use one of: {', '.join(DATASET_KINDS)}") from None
     return cls(root, categories)
 
 

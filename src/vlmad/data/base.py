@@ -37,9 +37,7 @@ def list_subdirs(directory: Path) -> list[Path]:
     """Visible sub-directories, sorted by name (``.ipynb_checkpoints`` and friends are ignored)."""
     if not directory.is_dir():
         return []
-    return sorted(
-        (p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name
-    )
+    return sorted((p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
 def parse_names(names: str | Iterable[str] | None) -> list[str] | None:
@@ -55,9 +53,7 @@ def parse_names(names: str | Iterable[str] | None) -> list[str] | None:
     return out
 
 
-def select_categories(
-    available: Sequence[str], requested: str | Iterable[str] | None, where: Path
-) -> list[str]:
+def select_categories(available: Sequence[str], requested: str | Iterable[str] | None, where: Path) -> list[str]:
     """The chosen subset (in the order given) or all available categories (sorted).
 
     An unknown name is a user typo, not a layout problem, hence :class:`UnknownNameError` listing the choices.
@@ -146,9 +142,7 @@ def match_masks(
 
 def sort_samples(samples: Iterable[Sample]) -> list[Sample]:
     """Normal first, then by defect type and file name: the same order on every file system."""
-    return sorted(
-        samples, key=lambda s: (s.is_anomalous, s.defect_type, s.image_path.name, str(s.image_path))
-    )
+    return sorted(samples, key=lambda s: (s.is_anomalous, s.defect_type, s.image_path.name, str(s.image_path)))
 
 
 class BaseDataset:

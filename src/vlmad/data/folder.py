@@ -87,10 +87,8 @@ class FolderDataset(BaseDataset):
             self._dirs = {d.name: d for d in list_subdirs(self.root) if _is_category_dir(d)}
             if self._category_name is not None:
                 raise DatasetLayoutError(
-                    f"category= renames a single-category folder, but {self.root} has no normal/ or "
-                    "anomalous/",
-                    "drop category= and select sub-folders with categories=, or point root at one product "
-                    "folder",
+                    f"category= renames a single-category folder, but {self.root} has no normal/ or anomalous/",
+                    "drop category= and select sub-folders with categories=, or point root at one product folder",
                 )
         return sorted(self._dirs)
 
@@ -120,8 +118,7 @@ class FolderDataset(BaseDataset):
             if ref_dir is None:
                 raise DatasetLayoutError(
                     f"no few-shot references: {train / 'normal'} does not exist",
-                    "put a few normal images there for few-shot methods; zero-shot methods need no train "
-                    "split",
+                    "put a few normal images there for few-shot methods; zero-shot methods need no train split",
                 )
             return [Sample(p, "normal", category, "train", "good") for p in _images_flat(ref_dir)]
 

@@ -42,9 +42,7 @@ def is_mvtec_style_category(path: Path) -> bool:
     return (path / "train").is_dir() or (path / "test").is_dir()
 
 
-def scan_mvtec_style(
-    category_dir: Path, category: str, split: Split, mask_suffix: str, layout: str
-) -> list[Sample]:
+def scan_mvtec_style(category_dir: Path, category: str, split: Split, mask_suffix: str, layout: str) -> list[Sample]:
     """List one split of an MVTec-style category folder.
 
     ``mask_suffix`` is ``"_mask"`` for MVTec AD and ``""`` for VisA's converted layout. Raises
@@ -59,8 +57,7 @@ def scan_mvtec_style(
         others = [d for d in list_subdirs(split_dir) if d.name != GOOD]
         if others:
             raise DatasetLayoutError(
-                f"train folder {split_dir} contains {others[0].name}/: the train split may only hold normal "
-                "images",
+                f"train folder {split_dir} contains {others[0].name}/: the train split may only hold normal images",
                 f"move normal references to {split_dir / GOOD} and anything else out of train/; {layout}",
             )
         return [Sample(p, "normal", category, "train", GOOD) for p in list_images(split_dir / GOOD)]
@@ -69,8 +66,7 @@ def scan_mvtec_style(
     if loose:
         raise DatasetLayoutError(
             f"image {loose[0]} lies directly in {split_dir}",
-            f"put normal test images in {split_dir / GOOD} and defective ones in {split_dir}/<defect>/; "
-            f"{layout}",
+            f"put normal test images in {split_dir / GOOD} and defective ones in {split_dir}/<defect>/; {layout}",
         )
     good = list_images(split_dir / GOOD)
     samples = [Sample(p, "normal", category, "test", GOOD) for p in good]

@@ -133,9 +133,7 @@ def _shape_mask(kind: str, w: int, h: int, rng: np.random.Generator, region: np.
         base = s * (rng.uniform(0.06, 0.12) if kind == "blob" else rng.uniform(0.07, 0.13))
         theta = np.sort(rng.uniform(0, 2 * np.pi, n))
         radii = base * rng.uniform(0.55, 1.0, n)
-        draw.polygon(
-            [(cx + r * np.cos(t), cy + r * np.sin(t)) for r, t in zip(radii, theta, strict=True)], fill=255
-        )
+        draw.polygon([(cx + r * np.cos(t), cy + r * np.sin(t)) for r, t in zip(radii, theta, strict=True)], fill=255)
     elif kind == "spot":
         rx, ry = s * rng.uniform(0.025, 0.06, 2)
         draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
@@ -161,9 +159,7 @@ def paste_anomaly(
     not modified.
     """
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(
-            f"paste_anomaly needs a uint8 (H, W) or (H, W, C) array, got {image.dtype} {image.shape}"
-        )
+        raise ValueError(f"paste_anomaly needs a uint8 (H, W) or (H, W, C) array, got {image.dtype} {image.shape}")
     squeeze = image.ndim == 2
     old = image[..., None] if squeeze else image
     h, w, c = old.shape
@@ -178,9 +174,7 @@ def paste_anomaly(
         new = (1 - alpha) * o + alpha * rng.uniform(0, 255, c)
     elif kind == "spot":
         mean = o[mask].mean(axis=0)
-        new = np.broadcast_to(
-            np.where(mean > 127, mean - rng.uniform(90, 127), mean + rng.uniform(90, 127)), o.shape
-        )
+        new = np.broadcast_to(np.where(mean > 127, mean - rng.uniform(90, 127), mean + rng.uniform(90, 127)), o.shape)
     else:  # cutout: a hole through which a dark background shows
         new = rng.uniform(0, 15) + rng.normal(0, 2, (h, w, 1)) + np.zeros_like(o)
     new = np.clip(np.round(new), 0, 255).astype(np.uint8)
@@ -211,9 +205,7 @@ def _check_args(
         raise UnknownNameError(f"unknown dataset layout {layout!r}", f"use one of: {', '.join(LAYOUTS)}")
     cats = parse_names(categories) or []
     if not cats:
-        raise VlmadError(
-            "no categories given", "pass at least one category name, e.g. demo_texture,demo_object"
-        )
+        raise VlmadError("no categories given", "pass at least one category name, e.g. demo_texture,demo_object")
     for cat in cats:
         if "/" in cat or "\\" in cat or cat.startswith(".") or cat in ("train", "test", "split_csv"):
             raise VlmadError(f"invalid category name {cat!r}", "use plain folder names such as 'demo_object'")

@@ -134,8 +134,7 @@ class VisA(BaseDataset):
                 missing = [c for c in CSV_COLUMNS if c not in columns]
                 if missing:
                     raise DatasetLayoutError(
-                        f"split file {path} lacks column(s) {', '.join(missing)} "
-                        f"(has: {', '.join(columns) or 'none'})",
+                        f"split file {path} lacks column(s) {', '.join(missing)} (has: {', '.join(columns) or 'none'})",
                         f"the header must be {','.join(CSV_COLUMNS)}; {RAW_HINT}",
                     )
                 reader.fieldnames = columns

@@ -160,8 +160,10 @@ def export_bundle(detector, req: ExportRequest) -> dict[str, Any]:
     """Write a verified bundle of a ready ``detector`` (setup, and fit for few-shot, done) to ``req.out``."""
     check_request(req)
     if not callable(getattr(detector, "export_module", None)):
-        raise VlmadError(f"{detector.info().method} has no export graph yet (no export_module())",
-                         "export one of the methods that provide export_module(); see docs/export.md")
+        raise VlmadError(
+            f"{detector.info().method} has no export graph yet (no export_module())",
+            "export one of the methods that provide export_module(); see docs/export.md",
+        )
     size = int(detector.image_size)
     verify = req.verify if req.verify is not None and req.verify.shape[0] else torch.zeros(1, 3, size, size)
     graph = detector.export_module()

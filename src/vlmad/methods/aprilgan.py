@@ -69,9 +69,7 @@ def default_stages(num_layers: int, count: int = 4) -> tuple[int, ...]:
 def check_stages(stages: Sequence[int], num_layers: int, arch: str = "backbone") -> tuple[int, ...]:
     out = tuple(int(s) for s in stages)
     if not out:
-        raise VlmadError(
-            "APRIL-GAN needs at least one stage", f"e.g. {','.join(map(str, default_stages(num_layers)))}"
-        )
+        raise VlmadError("APRIL-GAN needs at least one stage", f"e.g. {','.join(map(str, default_stages(num_layers)))}")
     bad = [s for s in out if not 1 <= s <= num_layers]
     if bad:
         raise VlmadError(
@@ -222,8 +220,7 @@ class AprilGan(Detector):
             head_stages = tuple(int(s) for s in meta["stages"])
             if stages is not None and tuple(int(s) for s in stages) != head_stages:
                 raise VlmadError(
-                    f"stages {list(stages)} differ from the stages the heads were trained on "
-                    f"{list(head_stages)}",
+                    f"stages {list(stages)} differ from the stages the heads were trained on {list(head_stages)}",
                     "omit stages (the heads' own are used) or train heads for these stages",
                 )
             check_compatible(meta, backbone, check_weights=check_weights)
@@ -252,8 +249,7 @@ class AprilGan(Detector):
         elif heads is None:
             if not allow_untrained:
                 raise NotReadyError(
-                    "APRIL-GAN needs trained projection heads; without them its anomaly maps are random "
-                    "projections",
+                    "APRIL-GAN needs trained projection heads; without them its anomaly maps are random projections",
                     "train heads with `vlmad train aprilgan ...` and pass heads=PATH (CLI: --heads PATH); "
                     "allow_untrained=True runs with randomly initialised heads (smoke tests, speed checks, "
                     "or when only the image score is used)",
@@ -279,9 +275,7 @@ class AprilGan(Detector):
         self.prompt_set = load_prompt_set(prompt_set)
         style = class_name_style or meta.get("class_name_style") or DEFAULT_CLASS_NAME_STYLE
         if style not in CLASS_NAME_STYLES:
-            raise VlmadError(
-                f"unknown class_name_style {style!r}", f"use one of {', '.join(CLASS_NAME_STYLES)}"
-            )
+            raise VlmadError(f"unknown class_name_style {style!r}", f"use one of {', '.join(CLASS_NAME_STYLES)}")
         self.class_name_style = style
         self.class_name: str | None = None
         self.text_embeddings: torch.Tensor | None = None  # (2, E) normalised
@@ -376,8 +370,10 @@ class AprilGan(Detector):
         wanted = tuple(int(s) for s in stages)
         bad = [s for s in wanted if s not in self.stages]
         if bad or not wanted:
-            raise VlmadError(f"stage {bad[0] if bad else '(none)'} is not one of the detector's stages "
-                             f"{list(self.stages)}", "pick a non-empty subset of the stages")
+            raise VlmadError(
+                f"stage {bad[0] if bad else '(none)'} is not one of the detector's stages {list(self.stages)}",
+                "pick a non-empty subset of the stages",
+            )
         idx = [self.stages.index(s) for s in wanted]
         self.heads.heads = nn.ModuleList([self.heads.heads[i] for i in idx])
         self.stages = wanted
@@ -389,8 +385,10 @@ class AprilGan(Detector):
     def load_references(self, state: dict[str, Any]) -> None:
         shots, banks = int(state["shots"]), list(state.get("banks") or [])
         if shots and len(banks) != len(self.stages):
-            raise VlmadError(f"reference memory has {len(banks)} stage banks, this detector uses "
-                             f"{len(self.stages)} stages", "fit the references again with this detector")
+            raise VlmadError(
+                f"reference memory has {len(banks)} stage banks, this detector uses {len(self.stages)} stages",
+                "fit the references again with this detector",
+            )
         self._banks, self._k = banks, shots
 
     def predict(self, images: Images) -> AprilGanPrediction:
@@ -400,18 +398,16 @@ class AprilGan(Detector):
                 "call setup() with the object class name first",
             )
         batch = self.preprocess(images)
-        parts = [
-            self._predict_batch(batch[i : i + self.batch_size])
-            for i in range(0, batch.shape[0], self.batch_size)
-        ]
+        parts = [self._predict_batch(batch[i : i + self.batch_size]) for i in range(0, batch.shape[0], self.batch_size)]
         if not parts:
             s = self.image_size
             empty = torch.empty(0)
             return AprilGanPrediction(empty, torch.empty(0, s, s), empty.clone(), empty.clone())
         return AprilGanPrediction(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
-    def check_protocol(self, dataset_kind: str, dataset_root: str, category: str, force: bool = False
-                       ) -> dict[str, Any]:
+    def check_protocol(
+        self, dataset_kind: str, dataset_root: str, category: str, force: bool = False
+    ) -> dict[str, Any]:
         """The harness's leakage guard: heads trained on this category's images make a result not zero-shot."""
         from vlmad.training.heads_io import check_leakage
 
@@ -425,9 +421,7 @@ class AprilGan(Detector):
         out = self.normalize_scores_transductive(Prediction(image_scores, anomaly_maps))
         return out.image_scores, out.anomaly_maps
 
-    def normalize_scores_transductive(
-        self, predictions: Prediction | Sequence[Prediction]
-    ) -> AprilGanPrediction:
+    def normalize_scores_transductive(self, predictions: Prediction | Sequence[Prediction]) -> AprilGanPrediction:
         """The reference's few-shot image score over a class's *whole* test set (transductive).
 
         ``score = 0.5 * (CLS probability + minmax(map maxima over all given images))``; pass every test
@@ -446,14 +440,9 @@ class AprilGan(Detector):
             raise VlmadError("normalize_scores_transductive() got no predictions")
         scores = torch.cat([p.image_scores for p in preds]).float()
         maps = torch.cat([p.anomaly_maps for p in preds])
-        map_max = torch.cat(
-            [_get(p, "map_max", lambda p: p.anomaly_maps.flatten(1).amax(1)) for p in preds]
-        ).float()
+        map_max = torch.cat([_get(p, "map_max", lambda p: p.anomaly_maps.flatten(1).amax(1)) for p in preds]).float()
         cls = torch.cat(
-            [
-                _get(p, "cls_scores", lambda p: 2 * p.image_scores - p.anomaly_maps.flatten(1).amax(1))
-                for p in preds
-            ]
+            [_get(p, "cls_scores", lambda p: 2 * p.image_scores - p.anomaly_maps.flatten(1).amax(1)) for p in preds]
         ).float()
         if self._k == 0:
             return AprilGanPrediction(scores, maps, cls, map_max)
@@ -468,8 +457,10 @@ class AprilGan(Detector):
         if self.text_embeddings is None:
             raise NotReadyError("export before setup(class_name)", "call setup() with the object class name first")
         if self.transductive:
-            raise VlmadError("a transductive detector cannot be exported (its score needs the whole test set)",
-                             "export the detector without transductive=True")
+            raise VlmadError(
+                "a transductive detector cannot be exported (its score needs the whole test set)",
+                "export the detector without transductive=True",
+            )
         from vlmad.methods.aprilgan_export import AprilGanGraph
 
         return AprilGanGraph(self, LOGIT_SCALE).eval()
@@ -527,9 +518,7 @@ def backbone_kwargs_from_heads(heads: str | Path, kwargs: dict[str, Any]) -> dic
         out.setdefault("image_size", bb.get("image_size"))
         if bb.get("activation"):
             out.setdefault("quick_gelu", bb["activation"] == "QuickGELU")
-        weights_given = any(
-            out.get(k) not in (None, False) for k in ("pretrained", "checkpoint", "random_weights")
-        )
+        weights_given = any(out.get(k) not in (None, False) for k in ("pretrained", "checkpoint", "random_weights"))
         if not weights_given and bb.get("weights_kind") == "pretrained" and bb.get("pretrained"):
             out["pretrained"] = bb["pretrained"]
     return out

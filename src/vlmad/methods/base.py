@@ -41,8 +41,12 @@ class Prediction:
     threshold: float | None = field(default=None, kw_only=True)
     decisions: list[str] | None = field(default=None, kw_only=True)
 
-    def decide(self, deploy: float | str | Path | dict[str, Any], detector: Detector | None = None,
-               references: Sequence[str | Path] = ()) -> Prediction:
+    def decide(
+        self,
+        deploy: float | str | Path | dict[str, Any],
+        detector: Detector | None = None,
+        references: Sequence[str | Path] = (),
+    ) -> Prediction:
         """Set ``decisions`` from a threshold: a number, its dict, or a deploy.json path (``vlmad calibrate``).
 
         A deploy file is bound to the detector it was calibrated on, so it needs ``detector`` (and the few-shot
@@ -57,8 +61,7 @@ class Prediction:
         scores = self.image_scores.detach().float().cpu().tolist()
         self.threshold = threshold
         # a non-finite score is no decision (""), never "normal"
-        self.decisions = ["" if not math.isfinite(s) else "anomalous" if s >= threshold else "normal"
-                          for s in scores]
+        self.decisions = ["" if not math.isfinite(s) else "anomalous" if s >= threshold else "normal" for s in scores]
         return self
 
     def numpy(self) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +81,11 @@ def _checked_threshold(path: Path, detector: Detector | None, references: Sequen
 
     dep = load_deploy(path)
     if detector is None:
-        raise VlmadError(f"{dep.where} is bound to the detector it was calibrated on",
-                         "pass it: pred.decide(path, detector=det, references=[...the few-shot references...]), "
-                         "or pass the threshold as a number to decide without the check")
+        raise VlmadError(
+            f"{dep.where} is bound to the detector it was calibrated on",
+            "pass it: pred.decide(path, detector=det, references=[...the few-shot references...]), "
+            "or pass the threshold as a number to decide without the check",
+        )
     class_name = str(getattr(detector, "class_name", None) or "")
     refs = [Path(r) for r in references]
     dep.check(detector_fingerprint(detector.info().as_dict(), class_name, references_fingerprint(refs)))
@@ -112,8 +117,10 @@ def input_ids(images: Images) -> list[str] | None:
     if isinstance(images, torch.Tensor):
         return None
     items = [images] if isinstance(images, (str, Path, Image.Image)) else list(images)
-    return [str(x) if isinstance(x, (str, Path)) else (getattr(x, "filename", "") or f"<image {i}>")
-            for i, x in enumerate(items)]
+    return [
+        str(x) if isinstance(x, (str, Path)) else (getattr(x, "filename", "") or f"<image {i}>")
+        for i, x in enumerate(items)
+    ]
 
 
 def _recording_inputs(predict: Callable[..., Prediction]) -> Callable[..., Prediction]:
@@ -166,8 +173,10 @@ class Detector(ABC):
         refuse."""
         from vlmad_runtime.errors import VlmadError
 
-        raise VlmadError(f"{self.name} has no feature stages to restrict",
-                         "the stages ablation applies to methods whose spec lists the 'stages' axis")
+        raise VlmadError(
+            f"{self.name} has no feature stages to restrict",
+            "the stages ablation applies to methods whose spec lists the 'stages' axis",
+        )
 
     def export_references(self) -> dict[str, Any]:
         """The few-shot memory ``fit`` built, as a state that :meth:`load_references` makes active again.
@@ -198,8 +207,9 @@ class Detector(ABC):
     def info(self) -> DetectorInfo:
         """Protocol description recorded with every result."""
 
-    def check_protocol(self, dataset_kind: str, dataset_root: str, category: str, force: bool = False
-                       ) -> dict[str, Any]:
+    def check_protocol(
+        self, dataset_kind: str, dataset_root: str, category: str, force: bool = False
+    ) -> dict[str, Any]:
         """Called by the harness before evaluating ``category``: raise a VlmadError when the result would not be
         what its label claims (e.g. heads trained on this category reported as zero-shot); return extra protocol
         fields to record with the result (e.g. ``{"leakage_forced": True}``)."""

@@ -54,8 +54,13 @@ WINCLIP = MethodSpec(
         _CACHE,
     ),
     study_axes=GENERIC_AXES + ("window_scales",),
-    published_settings={"prompt_set": "winclip", "precision": "fp32", "scales": [2, 3], "image_scale": True,
-                        "temperature": 0.07},
+    published_settings={
+        "prompt_set": "winclip",
+        "precision": "fp32",
+        "scales": [2, 3],
+        "image_scale": True,
+        "temperature": 0.07,
+    },
 )
 
 APRILGAN = MethodSpec(
@@ -81,16 +86,26 @@ APRILGAN = MethodSpec(
         _CACHE,
     ),
     artefact=ArtefactSpec(
-        kind="heads", option="heads", help="trained projection heads (.safetensors from `vlmad train aprilgan`)",
+        kind="heads",
+        option="heads",
+        help="trained projection heads (.safetensors from `vlmad train aprilgan`)",
         backbone_kwargs="vlmad.methods.aprilgan:backbone_kwargs_from_heads",
-        meta="vlmad.training.heads_io:read_heads_meta", required=True, skip_option="allow_untrained"),
+        meta="vlmad.training.heads_io:read_heads_meta",
+        required=True,
+        skip_option="allow_untrained",
+    ),
     study_axes=GENERIC_AXES + ("stages",),
-    published_settings={"precision": "fp32", "prompt_set": "aprilgan", "heads_untrained": False,
-                        "class_name_style": "raw"},
+    published_settings={
+        "precision": "fp32",
+        "prompt_set": "aprilgan",
+        "heads_untrained": False,
+        "class_name_style": "raw",
+    },
     published_neutral=frozenset({"heads"}),
     train="vlmad.training.aprilgan:train_aprilgan",
     train_cli="vlmad.training.cli:train_aprilgan_command",
 )
+
 
 def make_anomalyclip(backbone: Any, **kwargs: Any) -> Any:
     """AnomalyCLIP detector on a loaded backbone (its prompts file was already mapped to backbone options)."""
@@ -117,9 +132,14 @@ ANOMALYCLIP = MethodSpec(
         OptionSpec("batch_size", int, 4, "images per forward pass"),
     ),
     artefact=ArtefactSpec(
-        kind="prompts", option="prompts", help="learned prompts (.safetensors + .json sidecar)",
+        kind="prompts",
+        option="prompts",
+        help="learned prompts (.safetensors + .json sidecar)",
         backbone_kwargs="vlmad.methods.builtin:backbone_kwargs_from_prompts",
-        meta="vlmad.training.prompts_io:read_prompts_meta", required=True, skip_option="allow_untrained"),
+        meta="vlmad.training.prompts_io:read_prompts_meta",
+        required=True,
+        skip_option="allow_untrained",
+    ),
     study_axes=("resolution", "backbone", "stages"),
     published_settings={"precision": "fp32", "prompts_untrained": False, "sigma": 4.0, "global_ln_post": False},
     published_neutral=frozenset({"prompts"}),

@@ -23,13 +23,16 @@ _loaded = False
 def register_method(spec: MethodSpec, replace: bool = False) -> MethodSpec:
     """Register ``spec`` (and its aliases). A name already taken by another spec is an error unless ``replace``."""
     if not isinstance(spec, MethodSpec):
-        raise VlmadError(f"register_method expects a MethodSpec, got {type(spec).__name__}",
-                         "build one with vlmad.methods.spec.MethodSpec(name=..., factory=...)")
+        raise VlmadError(
+            f"register_method expects a MethodSpec, got {type(spec).__name__}",
+            "build one with vlmad.methods.spec.MethodSpec(name=..., factory=...)",
+        )
     for name in (spec.name, *spec.aliases):
         owner = _ALIASES.get(name)
         if owner is not None and _SPECS.get(owner) is not spec and not replace:
-            raise VlmadError(f"method name {name!r} is already registered (by {owner!r})",
-                             "choose another name or pass replace=True")
+            raise VlmadError(
+                f"method name {name!r} is already registered (by {owner!r})", "choose another name or pass replace=True"
+            )
     _SPECS[spec.name] = spec
     for name in (spec.name, *spec.aliases):
         _ALIASES[name] = spec.name
@@ -64,8 +67,9 @@ def _register_entry_point(ep: Any) -> None:
     try:
         obj = ep.load()
     except Exception as err:  # a broken plugin must not take the built-in methods down
-        raise VlmadError(f"method plugin {ep.name!r} ({ep.value}) failed to load: {err}",
-                         "fix or uninstall the plugin package") from err
+        raise VlmadError(
+            f"method plugin {ep.name!r} ({ep.value}) failed to load: {err}", "fix or uninstall the plugin package"
+        ) from err
     obj = obj() if callable(obj) and not isinstance(obj, MethodSpec) else obj
     specs = [obj] if isinstance(obj, MethodSpec) else list(obj) if isinstance(obj, Iterable) else [obj]
     for spec in specs:

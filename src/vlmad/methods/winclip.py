@@ -29,8 +29,9 @@ def make_windows(grid: tuple[int, int], scale: int, stride: int = 1) -> torch.Te
     """Patch indices of every ``scale x scale`` window on the grid: (n_windows, scale*scale), raster order."""
     h, w = grid
     if scale < 1 or scale > min(h, w):
-        raise VlmadError(f"window scale {scale} does not fit the {h}x{w} patch grid",
-                         f"use scales between 1 and {min(h, w)}")
+        raise VlmadError(
+            f"window scale {scale} does not fit the {h}x{w} patch grid", f"use scales between 1 and {min(h, w)}"
+        )
     ids = torch.arange(h * w).reshape(h, w)
     tiles = ids.unfold(0, scale, stride).unfold(1, scale, stride)  # (nh, nw, scale, scale)
     return tiles.reshape(-1, scale * scale).contiguous()
@@ -125,9 +126,14 @@ class WinClip(Detector):
             prompt_set=self.prompt_set.name,
             shots=self._k,
             random_weights=self.backbone.source.is_random,
-            extra={"scales": list(self.scales), "image_scale": self.use_image_scale,
-                   "precision": self.backbone.precision, "temperature": self.temperature,
-                   "preprocessing": self.preprocessing.name, "prompt_hash": self.prompt_set.content_hash()},
+            extra={
+                "scales": list(self.scales),
+                "image_scale": self.use_image_scale,
+                "precision": self.backbone.precision,
+                "temperature": self.temperature,
+                "preprocessing": self.preprocessing.name,
+                "prompt_hash": self.prompt_set.content_hash(),
+            },
         )
 
     def preprocess(self, images: Images) -> torch.Tensor:
@@ -140,7 +146,7 @@ class WinClip(Detector):
         name = class_display_name(class_name)
         normal, anomalous = self.prompt_set.build(name)
         emb = self.cache.embed(self.backbone, normal + anomalous)
-        self.text_embeddings = torch.stack([emb[: len(normal)].mean(0), emb[len(normal):].mean(0)])
+        self.text_embeddings = torch.stack([emb[: len(normal)].mean(0), emb[len(normal) :].mean(0)])
         self.class_name = class_name
 
     def fit(self, reference_images: Images) -> None:
@@ -150,7 +156,7 @@ class WinClip(Detector):
             raise VlmadError("fit() got no reference images", "pass at least one normal image")
         windows, patches = {s: [] for s in self.scales}, []
         for start in range(0, refs.shape[0], self.batch_size):
-            feats = self.backbone.encode_image(refs[start:start + self.batch_size])
+            feats = self.backbone.encode_image(refs[start : start + self.batch_size])
             patches.append(feats.patch_tokens.float())
             for s in self.scales:
                 windows[s].append(self.backbone.window_embeddings(feats.embedded, self.windows[s]).float())
@@ -167,18 +173,21 @@ class WinClip(Detector):
     def load_references(self, state: dict[str, Any]) -> None:
         shots, windows = int(state["shots"]), dict(state.get("window_bank") or {})
         if shots and set(windows) != set(self.scales):
-            raise VlmadError(f"reference memory has window scales {sorted(windows)}, this detector uses "
-                             f"{sorted(self.scales)}", "fit the references again with this detector")
+            raise VlmadError(
+                f"reference memory has window scales {sorted(windows)}, this detector uses {sorted(self.scales)}",
+                "fit the references again with this detector",
+            )
         self._window_bank, self._patch_bank, self._k = windows, state.get("patch_bank"), shots
 
     def predict(self, images: Images) -> Prediction:
         if self.text_embeddings is None:
-            raise NotReadyError("WinCLIP.predict() called before setup(class_name)",
-                                "call setup() with the object class name first")
+            raise NotReadyError(
+                "WinCLIP.predict() called before setup(class_name)", "call setup() with the object class name first"
+            )
         batch = self.preprocess(images)
         scores, maps = [], []
         for start in range(0, batch.shape[0], self.batch_size):
-            s, m = self._predict_batch(batch[start:start + self.batch_size])
+            s, m = self._predict_batch(batch[start : start + self.batch_size])
             scores.append(s)
             maps.append(m)
         return Prediction(torch.cat(scores), torch.cat(maps))
@@ -205,16 +214,16 @@ class WinClip(Detector):
         if self.use_image_scale:
             per_scale.append(image_scores[:, None].expand(-1, self.n_patches))
         for s in self.scales:
-            per_scale.append(harmonic_aggregate(class_scores(window_emb[s], text, self.temperature),
-                                                self.incidence[s]))
+            per_scale.append(harmonic_aggregate(class_scores(window_emb[s], text, self.temperature), self.incidence[s]))
         zero_shot = len(per_scale) / (1.0 / torch.stack(per_scale)).sum(dim=0)  # (B, P)
 
         grid_map = zero_shot
         if self._k:
             few = [association_scores(feats.patch_tokens.float(), self._patch_bank)]
             for s in self.scales:
-                few.append(harmonic_aggregate(association_scores(window_emb[s], self._window_bank[s]),
-                                              self.incidence[s]))
+                few.append(
+                    harmonic_aggregate(association_scores(window_emb[s], self._window_bank[s]), self.incidence[s])
+                )
             few_shot = torch.stack(few).mean(dim=0)
             grid_map = (zero_shot + few_shot) / 2
             image_scores = (image_scores + few_shot.amax(dim=-1)) / 2

@@ -45,9 +45,7 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
     except Exception as exc:  # pragma: no cover - exotic inputs
         raise MetricInputError(f"{name} cannot be converted to an array: {exc}") from exc
     if arr.dtype == object:
-        raise MetricInputError(
-            f"{name} is not a numeric array (dtype object)", "pass a numpy array or a tensor"
-        )
+        raise MetricInputError(f"{name} is not a numeric array (dtype object)", "pass a numpy array or a tensor")
     return arr
 
 
@@ -88,9 +86,7 @@ def as_scores(x: Any, name: str) -> np.ndarray:
     else:
         raise MetricInputError(f"{name} must be real numbers, got dtype {arr.dtype}")
     if not np.isfinite(arr).all():
-        raise MetricInputError(
-            f"{name} contains NaN or infinite values", "check the model output for overflow"
-        )
+        raise MetricInputError(f"{name} contains NaN or infinite values", "check the model output for overflow")
     return arr
 
 

@@ -207,8 +207,6 @@ def check_aupro_args(fpr_limit: Any, variants: tuple[str, ...], connectivity: in
         raise MetricInputError(f"fpr_limit must be in (0, 1], got {fpr_limit!r}")
     for variant in variants:
         if variant not in AUPRO_VARIANTS:
-            raise UnknownNameError(
-                f"unknown AUPRO variant {variant!r}", f"choose one of {', '.join(AUPRO_VARIANTS)}"
-            )
+            raise UnknownNameError(f"unknown AUPRO variant {variant!r}", f"choose one of {', '.join(AUPRO_VARIANTS)}")
     _structure(connectivity)
     return limit

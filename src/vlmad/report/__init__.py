@@ -12,8 +12,15 @@ from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP, colorize, overlay_heatma
 
 _LAZY = {"build_report": "vlmad.report.build", "recommend": "vlmad.report.recommend"}
 
-__all__ = ["RANDOM_WEIGHTS_STAMP", "build_report", "colorize", "overlay_heatmap", "recommend", "side_by_side",
-           "stamp_image"]
+__all__ = [
+    "RANDOM_WEIGHTS_STAMP",
+    "build_report",
+    "colorize",
+    "overlay_heatmap",
+    "recommend",
+    "side_by_side",
+    "stamp_image",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -174,14 +174,22 @@ def _collect(run_dir: Path) -> ReportContext:
     blocks: list[DatasetBlock] = []
     for (kind, root), name in dataset_names(ok).items():
         ds_rows = [r for r in ok if r["dataset"]["kind"] == kind and r["dataset"]["root"] == root]
-        block = DatasetBlock(kind, root, name, DATASET_NAMES.get(kind, kind) + ("" if name == kind else f" ({name})"),
-                             ds_rows)
+        block = DatasetBlock(
+            kind, root, name, DATASET_NAMES.get(kind, kind) + ("" if name == kind else f" ({name})"), ds_rows
+        )
         block.configs = group_configs([r for r in ds_rows if _is_main(r)])
         block.all_configs = group_configs(ds_rows)
         block.metrics = _metrics_present(block.configs or block.all_configs)
         blocks.append(block)
-    return ReportContext(run_dir, rows, ok, load_study_file(run_dir), _run_invocations(run_dir),
-                         any(r.get("random_weights") for r in ok), blocks)
+    return ReportContext(
+        run_dir,
+        rows,
+        ok,
+        load_study_file(run_dir),
+        _run_invocations(run_dir),
+        any(r.get("random_weights") for r in ok),
+        blocks,
+    )
 
 
 def _value_cell(c: Config, ds: DatasetBlock, metric: str, category: str, st: Stat) -> Cell:
@@ -205,44 +213,62 @@ def _section_overview(doc: Doc, ctx: ReportContext) -> None:
         sec.para(spec["description"])
     failed = [r for r in ctx.rows if r.get("status") != "ok"]
     refused = [r for r in failed if r.get("status") == "refused"]
-    items = [f"**{len(ctx.ok)}** result row(s) ok, {len(refused)} refused by a protocol check, "
-             f"{len(failed) - len(refused)} failed (see the last section).",
-             f"Run folder: `{ctx.run_dir}` (rows in `results.jsonl`, per-image scores in `scores/`, benchmark tables "
-             "in `tables/` and `summary.md`)."]
+    items = [
+        f"**{len(ctx.ok)}** result row(s) ok, {len(refused)} refused by a protocol check, "
+        f"{len(failed) - len(refused)} failed (see the last section).",
+        f"Run folder: `{ctx.run_dir}` (rows in `results.jsonl`, per-image scores in `scores/`, benchmark tables "
+        "in `tables/` and `summary.md`).",
+    ]
     for ds in ctx.datasets:
         cats = sorted({r["dataset"]["category"] for r in ds.rows})
-        items.append(f"{ds.title}: {len(cats)} class(es) ({', '.join(cats[:20])}{' …' if len(cats) > 20 else ''}) "
-                     f"at `{ds.root}`.")
+        items.append(
+            f"{ds.title}: {len(cats)} class(es) ({', '.join(cats[:20])}{' …' if len(cats) > 20 else ''}) "
+            f"at `{ds.root}`."
+        )
     methods = study.get("methods") or []
     if methods:
+
         def options(m: Mapping[str, Any]) -> str:
             kw = m.get("kwargs") or {}
             return f" ({', '.join(f'{k}={v}' for k, v in sorted(kw.items()))})" if kw else ""
 
         items.append("Methods: " + "; ".join(f"**{m['label']}** = `{m['method']}`{options(m)}" for m in methods) + ".")
     if spec:
-        items.append(f"Grid: shots {spec.get('shots')}, seeds {spec.get('seeds')}, --limit {spec.get('limit')}, "
-                     f"evaluation at {spec.get('eval_resolution')} resolution, AUPRO {spec.get('aupro')}; ablations: "
-                     + (", ".join(a["axis"] for a in spec.get("ablations") or []) or "none") + ".")
+        items.append(
+            f"Grid: shots {spec.get('shots')}, seeds {spec.get('seeds')}, --limit {spec.get('limit')}, "
+            f"evaluation at {spec.get('eval_resolution')} resolution, AUPRO {spec.get('aupro')}; ablations: "
+            + (", ".join(a["axis"] for a in spec.get("ablations") or []) or "none")
+            + "."
+        )
     invocations = study.get("invocations") or []
     for inv in invocations[-3:]:
         if inv.get("argv"):
-            items.append(f"Command ({inv.get('started', '')}): `{shlex.join(str(a) for a in inv['argv'])}` — "
-                         f"{inv.get('computed', 0)} row(s) computed.")
+            items.append(
+                f"Command ({inv.get('started', '')}): `{shlex.join(str(a) for a in inv['argv'])}` — "
+                f"{inv.get('computed', 0)} row(s) computed."
+            )
     env = (ctx.invocations[-1].get("environment") if ctx.invocations else None) or {}
     if env:
-        items.append(f"Environment: vlmad {env.get('vlmad')}, torch {env.get('torch')}, open_clip "
-                     f"{env.get('open_clip')}, python {env.get('python')}, {env.get('platform')}.")
+        items.append(
+            f"Environment: vlmad {env.get('vlmad')}, torch {env.get('torch')}, open_clip "
+            f"{env.get('open_clip')}, python {env.get('python')}, {env.get('platform')}."
+        )
     sec.bullets(items)
     last = invocations[-1] if invocations else {}
     for note in last.get("notes") or []:
         sec.note(note)
     for failed in last.get("failed_phases") or []:
-        sec.note(f"Ablation phase **{failed['phase']}** could not run: {failed['error']}"
-                 + (f" ({failed['hint']})" if failed.get("hint") else ""), "warn")
+        sec.note(
+            f"Ablation phase **{failed['phase']}** could not run: {failed['error']}"
+            + (f" ({failed['hint']})" if failed.get("hint") else ""),
+            "warn",
+        )
     if ctx.random:
-        sec.note(f"**{RANDOM_WEIGHTS_STAMP}.** At least one configuration ran with randomly initialised weights "
-                 "(marked †): this report tests the pipeline, not the methods.", "warn")
+        sec.note(
+            f"**{RANDOM_WEIGHTS_STAMP}.** At least one configuration ran with randomly initialised weights "
+            "(marked †): this report tests the pipeline, not the methods.",
+            "warn",
+        )
 
 
 def _entries(ctx: ReportContext) -> list[Entry]:
@@ -258,8 +284,10 @@ def _entries(ctx: ReportContext) -> list[Entry]:
 def _section_recommend(doc: Doc, ctx: ReportContext) -> None:
     sec = doc.section("recommend", "Which method for me?")
     recs = recommend(_entries(ctx))
-    sec.para("Derived from the measured numbers of this run (main grid; macro means, ties = lead smaller than the "
-             "seed spread or 0.5 pt). Change the data or the grid and these sentences change with it.")
+    sec.para(
+        "Derived from the measured numbers of this run (main grid; macro means, ties = lead smaller than the "
+        "seed spread or 0.5 pt). Change the data or the grid and these sentences change with it."
+    )
     if ctx.random:
         sec.note(f"{RANDOM_WEIGHTS_STAMP}: the choices below are mechanical and say nothing about the methods.", "warn")
     if not recs:
@@ -271,8 +299,7 @@ def _section_recommend(doc: Doc, ctx: ReportContext) -> None:
     for ds, texts in by_ds.items():
         sec.heading(ds, 3)
         sec.bullets(texts)
-    ctx.data["recommendations"] = [{"topic": r.topic, "dataset": r.dataset, "text": r.text, **r.numbers}
-                                   for r in recs]
+    ctx.data["recommendations"] = [{"topic": r.topic, "dataset": r.dataset, "text": r.text, **r.numbers} for r in recs]
 
 
 def _section_results(doc: Doc, ctx: ReportContext) -> None:
@@ -289,19 +316,31 @@ def _section_results(doc: Doc, ctx: ReportContext) -> None:
         header = ["configuration", "seeds", "classes"] + [METRIC_NAMES[m] for m in ds.metrics]
         body = []
         for c in ds.configs:
-            line = [Cell(c.label), Cell("—" if c.seeds == [None] else str(len(c.seeds)), num=True),
-                    Cell(str(len(c.categories)), num=True)]
+            line = [
+                Cell(c.label),
+                Cell("—" if c.seeds == [None] else str(len(c.seeds)), num=True),
+                Cell(str(len(c.categories)), num=True),
+            ]
             line += [_value_cell(c, ds, m, "macro", macro_stat(c, m)) for m in ds.metrics]
             body.append(line)
-            configs_data.append({
-                "key": c.key, "label": c.label, "dataset": ds.name, "method_label": c.first["method_label"],
-                "shots": c.shots, "seeds": c.seeds, "row_keys": [r["row_key"] for r in c.rows],
-                "macro": {m: macro_stat(c, m).mean for m in ds.metrics},
-                "classes": {cat: {m: class_stat(c, cat, m).mean for m in ds.metrics} for cat in c.categories},
-            })
+            configs_data.append(
+                {
+                    "key": c.key,
+                    "label": c.label,
+                    "dataset": ds.name,
+                    "method_label": c.first["method_label"],
+                    "shots": c.shots,
+                    "seeds": c.seeds,
+                    "row_keys": [r["row_key"] for r in c.rows],
+                    "macro": {m: macro_stat(c, m).mean for m in ds.metrics},
+                    "classes": {cat: {m: class_stat(c, cat, m).mean for m in ds.metrics} for cat in c.categories},
+                }
+            )
         sec.table(header, body, ident=f"macro-{ds.name}")
-        sec.para("Percent; macro mean over classes per seed, then mean ± sample std over reference seeds (zero-shot "
-                 "runs once: no ±). The same numbers as `tables/" + ds.name + "_{image,pixel}.md`.")
+        sec.para(
+            "Percent; macro mean over classes per seed, then mean ± sample std over reference seeds (zero-shot "
+            "runs once: no ±). The same numbers as `tables/" + ds.name + "_{image,pixel}.md`."
+        )
         categories = sorted({cat for c in ds.configs for cat in c.categories})
         for group, group_metrics in (("image", IMAGE_METRICS), ("pixel", PIXEL_METRICS)):
             panels = []
@@ -313,18 +352,24 @@ def _section_results(doc: Doc, ctx: ReportContext) -> None:
                 panels.append((METRIC_NAMES[m], series))
             if not panels:
                 continue
-            png = F.category_bars([*categories, "macro mean"], panels,
-                                  f"{ds.title}: {group}-level metrics per category", ctx.random)
-            sec.figure(f"bars-{ds.name}-{group}", png, f"{ds.title}: {group}-level metrics "
-                       f"({', '.join(p[0] for p in panels)}) per category and macro mean; error bars: std over seeds.")
+            png = F.category_bars(
+                [*categories, "macro mean"], panels, f"{ds.title}: {group}-level metrics per category", ctx.random
+            )
+            sec.figure(
+                f"bars-{ds.name}-{group}",
+                png,
+                f"{ds.title}: {group}-level metrics "
+                f"({', '.join(p[0] for p in panels)}) per category and macro mean; error bars: std over seeds.",
+            )
         det = sec.details(f"Per-class tables ({ds.title})")
         for m in ds.metrics:
             det.heading(METRIC_NAMES[m], 4)
             body = []
             for cat in categories:
                 body.append([Cell(cat)] + [_value_cell(c, ds, m, cat, class_stat(c, cat, m)) for c in ds.configs])
-            body.append([Cell("**macro mean**")] + [_value_cell(c, ds, m, "macro", macro_stat(c, m))
-                                                    for c in ds.configs])
+            body.append(
+                [Cell("**macro mean**")] + [_value_cell(c, ds, m, "macro", macro_stat(c, m)) for c in ds.configs]
+            )
             det.table(["class"] + [c.label for c in ds.configs], body)
 
 
@@ -343,14 +388,24 @@ def _section_curves(doc: Doc, ctx: ReportContext) -> None:
             for label, cs in by_method.items():
                 cs = sorted(cs, key=lambda c: c.shots)
                 stats = [macro_stat(c, m) for c in cs]
-                series.append(F.Series(label + (" †" if cs[0].random else ""), [_pct(s.mean) for s in stats],
-                                       [_pct(s.std) for s in stats], [c.shots for c in cs]))
+                series.append(
+                    F.Series(
+                        label + (" †" if cs[0].random else ""),
+                        [_pct(s.mean) for s in stats],
+                        [_pct(s.std) for s in stats],
+                        [c.shots for c in cs],
+                    )
+                )
             panels.append((METRIC_NAMES[m], series))
         if panels:
             shots = sorted({c.shots for c in ds.configs})
             png = F.shot_curves(panels, f"{ds.title}: metric vs number of normal references K", ctx.random)
-            sec.figure(f"curves-{ds.name}", png, f"{ds.title}: macro metric vs K (K = {', '.join(map(str, shots))}); "
-                       "error bars: std over reference seeds.")
+            sec.figure(
+                f"curves-{ds.name}",
+                png,
+                f"{ds.title}: macro metric vs K (K = {', '.join(map(str, shots))}); "
+                "error bars: std over reference seeds.",
+            )
             any_fig = True
     if not any_fig:
         sec.note("No main-grid configuration: no curves.", "empty")
@@ -358,9 +413,11 @@ def _section_curves(doc: Doc, ctx: ReportContext) -> None:
 
 def _section_efficiency(doc: Doc, ctx: ReportContext) -> None:
     sec = doc.section("efficiency", "Accuracy vs speed")
-    sec.para("Each point is one configuration (main grid: blue dots, ablation variants: grey squares): macro image "
-             "AUROC against the median `predict` time per image (warm batches; loading excluded). The red step line "
-             "is the Pareto front: nothing else is both faster and more accurate. One figure per hardware.")
+    sec.para(
+        "Each point is one configuration (main grid: blue dots, ablation variants: grey squares): macro image "
+        "AUROC against the median `predict` time per image (warm batches; loading excluded). The red step line "
+        "is the Pareto front: nothing else is both faster and more accurate. One figure per hardware."
+    )
     metric = "image_auroc"
     points: dict[str, dict[str, list[F.ParetoPoint]]] = {}
     table = []
@@ -372,7 +429,8 @@ def _section_efficiency(doc: Doc, ctx: ReportContext) -> None:
                 continue
             hw = _mode([hardware_label(r, ctx.invocations) for r in c.rows]) or "unknown"
             points.setdefault(hw, {}).setdefault(ds.title, []).append(
-                F.ParetoPoint(c.label, ms, 100 * st.mean, main=_is_main(c.first)))
+                F.ParetoPoint(c.label, ms, 100 * st.mean, main=_is_main(c.first))
+            )
     if not points:
         sec.note("No timing with image-level metrics in this run.", "empty")
         return
@@ -381,8 +439,16 @@ def _section_efficiency(doc: Doc, ctx: ReportContext) -> None:
         for name, pts in per_ds.items():
             for p, f in zip(pts, F.pareto_front([(p.ms, p.value) for p in pts]), strict=True):
                 p.front = f
-                table.append([Cell(hw), Cell(name), Cell(p.label), Cell(_num(p.ms, 2), num=True),
-                              Cell(_num(p.value), num=True), Cell("yes" if f else "")])
+                table.append(
+                    [
+                        Cell(hw),
+                        Cell(name),
+                        Cell(p.label),
+                        Cell(_num(p.ms, 2), num=True),
+                        Cell(_num(p.value), num=True),
+                        Cell("yes" if f else ""),
+                    ]
+                )
             panels.append((name, pts))
         png = F.pareto_plot(panels, hw, METRIC_NAMES[metric], ctx.random)
         sec.figure(f"pareto-{i}", png, f"{METRIC_NAMES[metric]} vs ms/image on {hw}.")
@@ -426,15 +492,19 @@ def _cross_domain_cells(ctx: ReportContext) -> dict[tuple[str, str], dict[str, A
 
 def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
     sec = doc.section("cross-domain", "Cross-domain matrix (trained on x evaluated on)")
-    sec.para("APRIL-GAN's projection heads are trained on one dataset and evaluated on another (the paper's "
-             "zero-shot protocol). Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
-             "the leakage guard unless forced (then labelled not zero-shot).")
+    sec.para(
+        "APRIL-GAN's projection heads are trained on one dataset and evaluated on another (the paper's "
+        "zero-shot protocol). Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
+        "the leakage guard unless forced (then labelled not zero-shot)."
+    )
     cells = _cross_domain_cells(ctx)
     if not cells:
-        sec.note("No cross-domain runs in this study: no APRIL-GAN configuration with heads trained on a dataset "
-                 "(train them with `vlmad train aprilgan --dataset visa ...` and pass `--artefact FILE` to "
-                 "`vlmad study`).",
-                 "empty")
+        sec.note(
+            "No cross-domain runs in this study: no APRIL-GAN configuration with heads trained on a dataset "
+            "(train them with `vlmad train aprilgan --dataset visa ...` and pass `--artefact FILE` to "
+            "`vlmad study`).",
+            "empty",
+        )
         ctx.data["cross_domain"] = []
         return
     trained = sorted({k[0] for k in cells})
@@ -458,17 +528,41 @@ def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
                 values["pixel_auroc"][i, j] = _pct(p.mean) if p.mean is not None else np.nan
                 values["image_auroc"][i, j] = _pct(im.mean) if im.mean is not None else np.nan
                 text = f"{fmt(p)} / {fmt(im)}" + (" (forced: not zero-shot)" if cell["forced"] else "")
-                line.append(Cell(text, {"data-trained": t, "data-evaluated": e,
-                                        "data-pixel-auroc": repr(p.mean), "data-image-auroc": repr(im.mean)}, num=True))
-                data.append({"trained_on": t, "evaluated_on": e, "pixel_auroc": p.mean, "image_auroc": im.mean,
-                             "forced": cell["forced"]})
+                line.append(
+                    Cell(
+                        text,
+                        {
+                            "data-trained": t,
+                            "data-evaluated": e,
+                            "data-pixel-auroc": repr(p.mean),
+                            "data-image-auroc": repr(im.mean),
+                        },
+                        num=True,
+                    )
+                )
+                data.append(
+                    {
+                        "trained_on": t,
+                        "evaluated_on": e,
+                        "pixel_auroc": p.mean,
+                        "image_auroc": im.mean,
+                        "forced": cell["forced"],
+                    }
+                )
             else:
                 line.append(Cell("refused: leakage (same dataset)"))
                 notes[i][j] = "refused\n(leakage)"
         body.append(line)
     sec.table(["heads"] + [f"evaluated on {e}" for e in evaluated], body)
-    png = F.matrix_plot(trained, evaluated, values["pixel_auroc"], notes, "pixel AUROC",
-                        "APRIL-GAN zero-shot pixel AUROC: trained on x evaluated on", ctx.random)
+    png = F.matrix_plot(
+        trained,
+        evaluated,
+        values["pixel_auroc"],
+        notes,
+        "pixel AUROC",
+        "APRIL-GAN zero-shot pixel AUROC: trained on x evaluated on",
+        ctx.random,
+    )
     sec.figure("cross-domain", png, "Cross-domain matrix (zero-shot macro pixel AUROC).")
     ctx.data["cross_domain"] = data
 
@@ -484,13 +578,21 @@ def _ablation_groups(ctx: ReportContext, axis: str) -> list[dict[str, Any]]:
             study = (c.first.get("method_spec") or {}).get("study") or {}
             base = study.get("base_label") or c.first["method_label"]
             proto = c.first.get("protocol") or {}
-            default = next((d for d in ds.configs if d.first["method_label"] == base and d.shots == c.shots
-                            and (d.first.get("protocol") or {}).get("limit") == proto.get("limit")
-                            and (d.first.get("protocol") or {}).get("eval_resolution") == proto.get("eval_resolution")),
-                           None)
+            default = next(
+                (
+                    d
+                    for d in ds.configs
+                    if d.first["method_label"] == base
+                    and d.shots == c.shots
+                    and (d.first.get("protocol") or {}).get("limit") == proto.get("limit")
+                    and (d.first.get("protocol") or {}).get("eval_resolution") == proto.get("eval_resolution")
+                ),
+                None,
+            )
             key = (ds.name, base, c.shots)
-            g = groups.setdefault(key, {"dataset": ds, "base": base, "shots": c.shots, "default": default,
-                                        "variants": []})
+            g = groups.setdefault(
+                key, {"dataset": ds, "base": base, "shots": c.shots, "default": default, "variants": []}
+            )
             g["variants"].append((study.get("variant") or c.first["method_label"], study.get("detail") or "", c))
     return list(groups.values())
 
@@ -511,25 +613,47 @@ def _ablation_table(sec: Doc, ctx: ReportContext, axis: str, title: str) -> bool
     for g in groups:
         ds, default = g["dataset"], g["default"]
         if default is not None:
-            line = [Cell(ds.title), Cell(g["base"]), Cell(str(g["shots"]), num=True), Cell("**default**"),
-                    Cell(_default_detail(axis, default), wrap=True),
-                    Cell("—" if default.seeds == [None] else str(len(default.seeds)), num=True)]
+            line = [
+                Cell(ds.title),
+                Cell(g["base"]),
+                Cell(str(g["shots"]), num=True),
+                Cell("**default**"),
+                Cell(_default_detail(axis, default), wrap=True),
+                Cell("—" if default.seeds == [None] else str(len(default.seeds)), num=True),
+            ]
             for m in metrics:
                 line += [_value_cell(default, ds, m, "macro", macro_stat(default, m)), Cell("—", num=True)]
             body.append(line)
         for variant, detail, c in g["variants"]:
-            line = [Cell(ds.title), Cell(g["base"]), Cell(str(g["shots"]), num=True), Cell(variant),
-                    Cell(detail, wrap=True),
-                    Cell("—" if c.seeds == [None] else str(len(c.seeds)), num=True)]
-            record = {"axis": axis, "dataset": ds.name, "method": g["base"], "shots": g["shots"], "variant": variant,
-                      "config": c.key, "default_config": None if default is None else default.key}
+            line = [
+                Cell(ds.title),
+                Cell(g["base"]),
+                Cell(str(g["shots"]), num=True),
+                Cell(variant),
+                Cell(detail, wrap=True),
+                Cell("—" if c.seeds == [None] else str(len(c.seeds)), num=True),
+            ]
+            record = {
+                "axis": axis,
+                "dataset": ds.name,
+                "method": g["base"],
+                "shots": g["shots"],
+                "variant": variant,
+                "config": c.key,
+                "default_config": None if default is None else default.key,
+            }
             labels.append(f"{ds.name} · {g['base']} · K={g['shots']} · {variant}")
             for m in metrics:
                 st = macro_stat(c, m)
                 d = delta_stat(c, default, m) if default is not None else Stat(None)
-                line += [_value_cell(c, ds, m, "macro", st),
-                         Cell(fmt(d, signed=True), {"data-delta": repr(d.mean), "data-metric": m, "data-config": c.key},
-                              num=True)]
+                line += [
+                    _value_cell(c, ds, m, "macro", st),
+                    Cell(
+                        fmt(d, signed=True),
+                        {"data-delta": repr(d.mean), "data-metric": m, "data-config": c.key},
+                        num=True,
+                    ),
+                ]
                 record[m] = st.mean
                 record[f"delta_{m}"] = d.mean
                 record[f"delta_{m}_std"] = d.std
@@ -538,12 +662,20 @@ def _ablation_table(sec: Doc, ctx: ReportContext, axis: str, title: str) -> bool
             data.append(record)
             body.append(line)
     sec.table(header, body, ident=f"ablation-table-{axis}")
-    sec.para("Δ = variant − default in percentage points, paired by reference seed (zero-shot: one deterministic "
-             "run, no spread); ± is the sample std of the per-seed deltas. Varied: " + AXES[axis].description + "."
-             + (f" Note: {AXES[axis].note}." if AXES[axis].note else ""))
+    sec.para(
+        "Δ = variant − default in percentage points, paired by reference seed (zero-shot: one deterministic "
+        "run, no spread); ± is the sample std of the per-seed deltas. Varied: "
+        + AXES[axis].description
+        + "."
+        + (f" Note: {AXES[axis].note}." if AXES[axis].note else "")
+    )
     if labels and metrics:
-        png = F.delta_bars(labels, [(METRIC_NAMES[m], panels_d[m][0], panels_d[m][1]) for m in metrics],
-                           f"{title}: change vs the default", ctx.random)
+        png = F.delta_bars(
+            labels,
+            [(METRIC_NAMES[m], panels_d[m][0], panels_d[m][1]) for m in metrics],
+            f"{title}: change vs the default",
+            ctx.random,
+        )
         sec.figure(f"ablation-{axis}", png, f"{title}: Δ vs the default configuration (error bars: std over seeds).")
     if any(g["default"] is None for g in groups):
         sec.note("Some variants have no default configuration in this run (the baseline rows are missing).", "warn")
@@ -577,11 +709,16 @@ def _section_ablations(doc: Doc, ctx: ReportContext) -> None:
     from vlmad.study.axes import AXES
 
     sec = doc.section("prompt-ablation", "Prompt-ensemble ablation")
-    sec.para("Full compositional prompt ensemble (state words x templates) vs state words only, templates only, a "
-             "single prompt and user-defined sets.")
+    sec.para(
+        "Full compositional prompt ensemble (state words x templates) vs state words only, templates only, a "
+        "single prompt and user-defined sets."
+    )
     if not _ablation_table(sec, ctx, "prompts", "Prompt ensemble"):
-        sec.note("No prompt ablation in this study (run the `prompt-ablation` preset, or add `ablations: prompts:` "
-                 "to the spec).", "empty")
+        sec.note(
+            "No prompt ablation in this study (run the `prompt-ablation` preset, or add `ablations: prompts:` "
+            "to the spec).",
+            "empty",
+        )
     sec = doc.section("ablations", "Other ablations")
     found = False
     for axis in [a for a in AXES if a != "prompts"]:
@@ -598,9 +735,11 @@ def _section_published(doc: Doc, ctx: ReportContext) -> None:
     from vlmad.bench.published import find_entry
 
     sec = doc.section("published", "Published vs measured")
-    sec.para("Cells: measured / published (Δ = measured − published, in points). The paper's number is always "
-             "shown for reference; Δ only when the protocol matches (weights, input size, default settings, all "
-             "official classes, every image, no --limit, same AUPRO variant), otherwise the reason is given.")
+    sec.para(
+        "Cells: measured / published (Δ = measured − published, in points). The paper's number is always "
+        "shown for reference; Δ only when the protocol matches (weights, input size, default settings, all "
+        "official classes, every image, no --limit, same AUPRO variant), otherwise the reason is given."
+    )
     data = ctx.data.setdefault("published", [])
     any_table = False
     for ds in ctx.datasets:
@@ -621,8 +760,12 @@ def _section_published(doc: Doc, ctx: ReportContext) -> None:
                 published = float(entry["metrics"][m])
                 diff = None if pub.value is None or st.mean is None else 100 * st.mean - pub.value
                 text = f"{fmt(st)} / {published:.1f}" + ("" if diff is None else f" ({diff:+.1f})")
-                attrs = {"data-config": c.key, "data-metric": m, "data-category": "macro", "data-published":
-                         repr(published)}
+                attrs = {
+                    "data-config": c.key,
+                    "data-metric": m,
+                    "data-category": "macro",
+                    "data-published": repr(published),
+                }
                 if st.mean is not None:
                     attrs["data-mean"] = repr(st.mean)
                 cells[m] = Cell(text, attrs, num=True)
@@ -630,20 +773,32 @@ def _section_published(doc: Doc, ctx: ReportContext) -> None:
                     reasons.append(pub.reason)
                 if m not in metrics_used:
                     metrics_used.append(m)
-                data.append({"dataset": ds.name, "config": c.key, "metric": m, "measured": st.mean,
-                             "published": published, "comparable": pub.value is not None, "reason": pub.reason})
+                data.append(
+                    {
+                        "dataset": ds.name,
+                        "config": c.key,
+                        "metric": m,
+                        "measured": st.mean,
+                        "published": published,
+                        "comparable": pub.value is not None,
+                        "reason": pub.reason,
+                    }
+                )
             if cells:
                 per_cfg.append((c, entry, cells, reasons))
         if not per_cfg:
             continue
         metrics_used = [m for m in ALL_METRICS if m in metrics_used]
         for c, entry, cells, reasons in per_cfg:
-            lines.append([Cell(c.label), Cell(entry["label"])] + [cells.get(m, Cell("—", num=True))
-                                                                  for m in metrics_used]
-                         + [Cell("; ".join(reasons) or "comparable", wrap=True)])
+            lines.append(
+                [Cell(c.label), Cell(entry["label"])]
+                + [cells.get(m, Cell("—", num=True)) for m in metrics_used]
+                + [Cell("; ".join(reasons) or "comparable", wrap=True)]
+            )
         sec.heading(ds.title, 3)
-        sec.table(["configuration", "published as"] + [METRIC_NAMES[m] for m in metrics_used]
-                  + ["why not comparable"], lines)
+        sec.table(
+            ["configuration", "published as"] + [METRIC_NAMES[m] for m in metrics_used] + ["why not comparable"], lines
+        )
         any_table = True
     if not any_table:
         sec.note("No published number exists for these methods, datasets and shot counts.", "empty")
@@ -666,14 +821,20 @@ def _section_calibration(doc: Doc, ctx: ReportContext) -> None:
     if not deploys:
         sec.note("No deploy.json in this run (calibration mode `none`, or no held-out normal images).", "empty")
         return
-    modes = sorted({d["calibration"].get("mode") + (f" (quantile {d['calibration']['quantile']})"
-                                                    if d["calibration"].get("quantile") else "")
-                    for _, d in deploys})
-    sec.para("One `deploy.json` per (configuration, category): the threshold (decision: score >= threshold -> "
-             "anomalous) and its expected false-alarm rate on new normal images. Use it with `vlmad detect "
-             "--deploy FILE` (same method, weights and — for few-shot — the references listed in the file). "
-             f"Calibration: {', '.join(modes)}. The test-split columns check the threshold on the evaluation images, "
-             "which calibration never saw (normal-quantile mode).")
+    modes = sorted(
+        {
+            d["calibration"].get("mode")
+            + (f" (quantile {d['calibration']['quantile']})" if d["calibration"].get("quantile") else "")
+            for _, d in deploys
+        }
+    )
+    sec.para(
+        "One `deploy.json` per (configuration, category): the threshold (decision: score >= threshold -> "
+        "anomalous) and its expected false-alarm rate on new normal images. Use it with `vlmad detect "
+        "--deploy FILE` (same method, weights and — for few-shot — the references listed in the file). "
+        f"Calibration: {', '.join(modes)}. The test-split columns check the threshold on the evaluation images, "
+        "which calibration never saw (normal-quantile mode)."
+    )
     groups: dict[tuple, list[dict[str, Any]]] = {}
     titles = {ds.kind: ds.title for ds in ctx.datasets}
     body = []
@@ -681,39 +842,81 @@ def _section_calibration(doc: Doc, ctx: ReportContext) -> None:
         cal = d["calibration"]
         groups.setdefault((cal.get("dataset"), cal.get("method_label"), cal.get("shots")), []).append(d)
         rel = path.relative_to(ctx.run_dir).as_posix()
-        body.append([Cell(titles.get(cal.get("dataset"), str(cal.get("dataset")))), Cell(d["class_name"]),
-                     Cell(str(cal.get("method_label"))),
-                     Cell(str(cal.get("shots")), num=True),
-                     Cell(f"{d['threshold']:.4g}", {"data-threshold": repr(d["threshold"])}, num=True),
-                     Cell(_rate(d.get("expected_false_alarm_rate")), num=True),
-                     Cell(str(cal.get("n_images")), num=True),
-                     Cell(_rate(cal.get("test_false_alarm_rate")), num=True), Cell(_rate(cal.get("test_recall")),
-                                                                                  num=True),
-                     Cell(cal.get("note", ""), wrap=True), Cell(f"`{rel}`")])
-        ctx.data["deploy"].append({"file": rel, "threshold": d["threshold"],
-                                   "expected_false_alarm_rate": d.get("expected_false_alarm_rate"),
-                                   "test_false_alarm_rate": cal.get("test_false_alarm_rate"),
-                                   "test_recall": cal.get("test_recall")})
+        body.append(
+            [
+                Cell(titles.get(cal.get("dataset"), str(cal.get("dataset")))),
+                Cell(d["class_name"]),
+                Cell(str(cal.get("method_label"))),
+                Cell(str(cal.get("shots")), num=True),
+                Cell(f"{d['threshold']:.4g}", {"data-threshold": repr(d["threshold"])}, num=True),
+                Cell(_rate(d.get("expected_false_alarm_rate")), num=True),
+                Cell(str(cal.get("n_images")), num=True),
+                Cell(_rate(cal.get("test_false_alarm_rate")), num=True),
+                Cell(_rate(cal.get("test_recall")), num=True),
+                Cell(cal.get("note", ""), wrap=True),
+                Cell(f"`{rel}`"),
+            ]
+        )
+        ctx.data["deploy"].append(
+            {
+                "file": rel,
+                "threshold": d["threshold"],
+                "expected_false_alarm_rate": d.get("expected_false_alarm_rate"),
+                "test_false_alarm_rate": cal.get("test_false_alarm_rate"),
+                "test_recall": cal.get("test_recall"),
+            }
+        )
     summary = []
     for (ds, label, shots), ds_list in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
+
         def mean(key: str, where: str = "cal", items: list[dict[str, Any]] = ds_list) -> float | None:
             vals = [(d["calibration"] if where == "cal" else d).get(key) for d in items]
             vals = [v for v in vals if v is not None]
             return sum(vals) / len(vals) if vals else None
 
-        summary.append([Cell(titles.get(ds, str(ds))), Cell(str(label)), Cell(str(shots), num=True),
-                        Cell(str(len(ds_list)), num=True),
-                        Cell(_rate(mean("expected_false_alarm_rate", "top")), num=True),
-                        Cell(_rate(mean("test_false_alarm_rate")), num=True), Cell(_rate(mean("test_recall")),
-                                                                                  num=True)])
-    sec.table(["dataset", "configuration", "K", "categories", "expected false alarms (mean)",
-               "test false alarms (mean)", "test recall (mean)"], summary)
+        summary.append(
+            [
+                Cell(titles.get(ds, str(ds))),
+                Cell(str(label)),
+                Cell(str(shots), num=True),
+                Cell(str(len(ds_list)), num=True),
+                Cell(_rate(mean("expected_false_alarm_rate", "top")), num=True),
+                Cell(_rate(mean("test_false_alarm_rate")), num=True),
+                Cell(_rate(mean("test_recall")), num=True),
+            ]
+        )
+    sec.table(
+        [
+            "dataset",
+            "configuration",
+            "K",
+            "categories",
+            "expected false alarms (mean)",
+            "test false alarms (mean)",
+            "test recall (mean)",
+        ],
+        summary,
+    )
     notes = sorted({d["calibration"].get("note") for _, d in deploys if d["calibration"].get("note")})
     for n in notes[:3]:
         sec.note(n, "warn")
     det = sec.details(f"All {len(deploys)} deploy files")
-    det.table(["dataset", "class", "configuration", "K", "threshold", "expected false alarms", "normals used",
-               "test false alarms", "test recall", "note", "file"], body)
+    det.table(
+        [
+            "dataset",
+            "class",
+            "configuration",
+            "K",
+            "threshold",
+            "expected false alarms",
+            "normals used",
+            "test false alarms",
+            "test recall",
+            "note",
+            "file",
+        ],
+        body,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -733,8 +936,9 @@ def _method_specs(ctx: ReportContext) -> dict[str, dict[str, Any]]:
     return specs
 
 
-def _threshold_for(ctx: ReportContext, row: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
-                   ) -> tuple[float, str]:
+def _threshold_for(
+    ctx: ReportContext, row: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
+) -> tuple[float, str]:
     for _, d in _load_deploys(ctx.run_dir):
         if d["calibration"].get("row_key") == row["row_key"]:
             return float(d["threshold"]), "calibrated deploy threshold"
@@ -794,13 +998,23 @@ def _gallery_items(ctx: ReportContext) -> list[_GalleryItem]:
         threshold, how = _threshold_for(ctx, row, records)
         picks = G.select_images(records, threshold, per_kind)
         if picks:
-            out.append(_GalleryItem(ds, c, row, picks, threshold, how,
-                                    ctx.run_dir / ASSETS_DIR / "gallery_cache" / f"{row['row_key']}.npz"))
+            out.append(
+                _GalleryItem(
+                    ds,
+                    c,
+                    row,
+                    picks,
+                    threshold,
+                    how,
+                    ctx.run_dir / ASSETS_DIR / "gallery_cache" / f"{row['row_key']}.npz",
+                )
+            )
     return out
 
 
-def compute_gallery_maps(run_dir: str | Path, factory: Any = None, device: str | None = None,
-                         log: Log | None = None) -> dict[str, str]:
+def compute_gallery_maps(
+    run_dir: str | Path, factory: Any = None, device: str | None = None, log: Log | None = None
+) -> dict[str, str]:
     """The run's step that stores the anomaly maps of the few gallery images (``report_files/gallery_cache``):
     the harness keeps scores, not maps, so the row's detector is rebuilt from its recorded method spec. The report
     itself then only reads the folder. Returns {configuration label: reason} for the ones that failed."""
@@ -826,9 +1040,12 @@ def compute_gallery_maps(run_dir: str | Path, factory: Any = None, device: str |
             if label not in detectors:
                 spec_m = specs.get(label)
                 if spec_m is None or keyed_kwargs(spec_m.get("kwargs") or {}) != (
-                        item.row.get("method_spec") or {}).get("kwargs"):
-                    raise RuntimeError("the method spec of this row is not recorded in study.json/run.json (or a "
-                                       "file it names has changed)")
+                    item.row.get("method_spec") or {}
+                ).get("kwargs"):
+                    raise RuntimeError(
+                        "the method spec of this row is not recorded in study.json/run.json (or a "
+                        "file it names has changed)"
+                    )
                 say(f"gallery: building {label} to compute maps")
                 detectors[label] = factory({**spec_m, "kwargs": {**spec_m["kwargs"], "device": device}})
             G.recompute_maps(detectors[label], item.row, item.picks, item.cache_path)
@@ -852,11 +1069,13 @@ def _section_gallery(doc: Doc, ctx: ReportContext, enabled: bool) -> None:
     from vlmad.report import gallery as G
 
     sec = doc.section("gallery", "Heatmap gallery")
-    sec.para("Per category and method: the clearest detection (highest-scored anomaly), the highest-scored normal "
-             "image (the worst false alarm if any), the lowest-scored anomaly (the worst miss if any) and the image "
-             "closest to the operating threshold — image | ground-truth mask (white = defect) | anomaly-map overlay "
-             "(colour scale shared within a category). The harness stores scores, not maps: the run computed the "
-             f"maps of these few images with the row's detector and references (`{ASSETS_DIR}/gallery_cache/`).")
+    sec.para(
+        "Per category and method: the clearest detection (highest-scored anomaly), the highest-scored normal "
+        "image (the worst false alarm if any), the lowest-scored anomaly (the worst miss if any) and the image "
+        "closest to the operating threshold — image | ground-truth mask (white = defect) | anomaly-map overlay "
+        "(colour scale shared within a category). The harness stores scores, not maps: the run computed the "
+        f"maps of these few images with the row's detector and references (`{ASSETS_DIR}/gallery_cache/`)."
+    )
     if not enabled:
         sec.note("Gallery disabled for this report.", "empty")
         return
@@ -874,8 +1093,10 @@ def _section_gallery(doc: Doc, ctx: ReportContext, enabled: bool) -> None:
             current_ds = item.ds.name
         title = f"{item.row['dataset']['category']} — {item.config.label}"
         if G.needs_recompute(item.row, item.picks, item.cache_path):
-            why = failed.get(item.row["method_label"]) or "not stored in this run folder; `vlmad report RUN` " \
-                "computes them"
+            why = (
+                failed.get(item.row["method_label"])
+                or "not stored in this run folder; `vlmad report RUN` computes them"
+            )
             sec.note(f"{title}: no maps ({why}).", "warn")
             continue
         ident = (item.row["dataset"]["kind"], item.row["dataset"]["root"])
@@ -901,25 +1122,46 @@ def _gallery_entry(sec: Any, ctx: ReportContext, item: _GalleryItem, reader: Any
     for p in item.picks:
         score, amap = maps[p.path]
         sample = samples.get(p.path)
-        img = G.triptych(root / p.path, sample.mask_path if sample is not None else None, amap, vmin, vmax,
-                         stamp=stamp)
+        img = G.triptych(root / p.path, sample.mask_path if sample is not None else None, amap, vmin, vmax, stamp=stamp)
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=85)
         decision = "anomalous" if p.score >= threshold else "normal"
-        verdict = ("correct" if (decision == "anomalous") == p.is_anomalous
-                   else "false alarm" if decision == "anomalous" else "missed")
-        drift = "" if abs(score - p.score) <= 1e-4 * max(1.0, abs(p.score)) else \
-            f" (recomputed score {score:.4g} differs from the stored one)"
-        caption = (f"**{p.kind}** · `{p.path}` · {p.label}" + (f" ({p.defect_type})" if p.is_anomalous else "")
-                   + f" · score {p.score:.4g} vs threshold {threshold:.4g} ({item.how}) → {decision} ({verdict})"
-                   + drift)
+        verdict = (
+            "correct"
+            if (decision == "anomalous") == p.is_anomalous
+            else "false alarm"
+            if decision == "anomalous"
+            else "missed"
+        )
+        drift = (
+            ""
+            if abs(score - p.score) <= 1e-4 * max(1.0, abs(p.score))
+            else f" (recomputed score {score:.4g} differs from the stored one)"
+        )
+        caption = (
+            f"**{p.kind}** · `{p.path}` · {p.label}"
+            + (f" ({p.defect_type})" if p.is_anomalous else "")
+            + f" · score {p.score:.4g} vs threshold {threshold:.4g} ({item.how}) → {decision} ({verdict})"
+            + drift
+        )
         name = f"{ds.name}-{cat}-{label}-{c.shots}shot-{p.kind.replace(' ', '-')}"
         items.append({"name": name.replace("/", "_").replace(" ", "_"), "data": buf.getvalue(), "caption": caption})
-        ctx.data["gallery"].append({"dataset": ds.name, "category": cat, "config": c.key, "kind": p.kind,
-                                    "path": p.path, "score": p.score, "recomputed_score": score})
+        ctx.data["gallery"].append(
+            {
+                "dataset": ds.name,
+                "category": cat,
+                "config": c.key,
+                "kind": p.kind,
+                "path": p.path,
+                "score": p.score,
+                "recomputed_score": score,
+            }
+        )
     sec.heading(title, 4)
-    sec.para(f"image | ground truth | anomaly map over the image; colour scale {vmin:.3g} (blue) to {vmax:.3g} "
-             "(red), shared by the images of this category.")
+    sec.para(
+        f"image | ground truth | anomaly map over the image; colour scale {vmin:.3g} (blue) to {vmax:.3g} "
+        "(red), shared by the images of this category."
+    )
     sec.gallery(f"{ds.name}-{cat}-{label}", items)
 
 
@@ -931,8 +1173,10 @@ def _section_configs(doc: Doc, ctx: ReportContext) -> None:
     from vlmad.bench.tables import _describe
 
     sec = doc.section("configurations", "Configurations and rows not computed")
-    sec.para("Every configuration of the tables with its full protocol (method, weights, input size, prompts, "
-             "settings, evaluation options, seeds, tags).")
+    sec.para(
+        "Every configuration of the tables with its full protocol (method, weights, input size, prompts, "
+        "settings, evaluation options, seeds, tags)."
+    )
     for ds in ctx.datasets:
         if ds.all_configs:
             det = sec.details(f"{ds.title}: {len(ds.all_configs)} configuration(s)")
@@ -940,9 +1184,20 @@ def _section_configs(doc: Doc, ctx: ReportContext) -> None:
     failed = [r for r in ctx.rows if r.get("status") != "ok"]
     if failed:
         det = sec.details(f"Rows not computed ({len(failed)})")
-        det.table(["status", "configuration", "K", "seed", "dataset/class", "reason"],
-                  [[r.get("status", ""), r["method_label"], str(r.get("shots")), str(r.get("seed")),
-                    f"{r['dataset']['kind']}/{r['dataset']['category']}", r.get("reason") or ""] for r in failed])
+        det.table(
+            ["status", "configuration", "K", "seed", "dataset/class", "reason"],
+            [
+                [
+                    r.get("status", ""),
+                    r["method_label"],
+                    str(r.get("shots")),
+                    str(r.get("seed")),
+                    f"{r['dataset']['kind']}/{r['dataset']['category']}",
+                    r.get("reason") or "",
+                ]
+                for r in failed
+            ],
+        )
     else:
         sec.para("Every planned row was computed.")
 
@@ -961,9 +1216,10 @@ def build_report(run_dir: str | Path, gallery: bool = True, log: Log | None = No
     ctx = _collect(run)
     spec = (ctx.study or {}).get("spec") or {}
     title = f"vlmad study report: {spec['name']}" if spec.get("name") else "vlmad benchmark report"
-    subtitle = (f"{len(ctx.ok)} result rows · {', '.join(ds.title for ds in ctx.datasets) or 'no dataset'} · "
-                f"generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} · vlmad "
-                + __version__)
+    subtitle = (
+        f"{len(ctx.ok)} result rows · {', '.join(ds.title for ds in ctx.datasets) or 'no dataset'} · "
+        f"generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} · vlmad " + __version__
+    )
     doc = Doc()
     _section_overview(doc, ctx)
     _section_recommend(doc, ctx)

@@ -38,16 +38,25 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=DPI)
 
 
-def _layout(fig, left: float = 0.75, right: float = 0.25, top: float = 0.55, bottom: float = 0.6,
-            wspace: float = 0.3, hspace: float = 0.55, stamp: bool = False) -> None:
+def _layout(
+    fig,
+    left: float = 0.75,
+    right: float = 0.25,
+    top: float = 0.55,
+    bottom: float = 0.6,
+    wspace: float = 0.3,
+    hspace: float = 0.55,
+    stamp: bool = False,
+) -> None:
     """Margins in inches (a random-weights banner adds room at the bottom)."""
     w, h = fig.get_size_inches()
     if stamp:  # the banner gets its own strip; the plots keep their size
         h += 0.3
         fig.set_size_inches(w, h)
         bottom += 0.3
-    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h, wspace=wspace,
-                        hspace=hspace)
+    fig.subplots_adjust(
+        left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h, wspace=wspace, hspace=hspace
+    )
 
 
 def _title(fig, text: str) -> None:
@@ -63,18 +72,38 @@ def _outside_legend(fig, ax, top: float) -> None:
     handles, names = ax.get_legend_handles_labels()
     if handles:
         w, h = fig.get_size_inches()
-        fig.legend(handles, names, loc="upper right", bbox_to_anchor=(1 - 0.05 / w, 1 - top / h), fontsize=8,
-                   frameon=False)
+        fig.legend(
+            handles, names, loc="upper right", bbox_to_anchor=(1 - 0.05 / w, 1 - top / h), fontsize=8, frameon=False
+        )
 
 
 def stamp_figure(fig, random_weights: bool) -> None:
     if not random_weights:
         return
-    fig.text(0.5, 0.5, RANDOM_WEIGHTS_STAMP, ha="center", va="center", rotation=20, fontsize=22, color="red",
-             alpha=0.18, zorder=100)
+    fig.text(
+        0.5,
+        0.5,
+        RANDOM_WEIGHTS_STAMP,
+        ha="center",
+        va="center",
+        rotation=20,
+        fontsize=22,
+        color="red",
+        alpha=0.18,
+        zorder=100,
+    )
     h = fig.get_size_inches()[1]
-    fig.text(0.5, 0.06 / h, f"WARNING: {RANDOM_WEIGHTS_STAMP}", ha="center", va="bottom", color="white",
-             fontsize=10, fontweight="bold", bbox={"facecolor": "#b00020", "edgecolor": "none", "pad": 3})
+    fig.text(
+        0.5,
+        0.06 / h,
+        f"WARNING: {RANDOM_WEIGHTS_STAMP}",
+        ha="center",
+        va="bottom",
+        color="white",
+        fontsize=10,
+        fontweight="bold",
+        bbox={"facecolor": "#b00020", "edgecolor": "none", "pad": 3},
+    )
 
 
 def to_png(fig) -> bytes:
@@ -94,8 +123,9 @@ def _nan(values: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
-def category_bars(categories: Sequence[str], panels: Sequence[tuple[str, Sequence[Series]]], title: str,
-                  random_weights: bool = False) -> bytes:
+def category_bars(
+    categories: Sequence[str], panels: Sequence[tuple[str, Sequence[Series]]], title: str, random_weights: bool = False
+) -> bytes:
     """Grouped bars, one panel per metric: one group per category (the caller may append e.g. "macro mean"),
     one bar per configuration (error bars: the series' spreads). Panels are laid out in a grid."""
     n_cat = len(categories)
@@ -111,8 +141,16 @@ def category_bars(categories: Sequence[str], panels: Sequence[tuple[str, Sequenc
     rotate = n_cat > 5 or max((len(c) for c in categories), default=0) * n_cat > 9 * panel_w
     bottom = 0.5 + (0.065 * max((len(c) for c in categories), default=0) if rotate else 0.0)
     fig = _figure(panel_w * ncols + 0.6 * (ncols - 1) + 0.8 + legend_w, (2.4 + bottom) * nrows + 0.7)
-    _layout(fig, left=0.65, right=legend_w, top=0.75, bottom=bottom, wspace=0.6 / panel_w,
-            hspace=(bottom + 0.45) / 2.4, stamp=random_weights)
+    _layout(
+        fig,
+        left=0.65,
+        right=legend_w,
+        top=0.75,
+        bottom=bottom,
+        wspace=0.6 / panel_w,
+        hspace=(bottom + 0.45) / 2.4,
+        stamp=random_weights,
+    )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     colors = dict(zip(labels, _colors(len(labels)), strict=True))
     x = np.arange(n_cat)
@@ -124,18 +162,32 @@ def category_bars(categories: Sequence[str], panels: Sequence[tuple[str, Sequenc
             errs = _nan(s.errors) if s.errors else None
             if errs is not None:
                 errs = np.where(np.isnan(errs), 0.0, errs)
-            ax.bar(x - 0.4 + bar_w * (i + 0.5), np.nan_to_num(vals, nan=0.0), bar_w, yerr=errs, label=s.label,
-                   color=colors[s.label], capsize=2, error_kw={"elinewidth": 0.8})
+            ax.bar(
+                x - 0.4 + bar_w * (i + 0.5),
+                np.nan_to_num(vals, nan=0.0),
+                bar_w,
+                yerr=errs,
+                label=s.label,
+                color=colors[s.label],
+                capsize=2,
+                error_kw={"elinewidth": 0.8},
+            )
             if np.isfinite(vals).any():
                 lows.append(float(np.nanmin(vals)))
-        ax.set_xticks(x, list(categories), rotation=30 if rotate else 0, ha="right" if rotate else "center",
-                      fontsize=8, rotation_mode="anchor" if rotate else "default")
+        ax.set_xticks(
+            x,
+            list(categories),
+            rotation=30 if rotate else 0,
+            ha="right" if rotate else "center",
+            fontsize=8,
+            rotation_mode="anchor" if rotate else "default",
+        )
         ax.set_title(metric, fontsize=10)
         ax.set_ylabel("%")
         lo = min(lows) if lows else 0.0
         ax.set_ylim(max(0.0, 10 * math.floor((lo - 5) / 10)), 100.0)
         ax.grid(axis="y", alpha=0.3)
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     _outside_legend(fig, axes[0], 0.75)
     _title(fig, title)
@@ -154,8 +206,16 @@ def shot_curves(panels: Sequence[tuple[str, Sequence[Series]]], title: str, rand
     ncols = math.ceil(n / nrows)
     panel_w = (room - 0.8 * (ncols - 1)) / ncols
     fig = _figure(PAGE_WIDTH, 3.0 * nrows + 1.0 * (nrows - 1) + 1.3)
-    _layout(fig, left=0.8, right=legend_w, top=0.75, bottom=0.55, wspace=0.8 / panel_w, hspace=1.0 / 3.0,
-            stamp=random_weights)
+    _layout(
+        fig,
+        left=0.8,
+        right=legend_w,
+        top=0.75,
+        bottom=0.55,
+        wspace=0.8 / panel_w,
+        hspace=1.0 / 3.0,
+        stamp=random_weights,
+    )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax in axes[n:]:
         ax.set_visible(False)
@@ -166,8 +226,15 @@ def shot_curves(panels: Sequence[tuple[str, Sequence[Series]]], title: str, rand
             xs = np.asarray(s.x, dtype=float)
             ys = _nan(s.values)
             errs = _nan(s.errors) if s.errors else None
-            ax.errorbar(xs, ys, yerr=None if errs is None else np.nan_to_num(errs), marker="o", capsize=3,
-                        label=s.label, color=colors[s.label])
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=None if errs is None else np.nan_to_num(errs),
+                marker="o",
+                capsize=3,
+                label=s.label,
+                color=colors[s.label],
+            )
             shots |= set(xs.tolist())
         ax.set_xticks(sorted(shots) or [0])
         ax.set_xlabel("K (0 = zero-shot)")
@@ -207,8 +274,9 @@ def _plain_log_ticks(ax) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def pareto_plot(panels: Sequence[tuple[str, Sequence[ParetoPoint]]], hardware: str, metric: str,
-                random_weights: bool = False) -> bytes:
+def pareto_plot(
+    panels: Sequence[tuple[str, Sequence[ParetoPoint]]], hardware: str, metric: str, random_weights: bool = False
+) -> bytes:
     """Accuracy vs latency, one panel per dataset; the Pareto front is drawn as a step line, labelled."""
     n = max(1, len(panels))
     fig = _figure(5.6 * n + 0.8 * (n - 1) + 1.0, 4.4)
@@ -216,12 +284,26 @@ def pareto_plot(panels: Sequence[tuple[str, Sequence[ParetoPoint]]], hardware: s
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, (name, points) in zip(axes, panels, strict=False):
         for p in points:
-            ax.scatter([p.ms], [p.value], s=40 if p.main else 18, color="#1f77b4" if p.main else "#999999",
-                       marker="o" if p.main else "s", zorder=3, alpha=1.0 if p.main else 0.7)
+            ax.scatter(
+                [p.ms],
+                [p.value],
+                s=40 if p.main else 18,
+                color="#1f77b4" if p.main else "#999999",
+                marker="o" if p.main else "s",
+                zorder=3,
+                alpha=1.0 if p.main else 0.7,
+            )
         front = sorted([p for p in points if p.front], key=lambda p: p.ms)
         if front:
-            ax.step([p.ms for p in front], [p.value for p in front], where="post", color="#d62728", lw=1.2,
-                    zorder=2, label="Pareto front")
+            ax.step(
+                [p.ms for p in front],
+                [p.value for p in front],
+                where="post",
+                color="#d62728",
+                lw=1.2,
+                zorder=2,
+                label="Pareto front",
+            )
             for p in front:
                 ax.annotate(p.label, (p.ms, p.value), xytext=(4, 4), textcoords="offset points", fontsize=7)
         ax.set_xscale("log")
@@ -236,8 +318,15 @@ def pareto_plot(panels: Sequence[tuple[str, Sequence[ParetoPoint]]], hardware: s
     return to_png(fig)
 
 
-def matrix_plot(rows: Sequence[str], cols: Sequence[str], values: np.ndarray, notes: Sequence[Sequence[str]],
-                metric: str, title: str, random_weights: bool = False) -> bytes:
+def matrix_plot(
+    rows: Sequence[str],
+    cols: Sequence[str],
+    values: np.ndarray,
+    notes: Sequence[Sequence[str]],
+    metric: str,
+    title: str,
+    random_weights: bool = False,
+) -> bytes:
     """A trained-on x evaluated-on heatmap; cells without a value show their note (e.g. "refused: leakage")."""
     fig = _figure(2.0 * len(cols) + 3.6, 0.9 * len(rows) + 1.6)
     _layout(fig, left=1.9, right=1.2, top=0.45, bottom=0.5, stamp=random_weights)
@@ -248,8 +337,15 @@ def matrix_plot(rows: Sequence[str], cols: Sequence[str], values: np.ndarray, no
         for j in range(len(cols)):
             v = values[i][j]
             text = f"{v:.1f}" if np.isfinite(v) else (notes[i][j] or "—")
-            ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                    color="white" if np.isfinite(v) and v < 60 else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if np.isfinite(v) and v < 60 else "black",
+            )
     ax.set_xticks(range(len(cols)), [f"evaluated on {c}" for c in cols])
     ax.set_yticks(range(len(rows)), [f"trained on {r}" for r in rows])
     ax.set_title(title, fontsize=10)
@@ -258,8 +354,12 @@ def matrix_plot(rows: Sequence[str], cols: Sequence[str], values: np.ndarray, no
     return to_png(fig)
 
 
-def delta_bars(labels: Sequence[str], panels: Sequence[tuple[str, Sequence[float | None], Sequence[float | None]]],
-               title: str, random_weights: bool = False) -> bytes:
+def delta_bars(
+    labels: Sequence[str],
+    panels: Sequence[tuple[str, Sequence[float | None], Sequence[float | None]]],
+    title: str,
+    random_weights: bool = False,
+) -> bytes:
     """Horizontal bars of deltas (percentage points) against the default, one panel per metric."""
     n = max(1, len(panels))
     label_w = 0.3 + 0.055 * max((len(x) for x in labels), default=4)

@@ -79,8 +79,11 @@ def load_cache(path: Path) -> dict[str, tuple[float, np.ndarray]]:
         return {}
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k[4:]: (float(data[f"score{k[3:]}"]), data[k].astype(np.float32))
-                    for k in data.files if k.startswith("map")}
+            return {
+                k[4:]: (float(data[f"score{k[3:]}"]), data[k].astype(np.float32))
+                for k in data.files
+                if k.startswith("map")
+            }
     except (OSError, ValueError, KeyError):
         return {}
 
@@ -96,8 +99,9 @@ def save_cache(path: Path, maps: Mapping[str, tuple[float, np.ndarray]]) -> None
     tmp.replace(path)
 
 
-def recompute_maps(detector: Any, row: Mapping[str, Any], picks: Sequence[Pick], cache_path: Path
-                   ) -> dict[str, tuple[float, np.ndarray]]:
+def recompute_maps(
+    detector: Any, row: Mapping[str, Any], picks: Sequence[Pick], cache_path: Path
+) -> dict[str, tuple[float, np.ndarray]]:
     """Maps (model input resolution) and scores of the picked images, from the cache or recomputed."""
     from vlmad_runtime.images import load_image
 
@@ -124,8 +128,15 @@ def needs_recompute(row: Mapping[str, Any], picks: Sequence[Pick], cache_path: P
     return any(_cache_key(p.path) not in cached for p in picks)
 
 
-def triptych(image_path: Path, mask_path: Path | None, amap: np.ndarray, vmin: float, vmax: float,
-             height: int = 160, stamp: str | None = None) -> Image.Image:
+def triptych(
+    image_path: Path,
+    mask_path: Path | None,
+    amap: np.ndarray,
+    vmin: float,
+    vmax: float,
+    height: int = 160,
+    stamp: str | None = None,
+) -> Image.Image:
     """image | ground-truth mask (white = defect; black for a normal image) | heatmap overlay."""
     from vlmad_runtime.images import load_image, load_mask
 

@@ -183,13 +183,16 @@ def _html_blocks(blocks: Sequence[Block]) -> str:
                 body.append("<tr>" + "".join(tds) + "</tr>")
             parts.append(f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
         elif b.kind == "figure":
-            parts.append(f'<figure data-figure="{html.escape(b.name)}"><img alt="{html.escape(b.text)}" '
-                         f'src="{_b64(b.data, b.mime)}"><figcaption>{_inline(b.text)}</figcaption></figure>')
+            parts.append(
+                f'<figure data-figure="{html.escape(b.name)}"><img alt="{html.escape(b.text)}" '
+                f'src="{_b64(b.data, b.mime)}"><figcaption>{_inline(b.text)}</figcaption></figure>'
+            )
         elif b.kind == "gallery":
             cards = "".join(
                 f'<div class="card" data-gallery-item="{html.escape(i["name"])}"><img alt="{html.escape(i["name"])}" '
                 f'src="{_b64(i["data"], "image/jpeg")}"><div class="cap">{_inline(i["caption"])}</div></div>'
-                for i in b.items)
+                for i in b.items
+            )
             parts.append(f'<div class="gallery" data-gallery="{html.escape(b.name)}">{cards}</div>')
         elif b.kind == "details":
             parts.append(f"<details><summary>{_inline(b.text)}</summary>{_html_blocks(b.children)}</details>")
@@ -203,21 +206,25 @@ def _css() -> str:
     return CSS.replace("@RANDOM_WEIGHTS_STAMP@", RANDOM_WEIGHTS_STAMP.replace('"', "'"))
 
 
-def render_html(doc: Doc, title: str, subtitle: str, random_weights: bool, data_json: str = "",
-                toc: Sequence[tuple[str, str]] = ()) -> str:
+def render_html(
+    doc: Doc, title: str, subtitle: str, random_weights: bool, data_json: str = "", toc: Sequence[tuple[str, str]] = ()
+) -> str:
     banner = f'<div class="banner">WARNING: {html.escape(RANDOM_WEIGHTS_STAMP)}</div>' if random_weights else ""
     nav = ""
     if toc:
-        nav = '<nav class="toc">' + "".join(f'<a href="#{html.escape(i)}">{html.escape(t)}</a>' for i, t in toc) + \
-            "</nav>"
+        nav = (
+            '<nav class="toc">'
+            + "".join(f'<a href="#{html.escape(i)}">{html.escape(t)}</a>' for i, t in toc)
+            + "</nav>"
+        )
     safe = data_json.replace("</", "<\\/")
     data = f'<script type="application/json" id="vlmad-report-data">{safe}</script>' if data_json else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{_css()}</style></head>"
-        f"<body class=\"{'random' if random_weights else ''}\">{banner}"
-        f"<header class=\"top\"><h1>{_inline(title)}</h1><p>{_inline(subtitle)}</p></header>"
+        f'<body class="{"random" if random_weights else ""}">{banner}'
+        f'<header class="top"><h1>{_inline(title)}</h1><p>{_inline(subtitle)}</p></header>'
         f"<main>{nav}{_html_blocks(doc.blocks)}</main>{data}</body></html>\n"
     )
 
@@ -246,8 +253,13 @@ def _md_blocks(blocks: Sequence[Block], assets: Path, rel: str, level_offset: in
             lines += [f"- {i['text']}" for i in b.items] + [""]
         elif b.kind == "table":
             lines.append("| " + " | ".join(_md_escape_cell(h) for h in b.header) + " |")
-            lines.append("|" + "|".join("---:" if any(r[i].num for r in b.rows if i < len(r)) else "---"
-                                        for i in range(len(b.header))) + "|")
+            lines.append(
+                "|"
+                + "|".join(
+                    "---:" if any(r[i].num for r in b.rows if i < len(r)) else "---" for i in range(len(b.header))
+                )
+                + "|"
+            )
             lines += ["| " + " | ".join(_md_escape_cell(c.text) for c in r) + " |" for r in b.rows]
             lines.append("")
         elif b.kind == "figure":

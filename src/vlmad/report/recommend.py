@@ -1,4 +1,4 @@
-""""Which method for me": recommendations computed from a run's measured numbers (no canned verdicts).
+""" "Which method for me": recommendations computed from a run's measured numbers (no canned verdicts).
 
 Questions answered per dataset (and across datasets when several share configurations):
 
@@ -20,8 +20,13 @@ from vlmad.report.figures import pareto_front
 
 TIE_POINTS = 0.5
 METRIC_NAMES = {
-    "image_auroc": "image AUROC", "image_ap": "image AP", "image_f1_max": "image F1-max",
-    "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "pixel_f1_max": "pixel F1-max", "aupro": "AUPRO",
+    "image_auroc": "image AUROC",
+    "image_ap": "image AP",
+    "image_f1_max": "image F1-max",
+    "pixel_auroc": "pixel AUROC",
+    "pixel_ap": "pixel AP",
+    "pixel_f1_max": "pixel F1-max",
+    "aupro": "AUPRO",
     "aupro_legacy200": "AUPRO-200",
 }
 
@@ -73,8 +78,11 @@ def _lead(best: Entry, runner: Entry | None, metric: str) -> tuple[str, bool, fl
     margin = best.value(metric) - runner.value(metric)
     tie = margin < max(TIE_POINTS, best.spread(metric), runner.spread(metric))
     if tie:
-        return (f"a tie within the spread with {runner.label} ({_fmt(runner.value(metric))}, "
-                f"{margin:+.1f} pt)"), True, margin
+        return (
+            (f"a tie within the spread with {runner.label} ({_fmt(runner.value(metric))}, {margin:+.1f} pt)"),
+            True,
+            margin,
+        )
     return f"{margin:.1f} pt ahead of {runner.label} ({_fmt(runner.value(metric))})", False, margin
 
 
@@ -95,22 +103,41 @@ def recommend(entries: Sequence[Entry], classification: str = "image_auroc") -> 
         best, runner = _best(zero, classification)
         if best is not None:
             lead, tie, margin = _lead(best, runner, classification)
-            out.append(Recommendation(
-                "zero-shot classification", ds,
-                f"No examples at hand (zero-shot), deciding good/bad per image: {best.label} — "
-                f"{METRIC_NAMES[classification]} {_fmt(best.value(classification))} %, {lead}.",
-                {"best": best.label, "value": best.value(classification), "runner_up": runner and runner.label,
-                 "margin": margin, "tie": tie}))
+            out.append(
+                Recommendation(
+                    "zero-shot classification",
+                    ds,
+                    f"No examples at hand (zero-shot), deciding good/bad per image: {best.label} — "
+                    f"{METRIC_NAMES[classification]} {_fmt(best.value(classification))} %, {lead}.",
+                    {
+                        "best": best.label,
+                        "value": best.value(classification),
+                        "runner_up": runner and runner.label,
+                        "margin": margin,
+                        "tie": tie,
+                    },
+                )
+            )
         seg = _seg_metric(zero)
         if seg is not None:
             best, runner = _best(zero, seg)
             lead, tie, margin = _lead(best, runner, seg)
-            out.append(Recommendation(
-                "zero-shot segmentation", ds,
-                f"No examples at hand, localising defects (anomaly maps): {best.label} — {METRIC_NAMES[seg]} "
-                f"{_fmt(best.value(seg))} %, {lead}.",
-                {"best": best.label, "metric": seg, "value": best.value(seg), "runner_up": runner and runner.label,
-                 "margin": margin, "tie": tie}))
+            out.append(
+                Recommendation(
+                    "zero-shot segmentation",
+                    ds,
+                    f"No examples at hand, localising defects (anomaly maps): {best.label} — {METRIC_NAMES[seg]} "
+                    f"{_fmt(best.value(seg))} %, {lead}.",
+                    {
+                        "best": best.label,
+                        "metric": seg,
+                        "value": best.value(seg),
+                        "runner_up": runner and runner.label,
+                        "margin": margin,
+                        "tie": tie,
+                    },
+                )
+            )
         # few-shot
         for k in sorted({e.shots for e in mine if e.shots > 0}):
             at_k = [e for e in mine if e.shots == k]
@@ -122,19 +149,28 @@ def recommend(entries: Sequence[Entry], classification: str = "image_auroc") -> 
             gain = ""
             if zs:
                 delta = best.value(classification) - zs[0].value(classification)
-                gain = (f"; the {k} image(s) change it by {delta:+.1f} pt over its zero-shot "
-                        f"{_fmt(zs[0].value(classification))} %")
+                gain = (
+                    f"; the {k} image(s) change it by {delta:+.1f} pt over its zero-shot "
+                    f"{_fmt(zs[0].value(classification))} %"
+                )
             seg_k = _seg_metric(at_k)
             seg_text = ""
             if seg_k is not None:
                 sbest, _ = _best(at_k, seg_k)
-                seg_text = (f" For maps at K={k}: {sbest.label} ({METRIC_NAMES[seg_k]} {_fmt(sbest.value(seg_k))} %)."
-                            if sbest is not None else "")
-            out.append(Recommendation(
-                f"{k}-shot", ds,
-                f"With {k} normal reference image(s) per product: {best.label} — {METRIC_NAMES[classification]} "
-                f"{_fmt(best.value(classification))} %, {lead}{gain}.{seg_text}",
-                {"best": best.label, "value": best.value(classification), "shots": k, "tie": tie, "margin": margin}))
+                seg_text = (
+                    f" For maps at K={k}: {sbest.label} ({METRIC_NAMES[seg_k]} {_fmt(sbest.value(seg_k))} %)."
+                    if sbest is not None
+                    else ""
+                )
+            out.append(
+                Recommendation(
+                    f"{k}-shot",
+                    ds,
+                    f"With {k} normal reference image(s) per product: {best.label} — {METRIC_NAMES[classification]} "
+                    f"{_fmt(best.value(classification))} %, {lead}{gain}.{seg_text}",
+                    {"best": best.label, "value": best.value(classification), "shots": k, "tie": tie, "margin": margin},
+                )
+            )
         # latency budgets
         for hw in sorted({e.hardware for e in mine if e.hardware and e.ms_per_image}):
             pts = [e for e in mine if e.hardware == hw and e.ms_per_image and e.value(classification) is not None]
@@ -142,21 +178,31 @@ def recommend(entries: Sequence[Entry], classification: str = "image_auroc") -> 
                 continue
             flags = pareto_front([(e.ms_per_image, e.value(classification)) for e in pts])
             front = sorted((e for e, f in zip(pts, flags, strict=True) if f), key=lambda e: e.ms_per_image)
-            steps = "; ".join(f"≤ {e.ms_per_image:.3g} ms/image: {e.label} ({_fmt(e.value(classification))} %)"
-                              for e in front)
+            steps = "; ".join(
+                f"≤ {e.ms_per_image:.3g} ms/image: {e.label} ({_fmt(e.value(classification))} %)" for e in front
+            )
             fastest, most = front[0], front[-1]
             if len(front) == 1:
-                text = (f"Latency budget on {hw}: {fastest.label} is both the fastest ({fastest.ms_per_image:.3g} "
-                        f"ms/image) and the most accurate ({_fmt(fastest.value(classification))} %) — no trade-off "
-                        "to make.")
+                text = (
+                    f"Latency budget on {hw}: {fastest.label} is both the fastest ({fastest.ms_per_image:.3g} "
+                    f"ms/image) and the most accurate ({_fmt(fastest.value(classification))} %) — no trade-off "
+                    "to make."
+                )
             else:
                 text = f"Latency budget on {hw}: the most accurate configuration under each budget is {steps}."
-                text += (f" Going from the fastest ({fastest.label}) to the most accurate ({most.label}) costs "
-                         f"{most.ms_per_image / fastest.ms_per_image:.1f}x the time for "
-                         f"{most.value(classification) - fastest.value(classification):+.1f} pt.")
-            out.append(Recommendation("latency budget", ds, text,
-                                      {"hardware": hw, "front": [(e.label, e.ms_per_image, e.value(classification))
-                                                                 for e in front]}))
+                text += (
+                    f" Going from the fastest ({fastest.label}) to the most accurate ({most.label}) costs "
+                    f"{most.ms_per_image / fastest.ms_per_image:.1f}x the time for "
+                    f"{most.value(classification) - fastest.value(classification):+.1f} pt."
+                )
+            out.append(
+                Recommendation(
+                    "latency budget",
+                    ds,
+                    text,
+                    {"hardware": hw, "front": [(e.label, e.ms_per_image, e.value(classification)) for e in front]},
+                )
+            )
     # across datasets
     if len(datasets) > 1:
         by_cfg: dict[tuple[str, int], list[Entry]] = {}
@@ -170,9 +216,13 @@ def recommend(entries: Sequence[Entry], classification: str = "image_auroc") -> 
                 continue
             cands.sort(key=lambda t: -t[1])
             (m1, v1), (m2, v2) = cands[0], cands[1]
-            out.append(Recommendation(
-                "across datasets", " + ".join(datasets),
-                f"Averaged over {' and '.join(datasets)} at K={k}: {m1} ({v1:.1f} %) over {m2} ({v2:.1f} %), "
-                f"{v1 - v2:+.1f} pt in {METRIC_NAMES[classification]}.",
-                {"shots": k, "ranking": cands}))
+            out.append(
+                Recommendation(
+                    "across datasets",
+                    " + ".join(datasets),
+                    f"Averaged over {' and '.join(datasets)} at K={k}: {m1} ({v1:.1f} %) over {m2} ({v2:.1f} %), "
+                    f"{v1 - v2:+.1f} pt in {METRIC_NAMES[classification]}.",
+                    {"shots": k, "ranking": cands},
+                )
+            )
     return out

@@ -54,7 +54,7 @@ def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], A
         title="vlmad serve",
         version=service_version(),
         description="Zero-/few-shot industrial anomaly detection (WinCLIP / APRIL-GAN) over HTTP. Errors are "
-                    "JSON: {\"error\": {\"code\", \"message\", \"hint\"}, \"request_id\"}.",
+        'JSON: {"error": {"code", "message", "hint"}, "request_id"}.',
         lifespan=_lifespan(service),
         docs_url=None,  # Swagger UI / ReDoc pages load their scripts from a CDN: blank offline, and off our CSP
         redoc_url=None,
@@ -62,9 +62,13 @@ def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], A
     app.state.service = service
     app.add_middleware(ServiceMiddleware, service=service)
     if config.allowed_origins:  # outermost: answers the preflights of the allowed pages (no key on a preflight)
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins),
-                           allow_methods=["GET", "POST", "DELETE"], expose_headers=["X-Request-ID"],
-                           allow_headers=["Content-Type", "X-API-Key", "Authorization"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.allowed_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            expose_headers=["X-Request-ID"],
+            allow_headers=["Content-Type", "X-API-Key", "Authorization"],
+        )
     install_error_handlers(app, service.metrics)
     for module in (health, detect, references):
         app.include_router(module.router(service))
@@ -79,9 +83,16 @@ def _lifespan(service: Service):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.decode_slots = asyncio.Semaphore(max(1, limits.max_concurrent_decodes))
-        service.worker = ModelWorker(service.loader, config.class_name, service.store, service.metrics,
-                                     max_batch_size=config.max_batch_size, max_wait_s=config.max_wait_ms / 1000.0,
-                                     max_queue=limits.max_queue, memory_cache_bytes=config.memory_cache_bytes)
+        service.worker = ModelWorker(
+            service.loader,
+            config.class_name,
+            service.store,
+            service.metrics,
+            max_batch_size=config.max_batch_size,
+            max_wait_s=config.max_wait_ms / 1000.0,
+            max_queue=limits.max_queue,
+            memory_cache_bytes=config.memory_cache_bytes,
+        )
         service.worker.start()
         try:
             yield
@@ -92,5 +103,14 @@ def _lifespan(service: Service):
     return lifespan
 
 
-__all__ = ["DetectResponse", "Heatmap", "ReferenceSetResponse", "ServeConfig", "create_app", "deploy_summary",
-           "deploy_warnings", "load_deploy", "render_heatmap"]
+__all__ = [
+    "DetectResponse",
+    "Heatmap",
+    "ReferenceSetResponse",
+    "ServeConfig",
+    "create_app",
+    "deploy_summary",
+    "deploy_warnings",
+    "load_deploy",
+    "render_heatmap",
+]

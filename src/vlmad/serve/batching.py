@@ -49,8 +49,15 @@ class _Call:
 class DynamicBatcher:
     """One worker thread; ``handler(key, payloads) -> results`` (one result, or an Exception, per payload)."""
 
-    def __init__(self, handler: Handler, max_batch_size: int = 8, max_wait_s: float = 0.01, max_queue: int = 512,
-                 on_batch: Callable[[Hashable, int], None] | None = None, name: str = "vlmad-model-worker") -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        max_batch_size: int = 8,
+        max_wait_s: float = 0.01,
+        max_queue: int = 512,
+        on_batch: Callable[[Hashable, int], None] | None = None,
+        name: str = "vlmad-model-worker",
+    ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
         self.handler = handler

@@ -24,6 +24,7 @@ HEATMAP_ALIASES = {"none": (), "": (), "both": ("overlay", "raw"), "all": HEATMA
 DETECT_FIELDS = ("image", "file")
 REFERENCE_FIELDS = ("images", "image", "file")
 
+
 def parse_heatmap(value: str) -> tuple[str, ...]:
     kinds: list[str] = []
     for item in (value or "").lower().split(","):
@@ -33,8 +34,12 @@ def parse_heatmap(value: str) -> tuple[str, ...]:
         elif item in HEATMAP_KINDS:
             kinds.append(item)
         else:
-            raise ApiError(400, "invalid_query", f"unknown heatmap kind {item!r}",
-                           "use heatmap=none|overlay|raw|color|both|all, or a comma-separated list")
+            raise ApiError(
+                400,
+                "invalid_query",
+                f"unknown heatmap kind {item!r}",
+                "use heatmap=none|overlay|raw|color|both|all, or a comma-separated list",
+            )
     return tuple(dict.fromkeys(kinds))
 
 
@@ -48,8 +53,12 @@ async def read_body(request: Request, limit: int, hold: BodyHold | None = None) 
         except ValueError:
             raise ApiError(400, "invalid_content_length", f"Content-Length {declared!r} is not a number") from None
         if n > limit:
-            raise ApiError(413, "request_too_large", f"request body is {n} bytes; the limit is {limit} bytes",
-                           "send a smaller image (or fewer images per request)")
+            raise ApiError(
+                413,
+                "request_too_large",
+                f"request body is {n} bytes; the limit is {limit} bytes",
+                "send a smaller image (or fewer images per request)",
+            )
         if hold is not None:
             hold.grow_to(n)
     chunks, size = [], 0
@@ -57,8 +66,12 @@ async def read_body(request: Request, limit: int, hold: BodyHold | None = None) 
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise ApiError(413, "request_too_large", f"request body exceeds the limit of {limit} bytes",
-                               "send a smaller image (or fewer images per request)")
+                raise ApiError(
+                    413,
+                    "request_too_large",
+                    f"request body exceeds the limit of {limit} bytes",
+                    "send a smaller image (or fewer images per request)",
+                )
             if hold is not None:
                 hold.grow_to(size)
             chunks.append(chunk)
@@ -73,8 +86,9 @@ def json_body(body: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as err:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON: {err}") from None
     except RecursionError:  # '[' * 100000: the parser recurses once per nesting level
-        raise ApiError(400, "invalid_json", "request body is JSON nested too deeply",
-                       "send a flat object: {\"image_b64\": \"...\"}") from None
+        raise ApiError(
+            400, "invalid_json", "request body is JSON nested too deeply", 'send a flat object: {"image_b64": "..."}'
+        ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", f"JSON body must be an object, got {type(data).__name__}")
     return data
@@ -89,31 +103,47 @@ def _unsupported_content_type(ctype: str, accepted: str) -> ApiError:
 def extract_detect_image(content_type: str, body: bytes, limits: Limits) -> tuple[bytes, str | None]:
     """The one image of a detect request (bytes, client file name)."""
     ctype = media_type(content_type)
-    accepted = ("multipart/form-data with an 'image' file field, application/json {\"image_b64\": ...}, "
-                "or a raw image/* body")
+    accepted = (
+        "multipart/form-data with an 'image' file field, application/json {\"image_b64\": ...}, or a raw image/* body"
+    )
     if ctype == "multipart/form-data":
         parts = parse_multipart(body, content_type, max_parts=16)
         files = [p for p in parts if p.name in DETECT_FIELDS]
         if not files:
             got = ", ".join(repr(p.name) for p in parts) or "none"
-            raise ApiError(400, "missing_field", f"multipart body has no 'image' field (fields sent: {got})",
-                           "send the image as form field 'image', e.g. curl -F image=@part.png")
+            raise ApiError(
+                400,
+                "missing_field",
+                f"multipart body has no 'image' field (fields sent: {got})",
+                "send the image as form field 'image', e.g. curl -F image=@part.png",
+            )
         if len(files) > 1:
-            raise ApiError(400, "too_many_images", f"got {len(files)} images; /v1/detect scores one image per "
-                           "request", "send one request per image (the server batches concurrent requests)")
+            raise ApiError(
+                400,
+                "too_many_images",
+                f"got {len(files)} images; /v1/detect scores one image per request",
+                "send one request per image (the server batches concurrent requests)",
+            )
         check_file_part(files[0])
         return files[0].data, files[0].filename
     if ctype == "application/json":
         data = json_body(body)
         unknown = sorted(set(data) - {"image_b64", "image", "filename"})
         if unknown:
-            raise ApiError(400, "unknown_field", f"unknown JSON field(s): {', '.join(unknown)}",
-                           "send {\"image_b64\": \"<base64>\", \"filename\": optional}; references and heatmap "
-                           "are query parameters")
+            raise ApiError(
+                400,
+                "unknown_field",
+                f"unknown JSON field(s): {', '.join(unknown)}",
+                'send {"image_b64": "<base64>", "filename": optional}; references and heatmap are query parameters',
+            )
         key = "image_b64" if "image_b64" in data else "image" if "image" in data else None
         if key is None:
-            raise ApiError(400, "missing_field", "JSON body has no 'image_b64' field",
-                           "send {\"image_b64\": \"<base64 of the image file>\"}")
+            raise ApiError(
+                400,
+                "missing_field",
+                "JSON body has no 'image_b64' field",
+                'send {"image_b64": "<base64 of the image file>"}',
+            )
         filename = data.get("filename")
         return decode_base64(data[key], key, limits), filename if isinstance(filename, str) else None
     if ctype.startswith("image/") or ctype == "application/octet-stream":
@@ -129,9 +159,12 @@ def extract_reference_images(content_type: str, body: bytes, limits: Limits) -> 
         files = [p for p in parts if p.name in REFERENCE_FIELDS]
         if not files:
             got = ", ".join(repr(p.name) for p in parts) or "none"
-            raise ApiError(400, "missing_field", f"multipart body has no 'images' field (fields sent: {got})",
-                           "send each normal image as a form field 'images', e.g. -F images=@good1.png "
-                           "-F images=@good2.png")
+            raise ApiError(
+                400,
+                "missing_field",
+                f"multipart body has no 'images' field (fields sent: {got})",
+                "send each normal image as a form field 'images', e.g. -F images=@good1.png -F images=@good2.png",
+            )
         for p in files:
             check_file_part(p)
         items = [(p.data, p.filename) for p in files]
@@ -139,27 +172,45 @@ def extract_reference_images(content_type: str, body: bytes, limits: Limits) -> 
         data = json_body(body)
         unknown = sorted(set(data) - {"images_b64", "images", "filenames"})
         if unknown:
-            raise ApiError(400, "unknown_field", f"unknown JSON field(s): {', '.join(unknown)}",
-                           "send {\"images_b64\": [\"<base64>\", ...]}")
+            raise ApiError(
+                400,
+                "unknown_field",
+                f"unknown JSON field(s): {', '.join(unknown)}",
+                'send {"images_b64": ["<base64>", ...]}',
+            )
         key = "images_b64" if "images_b64" in data else "images" if "images" in data else None
         if key is None:
-            raise ApiError(400, "missing_field", "JSON body has no 'images_b64' field",
-                           "send {\"images_b64\": [\"<base64 of image 1>\", ...]}")
+            raise ApiError(
+                400,
+                "missing_field",
+                "JSON body has no 'images_b64' field",
+                'send {"images_b64": ["<base64 of image 1>", ...]}',
+            )
         values = data[key]
         if not isinstance(values, list):
             raise ApiError(400, "invalid_field", f"field {key!r} must be a list of base64 strings")
         if len(values) > n_max:
             raise ApiError(400, "too_many_images", f"got {len(values)} images; a reference set holds at most {n_max}")
         names = data.get("filenames") if isinstance(data.get("filenames"), list) else []
-        items = [(decode_base64(v, f"{key}[{i}]", limits), names[i] if i < len(names) and isinstance(names[i], str)
-                  else None) for i, v in enumerate(values)]
+        items = [
+            (
+                decode_base64(v, f"{key}[{i}]", limits),
+                names[i] if i < len(names) and isinstance(names[i], str) else None,
+            )
+            for i, v in enumerate(values)
+        ]
     else:
         raise _unsupported_content_type(
-            ctype, "multipart/form-data with one or more 'images' file fields, or application/json "
-            "{\"images_b64\": [...]}")
+            ctype,
+            "multipart/form-data with one or more 'images' file fields, or application/json {\"images_b64\": [...]}",
+        )
     if not items:
         raise ApiError(400, "no_images", "a reference set needs at least one image")
     if len(items) > n_max:
-        raise ApiError(400, "too_many_images", f"got {len(items)} images; a reference set holds at most {n_max}",
-                       "K-shot references are a handful of normal images (typically 1-8)")
+        raise ApiError(
+            400,
+            "too_many_images",
+            f"got {len(items)} images; a reference set holds at most {n_max}",
+            "K-shot references are a handful of normal images (typically 1-8)",
+        )
     return items

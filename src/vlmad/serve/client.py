@@ -17,9 +17,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_ready(
-    url: str, timeout: float, alive: Callable[[], bool] = lambda: True, poll_s: float = 0.2
-) -> bool:
+def wait_until_ready(url: str, timeout: float, alive: Callable[[], bool] = lambda: True, poll_s: float = 0.2) -> bool:
     """Polls ``GET {url}/readyz`` until it answers 200 (model loaded, worker running).
 
     Returns False, instead of waiting out the timeout, as soon as ``alive()`` says the server process or thread

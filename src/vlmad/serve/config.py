@@ -44,20 +44,27 @@ def deploy_warnings(deploy: dict[str, Any] | None, info: dict[str, Any], class_n
         return str(method or "").rstrip("+")
 
     if deploy.get("method") is not None and base(deploy["method"]) != base(info.get("method")):
-        out.append(f"deploy.json threshold was calibrated for method {deploy['method']!r}, "
-                   f"but this server runs {base(info.get('method'))!r}")
+        out.append(
+            f"deploy.json threshold was calibrated for method {deploy['method']!r}, "
+            f"but this server runs {base(info.get('method'))!r}"
+        )
     if deploy.get("class_name") is not None and str(deploy["class_name"]) != class_name:
-        out.append(f"deploy.json threshold was calibrated for class {deploy['class_name']!r}, "
-                   f"but this server scores {class_name!r}")
+        out.append(
+            f"deploy.json threshold was calibrated for class {deploy['class_name']!r}, "
+            f"but this server scores {class_name!r}"
+        )
     det = deploy.get("detector") if isinstance(deploy.get("detector"), dict) else {}
     for key in ("model", "weights_id", "prompt_set"):
         if det.get(key) is not None and info.get(key) is not None and str(det[key]) != str(info[key]):
-            out.append(f"deploy.json threshold was calibrated with {key} {det[key]!r}, but this server uses "
-                       f"{info[key]!r}")
+            out.append(
+                f"deploy.json threshold was calibrated with {key} {det[key]!r}, but this server uses {info[key]!r}"
+            )
     shots = det.get("shots")
     if isinstance(shots, int) and shots > 0:
-        out.append(f"deploy.json threshold was calibrated in {shots}-shot mode with specific reference images: its "
-                   "decisions only hold for requests that use a reference set of those images")
+        out.append(
+            f"deploy.json threshold was calibrated in {shots}-shot mode with specific reference images: its "
+            "decisions only hold for requests that use a reference set of those images"
+        )
     return out
 
 
@@ -89,11 +96,19 @@ def decide(config: ServeConfig, info: dict[str, Any], reference_fp: str | None, 
         return {"decision": dep.decide(score), "threshold": dep.threshold, "calibrated": True, "decision_note": None}
     fields = ", ".join(d[0] for d in diffs)
     if config.force_deploy:
-        return {"decision": dep.decide(score), "threshold": dep.threshold, "calibrated": False,
-                "decision_note": f"{NOT_CALIBRATED_NOTE} (differs: {fields})"}
-    return {"decision": None, "threshold": dep.threshold, "calibrated": False,
-            "decision_note": f"{NOT_CALIBRATED_NOTE} (differs: {fields}): no decision; recalibrate with "
-                             "`vlmad calibrate` using these reference images"}
+        return {
+            "decision": dep.decide(score),
+            "threshold": dep.threshold,
+            "calibrated": False,
+            "decision_note": f"{NOT_CALIBRATED_NOTE} (differs: {fields})",
+        }
+    return {
+        "decision": None,
+        "threshold": dep.threshold,
+        "calibrated": False,
+        "decision_note": f"{NOT_CALIBRATED_NOTE} (differs: {fields}): no decision; recalibrate with "
+        "`vlmad calibrate` using these reference images",
+    }
 
 
 def deploy_summary(config: ServeConfig) -> dict[str, Any] | None:
@@ -101,11 +116,15 @@ def deploy_summary(config: ServeConfig) -> dict[str, Any] | None:
         return None
     d = config.deploy
     cal = d.get("calibration") if isinstance(d.get("calibration"), dict) else {}
-    return {"path": config.deploy_path, "threshold": config.threshold, "method": d.get("method"),
-            "class_name": d.get("class_name"), "expected_false_alarm_rate": d.get("expected_false_alarm_rate"),
-            "calibration_mode": cal.get("mode"), "created": d.get("created")}
-
-
+    return {
+        "path": config.deploy_path,
+        "threshold": config.threshold,
+        "method": d.get("method"),
+        "class_name": d.get("class_name"),
+        "expected_false_alarm_rate": d.get("expected_false_alarm_rate"),
+        "calibration_mode": cal.get("mode"),
+        "created": d.get("created"),
+    }
 
 
 def service_version() -> str:

@@ -22,19 +22,26 @@ def request_id_of(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
 
 
-
-
 def overloaded(limits: Limits) -> ApiError:
-    return ApiError(503, "overloaded", f"{limits.max_queue} requests are already waiting for the model",
-                    "retry later, or run more replicas", headers={"Retry-After": "1"})
+    return ApiError(
+        503,
+        "overloaded",
+        f"{limits.max_queue} requests are already waiting for the model",
+        "retry later, or run more replicas",
+        headers={"Retry-After": "1"},
+    )
 
 
 async def with_timeout(coro, timeout_s: float):
     try:
         return await asyncio.wait_for(coro, timeout_s)
     except asyncio.TimeoutError:
-        raise ApiError(504, "timeout", f"the request did not finish within {timeout_s:g} s",
-                       "the server is overloaded or the upload too slow; retry later") from None
+        raise ApiError(
+            504,
+            "timeout",
+            f"the request did not finish within {timeout_s:g} s",
+            "the server is overloaded or the upload too slow; retry later",
+        ) from None
 
 
 def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
@@ -48,8 +55,12 @@ def install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, err: RequestValidationError):
         problems = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in err.errors())
-        api = ApiError(422, "invalid_parameter", f"invalid request parameter(s): {problems}",
-                       "see /openapi.json for the accepted parameters")
+        api = ApiError(
+            422,
+            "invalid_parameter",
+            f"invalid request parameter(s): {problems}",
+            "see /openapi.json for the accepted parameters",
+        )
         metrics.errors.inc(code=api.code)
         return error_response(api, request_id_of(request))
 

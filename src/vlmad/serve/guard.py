@@ -74,9 +74,13 @@ class RequestGuard:
         path = scope.get("path", "")
         host = headers.get("host", "")
         if path not in PROBE_PATHS and not self.any_host and host_name(host) not in self.hosts:
-            raise ApiError(403, "unknown_host", f"requests for host {host[:100]!r} are not served here",
-                           "use the address the service was started with, or start it with --allowed-hosts "
-                           "NAME (the names clients use to reach it)")
+            raise ApiError(
+                403,
+                "unknown_host",
+                f"requests for host {host[:100]!r} are not served here",
+                "use the address the service was started with, or start it with --allowed-hosts "
+                "NAME (the names clients use to reach it)",
+            )
         if scope.get("method", "GET") in SAFE_METHODS:
             return
         origin = headers.get("origin")
@@ -85,11 +89,14 @@ class RequestGuard:
         if origin is not None:  # host[:port] only: behind a TLS proxy the page is https, the request http
             cross = cross or urlsplit(origin.strip().lower()).netloc != host.strip().lower()
         if cross and not self._origin_allowed(origin):
-            raise ApiError(403, "cross_origin_refused",
-                           f"a browser page of another origin ({(origin or 'unknown')[:100]}) may not call "
-                           f"{scope.get('method')} {path[:100]}",
-                           "call the API from the service's own page or a non-browser client, or start the "
-                           "service with --allowed-origins ORIGIN for a trusted page")
+            raise ApiError(
+                403,
+                "cross_origin_refused",
+                f"a browser page of another origin ({(origin or 'unknown')[:100]}) may not call "
+                f"{scope.get('method')} {path[:100]}",
+                "call the API from the service's own page or a non-browser client, or start the "
+                "service with --allowed-origins ORIGIN for a trusted page",
+            )
 
     def _origin_allowed(self, origin: str | None) -> bool:
         if origin is None or origin.strip().lower() == "null":

@@ -43,8 +43,13 @@ def downscale(image: Image.Image, max_side: int, resample: int = Image.BILINEAR)
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), resample)
 
 
-def prepare_detect_image(data: bytes, limits: Limits, preprocess: Callable[[Image.Image], Any] | None,
-                         want_overlay: bool, label: str = "image") -> DecodedUpload:
+def prepare_detect_image(
+    data: bytes,
+    limits: Limits,
+    preprocess: Callable[[Image.Image], Any] | None,
+    want_overlay: bool,
+    label: str = "image",
+) -> DecodedUpload:
     """Decode ``data`` and reduce it to a :class:`DecodedUpload` (runs on a decode thread)."""
     image, fmt = decode_image(data, limits, label)
     if preprocess is None:  # the detector takes PIL images: the image itself is its input
@@ -82,11 +87,14 @@ def decode_references(items: list[tuple[bytes, str | None]], limits: Limits) -> 
         label = f"images[{i}]" + (f" ({filename[:100]})" if filename else "")
         n = header_pixels(data)
         if n is not None and used + n > limits.max_reference_pixels:
-            raise ApiError(413, "reference_set_too_large",
-                           f"{label} would bring the set to {used + n} decoded pixels; a reference set may hold "
-                           f"{limits.max_reference_pixels} in total",
-                           f"downscale the images (the model sees at most ~518 px; they are stored at "
-                           f"{limits.reference_max_side} px) or send fewer")
+            raise ApiError(
+                413,
+                "reference_set_too_large",
+                f"{label} would bring the set to {used + n} decoded pixels; a reference set may hold "
+                f"{limits.max_reference_pixels} in total",
+                f"downscale the images (the model sees at most ~518 px; they are stored at "
+                f"{limits.reference_max_side} px) or send fewer",
+            )
         image, _ = decode_image(data, limits, label)
         items[i] = (b"", filename)
         del data
@@ -104,9 +112,17 @@ def _png_b64(image: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def render_heatmap(result: DetectResult, image: Image.Image, kinds: tuple[str, ...], alpha: float,
-                   limits: Limits, stamp: str | None, scale: MapScale | None = None,
-                   pixel_threshold: float | None = None, want_mask: bool = False) -> dict[str, Any]:
+def render_heatmap(
+    result: DetectResult,
+    image: Image.Image,
+    kinds: tuple[str, ...],
+    alpha: float,
+    limits: Limits,
+    stamp: str | None,
+    scale: MapScale | None = None,
+    pixel_threshold: float | None = None,
+    want_mask: bool = False,
+) -> dict[str, Any]:
     """Heatmap PNGs on a fixed ``scale`` (never min-max per image); mask and contour at the pixel threshold."""
     from vlmad.serve.config import UNCALIBRATED_SCALE
 
@@ -115,24 +131,37 @@ def render_heatmap(result: DetectResult, image: Image.Image, kinds: tuple[str, .
     finite = amap[np.isfinite(amap)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     amap = np.nan_to_num(amap, nan=lo, posinf=hi, neginf=lo)
-    out: dict[str, Any] = {"min": lo, "max": hi, "size": [int(amap.shape[1]), int(amap.shape[0])],
-                           "overlay_png_b64": None, "overlay_size": None, "alpha": None, "color_png_b64": None,
-                           "raw": None, "scale": {"lo": scale.lo, "hi": scale.hi, "source": scale.source,
-                                                  "pixel_threshold": pixel_threshold},
-                           "mask_png_b64": None, "contour_png_b64": None, "defect_area": None}
+    out: dict[str, Any] = {
+        "min": lo,
+        "max": hi,
+        "size": [int(amap.shape[1]), int(amap.shape[0])],
+        "overlay_png_b64": None,
+        "overlay_size": None,
+        "alpha": None,
+        "color_png_b64": None,
+        "raw": None,
+        "scale": {"lo": scale.lo, "hi": scale.hi, "source": scale.source, "pixel_threshold": pixel_threshold},
+        "mask_png_b64": None,
+        "contour_png_b64": None,
+        "defect_area": None,
+    }
     mask = None if pixel_threshold is None else amap >= pixel_threshold
     if want_mask and mask is not None:
         rgba = np.zeros((*mask.shape, 4), np.uint8)
         rgba[mask_contour(mask)] = (255, 255, 255, 255)
-        out.update(mask_png_b64=_png_b64(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")),
-                   contour_png_b64=_png_b64(Image.fromarray(rgba, mode="RGBA")), defect_area=float(mask.mean()))
+        out.update(
+            mask_png_b64=_png_b64(Image.fromarray(mask.astype(np.uint8) * 255, mode="L")),
+            contour_png_b64=_png_b64(Image.fromarray(rgba, mode="RGBA")),
+            defect_area=float(mask.mean()),
+        )
     if "overlay" in kinds:
         base = image
         side = max(image.size)
         if side > limits.overlay_max_side:
             shrink = limits.overlay_max_side / side
-            base = image.resize((max(1, round(image.width * shrink)), max(1, round(image.height * shrink))),
-                                Image.BILINEAR)
+            base = image.resize(
+                (max(1, round(image.width * shrink)), max(1, round(image.height * shrink))), Image.BILINEAR
+            )
         over = overlay_heatmap(base, amap, alpha=alpha, vmin=scale.lo, vmax=scale.hi, stamp=stamp)
         if mask is not None:
             over = draw_contour(over, defect_mask(amap, pixel_threshold, over.size))
@@ -141,6 +170,10 @@ def render_heatmap(result: DetectResult, image: Image.Image, kinds: tuple[str, .
         out["color_png_b64"] = _png_b64(Image.fromarray(colorize(amap, scale.lo, scale.hi)))
     if "raw" in kinds:
         arr = np.ascontiguousarray(amap, dtype="<f4")
-        out["raw"] = {"shape": [int(arr.shape[0]), int(arr.shape[1])], "dtype": "float32", "byte_order": "little",
-                      "data_b64": base64.b64encode(arr.tobytes()).decode("ascii")}
+        out["raw"] = {
+            "shape": [int(arr.shape[0]), int(arr.shape[1])],
+            "dtype": "float32",
+            "byte_order": "little",
+            "data_b64": base64.b64encode(arr.tobytes()).decode("ascii"),
+        }
     return out

@@ -95,9 +95,12 @@ def validate_set_name(name: str) -> str:
     """A reference-set name, checked strictly (it becomes a file name under the data dir)."""
     if not isinstance(name, str) or not SET_NAME_RE.fullmatch(name):
         shown = name if isinstance(name, str) and len(name) <= 80 else f"{str(name)[:80]}..."
-        raise ApiError(400, "invalid_reference_set_name",
-                       f"invalid reference set name {shown!r}",
-                       "use 1-64 characters from A-Z, a-z, 0-9, '_' and '-'")
+        raise ApiError(
+            400,
+            "invalid_reference_set_name",
+            f"invalid reference set name {shown!r}",
+            "use 1-64 characters from A-Z, a-z, 0-9, '_' and '-'",
+        )
     return name
 
 
@@ -112,66 +115,96 @@ def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[Ima
     if not data:
         raise ApiError(400, "empty_image", f"{label} is empty (0 bytes)", "send the bytes of a PNG/JPEG image")
     if len(data) > limits.max_upload_bytes:
-        raise ApiError(413, "image_too_large",
-                       f"{label} is {len(data)} bytes; the limit is {limits.max_upload_bytes} bytes",
-                       "downscale or re-compress the image")
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"{label} is {len(data)} bytes; the limit is {limits.max_upload_bytes} bytes",
+            "downscale or re-compress the image",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise ApiError(400, "invalid_image", f"{label} is not a recognisable image (unknown format or corrupt header)",
-                       f"send one of: {', '.join(limits.allowed_formats)}") from None
+        raise ApiError(
+            400,
+            "invalid_image",
+            f"{label} is not a recognisable image (unknown format or corrupt header)",
+            f"send one of: {', '.join(limits.allowed_formats)}",
+        ) from None
     except Image.DecompressionBombError as err:
-        raise ApiError(413, "too_many_pixels", f"{label} refused as a possible decompression bomb ({err})",
-                       f"images may have at most {limits.max_pixels} pixels") from None
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"{label} refused as a possible decompression bomb ({err})",
+            f"images may have at most {limits.max_pixels} pixels",
+        ) from None
     except Exception as err:  # PIL raises many types on hostile headers
-        raise ApiError(400, "invalid_image", f"{label} cannot be opened: {err or type(err).__name__}",
-                       "re-export the image") from None
+        raise ApiError(
+            400, "invalid_image", f"{label} cannot be opened: {err or type(err).__name__}", "re-export the image"
+        ) from None
     with im:
         fmt = (im.format or "").upper()
         # MPO (phones, stereo cameras) is a JPEG with more frames after it; the file loader reads its first frame
         jpeg_family = fmt == "MPO" and "JPEG" in limits.allowed_formats
         if fmt not in limits.allowed_formats and not jpeg_family:
-            raise ApiError(415, "unsupported_image_format",
-                           f"{label} is a {fmt or 'unknown'} image; accepted formats: "
-                           f"{', '.join(limits.allowed_formats)}",
-                           "convert the image to PNG or JPEG")
+            raise ApiError(
+                415,
+                "unsupported_image_format",
+                f"{label} is a {fmt or 'unknown'} image; accepted formats: {', '.join(limits.allowed_formats)}",
+                "convert the image to PNG or JPEG",
+            )
         w, h = im.size
         if w <= 0 or h <= 0:
             raise ApiError(400, "invalid_image", f"{label} has an empty size {w}x{h}")
         if w * h > limits.max_pixels:
-            raise ApiError(413, "too_many_pixels",
-                           f"{label} is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels} "
-                           "(possible decompression bomb)",
-                           "downscale the image before sending it")
+            raise ApiError(
+                413,
+                "too_many_pixels",
+                f"{label} is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels} (possible decompression bomb)",
+                "downscale the image before sending it",
+            )
         try:
             return decode_to_rgb(im, label), fmt
         except ImageLoadError as err:
-            raise ApiError(400, "invalid_image", f"{label} cannot be decoded: {err.reason}",
-                           "the file may be truncated or corrupt; re-export or re-send it") from None
+            raise ApiError(
+                400,
+                "invalid_image",
+                f"{label} cannot be decoded: {err.reason}",
+                "the file may be truncated or corrupt; re-export or re-send it",
+            ) from None
         except Exception as err:  # belt and braces: no decoder failure becomes a 500
-            raise ApiError(400, "invalid_image", f"{label} cannot be decoded: {err or type(err).__name__}",
-                           "re-export the image") from None
+            raise ApiError(
+                400, "invalid_image", f"{label} cannot be decoded: {err or type(err).__name__}", "re-export the image"
+            ) from None
 
 
 def decode_base64(value: Any, field_name: str, limits: Limits) -> bytes:
     """A base64 string (optionally a ``data:image/...;base64,`` URL) -> bytes, under the upload byte cap."""
     if not isinstance(value, str):
-        raise ApiError(400, "invalid_field", f"field {field_name!r} must be a base64 string, "
-                       f"got {type(value).__name__}")
+        raise ApiError(
+            400, "invalid_field", f"field {field_name!r} must be a base64 string, got {type(value).__name__}"
+        )
     if value.startswith("data:"):
         head, sep, value = value.partition(",")
         if not sep or ";base64" not in head:
             raise ApiError(400, "invalid_base64", f"field {field_name!r} is a data URL without ';base64,'")
     if len(value) > limits.max_upload_bytes * 4 // 3 + 8:
-        raise ApiError(413, "image_too_large", f"field {field_name!r} decodes to more than "
-                       f"{limits.max_upload_bytes} bytes", "downscale or re-compress the image")
+        raise ApiError(
+            413,
+            "image_too_large",
+            f"field {field_name!r} decodes to more than {limits.max_upload_bytes} bytes",
+            "downscale or re-compress the image",
+        )
     try:
         return base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(400, "invalid_base64", f"field {field_name!r} is not valid base64",
-                       "encode the image file bytes with standard base64 (RFC 4648)") from None
+        raise ApiError(
+            400,
+            "invalid_base64",
+            f"field {field_name!r} is not valid base64",
+            "encode the image file bytes with standard base64 (RFC 4648)",
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- request bodies
@@ -204,8 +237,13 @@ class BodyHold:
             return
         b = self.budget
         if b.used + extra > b.limit and b.used > 0:
-            raise ApiError(503, "busy", f"the server is already receiving {b.used} bytes of other uploads "
-                           f"(limit {b.limit})", "retry in a moment", headers={"Retry-After": "1"})
+            raise ApiError(
+                503,
+                "busy",
+                f"the server is already receiving {b.used} bytes of other uploads (limit {b.limit})",
+                "retry in a moment",
+                headers={"Retry-After": "1"},
+            )
         b.used += extra
         self.bytes = n
 
@@ -235,8 +273,12 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
-        raise ApiError(400, "invalid_multipart", "multipart/form-data body without a boundary parameter",
-                       "let your HTTP client build the multipart body (e.g. curl -F image=@file.png)")
+        raise ApiError(
+            400,
+            "invalid_multipart",
+            "multipart/form-data body without a boundary parameter",
+            "let your HTTP client build the multipart body (e.g. curl -F image=@file.png)",
+        )
     parts: list[Part] = []
     state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "data": [], "ended": False}
 
@@ -265,15 +307,27 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part
         _, opts = parse_options_header(disposition)
         name = opts.get(b"name", b"").decode("utf-8", "replace")
         filename = opts.get(b"filename")
-        parts.append(Part(name=name, filename=None if filename is None else filename.decode("utf-8", "replace"),
-                          content_type=state["headers"].get("content-type"), data=b"".join(state["data"])))
+        parts.append(
+            Part(
+                name=name,
+                filename=None if filename is None else filename.decode("utf-8", "replace"),
+                content_type=state["headers"].get("content-type"),
+                data=b"".join(state["data"]),
+            )
+        )
 
     def on_end() -> None:
         state["ended"] = True
 
-    callbacks = {"on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
-                 "on_header_field": on_header_field, "on_header_value": on_header_value,
-                 "on_header_end": on_header_end, "on_end": on_end}
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_end": on_end,
+    }
     try:
         parser = MultipartParser(boundary, callbacks)
         parser.write(body)
@@ -293,5 +347,8 @@ def check_file_part(part: Part) -> None:
     """A file part must say it is an image (or generic bytes)."""
     mt = media_type(part.content_type)
     if mt and not (mt.startswith("image/") or mt == "application/octet-stream"):
-        raise ApiError(415, "unsupported_media_type",
-                       f"part {part.name!r} has content type {mt!r}; expected image/* or application/octet-stream")
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"part {part.name!r} has content type {mt!r}; expected image/* or application/octet-stream",
+        )

@@ -80,8 +80,9 @@ class Gauge(_Metric):
 
     kind = "gauge"
 
-    def __init__(self, name: str, help_text: str, lock: threading.Lock,
-                 func: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, name: str, help_text: str, lock: threading.Lock, func: Callable[[], float] | None = None
+    ) -> None:
         super().__init__(name, help_text, lock)
         self._values: dict[LabelKey, float] = {}
         self._func = func
@@ -175,20 +176,23 @@ class ServiceMetrics:
     def __init__(self) -> None:
         r = self.registry = Registry()
         self.requests = r.counter("vlmad_http_requests_total", "HTTP requests by route template, method and status.")
-        self.latency = r.histogram("vlmad_http_request_duration_seconds",
-                                   "Wall time from request start to response start, by route template.")
+        self.latency = r.histogram(
+            "vlmad_http_request_duration_seconds", "Wall time from request start to response start, by route template."
+        )
         self.errors = r.counter("vlmad_errors_total", "Error responses by error code.")
         self.images = r.counter("vlmad_images_scored_total", "Images scored, by reference mode (zero-shot/few-shot).")
-        self.batch_size = r.histogram("vlmad_batch_size", "Images per model forward (dynamic batches).",
-                                      BATCH_BUCKETS)
+        self.batch_size = r.histogram("vlmad_batch_size", "Images per model forward (dynamic batches).", BATCH_BUCKETS)
         self.inference = r.histogram("vlmad_inference_duration_seconds", "Model time per dynamic batch.")
         self.queue_wait = r.histogram("vlmad_queue_wait_seconds", "Time a detect request waits for the model worker.")
-        self.reference_fits = r.counter("vlmad_reference_fits_total",
-                                        "Reference memories computed (detector.fit) per reference set version.")
-        self.reference_cache = r.counter("vlmad_reference_memory_cache_total",
-                                         "Reference-memory lookups on the worker by result (hit/miss).")
-        self.reference_swaps = r.counter("vlmad_reference_swaps_total",
-                                         "Times the worker switched the detector to another reference memory.")
+        self.reference_fits = r.counter(
+            "vlmad_reference_fits_total", "Reference memories computed (detector.fit) per reference set version."
+        )
+        self.reference_cache = r.counter(
+            "vlmad_reference_memory_cache_total", "Reference-memory lookups on the worker by result (hit/miss)."
+        )
+        self.reference_swaps = r.counter(
+            "vlmad_reference_swaps_total", "Times the worker switched the detector to another reference memory."
+        )
 
     def add_gauge(self, name: str, help_text: str, func: Callable[[], float]) -> Gauge:
         return self.registry.gauge(name, help_text, func)

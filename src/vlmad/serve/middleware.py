@@ -15,8 +15,10 @@ from vlmad.serve.limits import ApiError
 from vlmad.serve.service import Service
 
 log = logging.getLogger("vlmad.serve")
-PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
-            "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 class ServiceMiddleware:
@@ -27,8 +29,7 @@ class ServiceMiddleware:
         self.service = service
 
     def _needs_key(self, path: str) -> bool:
-        return bool(self.service.config.api_key) and (path.startswith("/v1/") or path == "/v1"
-                                                      or path == "/metrics")
+        return bool(self.service.config.api_key) and (path.startswith("/v1/") or path == "/v1" or path == "/metrics")
 
     def _authorized(self, scope) -> bool:
         expected = self.service.config.api_key.encode()
@@ -72,9 +73,13 @@ class ServiceMiddleware:
             return
         try:
             if self._needs_key(path) and not self._authorized(scope):
-                err = ApiError(401, "unauthorized", "missing or wrong API key",
-                               "send the key as header 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
-                               headers={"WWW-Authenticate": "Bearer"})
+                err = ApiError(
+                    401,
+                    "unauthorized",
+                    "missing or wrong API key",
+                    "send the key as header 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
                 metrics.errors.inc(code=err.code)
                 await error_response(err, request_id)(scope, receive, send_wrapper)
             else:
@@ -82,13 +87,18 @@ class ServiceMiddleware:
         except Exception:
             log.exception("unhandled error in request %s %s (request id %s)", scope.get("method"), path, request_id)
             if status["code"] is None:
-                err = ApiError(500, "internal_error", "internal server error",
-                               f"report request id {request_id}; the server log has the details")
+                err = ApiError(
+                    500,
+                    "internal_error",
+                    "internal server error",
+                    f"report request id {request_id}; the server log has the details",
+                )
                 metrics.errors.inc(code=err.code)
                 await error_response(err, request_id)(scope, receive, send_wrapper)
         finally:
-            metrics.requests.inc(route=_route_of(scope, path), method=scope.get("method", ""),
-                                 status=str(status["code"] or 500))
+            metrics.requests.inc(
+                route=_route_of(scope, path), method=scope.get("method", ""), status=str(status["code"] or 500)
+            )
 
 
 def _route_of(scope, path: str) -> str:

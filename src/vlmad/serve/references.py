@@ -57,15 +57,23 @@ class ReferenceSetInfo:
 
 
 def _exists(name: str) -> ApiError:
-    return ApiError(409, "reference_set_exists", f"reference set {name!r} already exists",
-                    "DELETE it first, or POST with ?replace=true to overwrite it")
+    return ApiError(
+        409,
+        "reference_set_exists",
+        f"reference set {name!r} already exists",
+        "DELETE it first, or POST with ?replace=true to overwrite it",
+    )
 
 
 class ReferenceSetNotFoundError(ApiError):
     def __init__(self, name: str) -> None:
-        super().__init__(404, "unknown_reference_set", f"reference set {name!r} does not exist",
-                         "create it with POST /v1/references/{name} (K normal images), or list the existing sets "
-                         "with GET /v1/references")
+        super().__init__(
+            404,
+            "unknown_reference_set",
+            f"reference set {name!r} does not exist",
+            "create it with POST /v1/references/{name} (K normal images), or list the existing sets "
+            "with GET /v1/references",
+        )
 
 
 class ReferenceStore:
@@ -151,8 +159,9 @@ class ReferenceStore:
         return info, images
 
     # ------------------------------------------------------------------ changes
-    def put(self, name: str, images: Iterable[Image.Image], original_names: Sequence[str | None] = (),
-            replace: bool = False) -> tuple[ReferenceSetInfo, bool]:
+    def put(
+        self, name: str, images: Iterable[Image.Image], original_names: Sequence[str | None] = (), replace: bool = False
+    ) -> tuple[ReferenceSetInfo, bool]:
         """Store ``images`` as set ``name`` atomically; returns (info, created).
 
         ``images`` may be a generator: each image is PNG-encoded into the new file as soon as it is produced, so
@@ -179,10 +188,12 @@ class ReferenceStore:
             except OSError:
                 pass
             if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise ApiError(507, "insufficient_storage", f"no space left to store reference set {name!r} "
-                               f"in {self.root} ({err.strerror})",
-                               "free disk space on the server (or delete unused reference sets) and retry"
-                               ) from None
+                raise ApiError(
+                    507,
+                    "insufficient_storage",
+                    f"no space left to store reference set {name!r} in {self.root} ({err.strerror})",
+                    "free disk space on the server (or delete unused reference sets) and retry",
+                ) from None
             raise
         return info, created
 
@@ -192,13 +203,17 @@ class ReferenceStore:
             if exists and not replace:
                 raise _exists(name)
             if not exists and len(self._index) >= self.max_sets:
-                raise ApiError(507, "too_many_reference_sets",
-                               f"the service already holds {len(self._index)} reference sets (limit {self.max_sets})",
-                               "delete sets that are no longer used")
+                raise ApiError(
+                    507,
+                    "too_many_reference_sets",
+                    f"the service already holds {len(self._index)} reference sets (limit {self.max_sets})",
+                    "delete sets that are no longer used",
+                )
 
     @staticmethod
-    def _write_zip(fh: Any, name: str, images: Iterable[Image.Image], original_names: Sequence[str | None]
-                   ) -> ReferenceSetInfo:
+    def _write_zip(
+        fh: Any, name: str, images: Iterable[Image.Image], original_names: Sequence[str | None]
+    ) -> ReferenceSetInfo:
         """Write the images (one at a time) and then the manifest into an open file; returns the set's info."""
         entries, total = [], 0
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -208,13 +223,24 @@ class ReferenceStore:
                 zf.writestr(f"{i:03d}.png", buf.getvalue())
                 total += buf.tell()
                 orig = original_names[i] if i < len(original_names) else None
-                entries.append({"file": f"{i:03d}.png", "width": img.width, "height": img.height,
-                                "original_name": (orig or "")[:200]})
+                entries.append(
+                    {
+                        "file": f"{i:03d}.png",
+                        "width": img.width,
+                        "height": img.height,
+                        "original_name": (orig or "")[:200],
+                    }
+                )
             if not entries:
                 raise ApiError(400, "no_images", "a reference set needs at least one image")
-            info = ReferenceSetInfo(name=name, version=uuid.uuid4().hex,
-                                    created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                    count=len(entries), images=entries, bytes=total)
+            info = ReferenceSetInfo(
+                name=name,
+                version=uuid.uuid4().hex,
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                count=len(entries),
+                images=entries,
+                bytes=total,
+            )
             zf.writestr(MANIFEST, json.dumps(dict(info.as_dict(), format=FORMAT_VERSION), indent=1))
         return info
 
@@ -270,8 +296,9 @@ def restore_memory(detector: Any, memory: ReferenceMemory | None) -> None:
         return
     detector.load_references(memory.state)
     if int(detector.shots) != memory.shots:
-        raise RuntimeError(f"restoring a {memory.shots}-shot reference memory left the detector at "
-                           f"{detector.shots} shots")
+        raise RuntimeError(
+            f"restoring a {memory.shots}-shot reference memory left the detector at {detector.shots} shots"
+        )
 
 
 class MemoryCache:

@@ -29,8 +29,9 @@ class Service:
         self.store = ReferenceStore(config.data_dir, max_sets=config.limits.max_reference_sets)
         self.guard = RequestGuard(config.allowed_hosts, config.allowed_origins)
         lim = config.limits
-        self.bodies = BodyBudget(max(lim.max_body_bytes_in_flight, lim.max_reference_request_bytes,
-                                     lim.max_detect_request_bytes))
+        self.bodies = BodyBudget(
+            max(lim.max_body_bytes_in_flight, lim.max_reference_request_bytes, lim.max_detect_request_bytes)
+        )
         self.worker: ModelWorker | None = None
         self.decode_slots: asyncio.Semaphore | None = None
         self._decode_lock = threading.Lock()
@@ -38,17 +39,26 @@ class Service:
         self.decodes_peak = 0
         self.started = time.time()
         self._ref_fps: dict[tuple[str, str], str | None] = {}  # (set, version) -> reference fingerprint
-        self.metrics.add_gauge("vlmad_model_ready", "1 when the model is loaded.",
-                               lambda: float(self.ready))
-        self.metrics.add_gauge("vlmad_queue_depth", "Detect requests waiting for the model worker.",
-                               lambda: float(self.worker.batcher.depth if self.worker else 0))
-        self.metrics.add_gauge("vlmad_decodes_running", "Image decodes running (those of timed-out requests "
-                               "included).", lambda: float(self.decodes_running))
-        self.metrics.add_gauge("vlmad_request_body_bytes", "Request body bytes held now (all requests).",
-                               lambda: float(self.bodies.used))
+        self.metrics.add_gauge("vlmad_model_ready", "1 when the model is loaded.", lambda: float(self.ready))
+        self.metrics.add_gauge(
+            "vlmad_queue_depth",
+            "Detect requests waiting for the model worker.",
+            lambda: float(self.worker.batcher.depth if self.worker else 0),
+        )
+        self.metrics.add_gauge(
+            "vlmad_decodes_running",
+            "Image decodes running (those of timed-out requests included).",
+            lambda: float(self.decodes_running),
+        )
+        self.metrics.add_gauge(
+            "vlmad_request_body_bytes", "Request body bytes held now (all requests).", lambda: float(self.bodies.used)
+        )
         self.metrics.add_gauge("vlmad_reference_sets", "Reference sets on disk.", lambda: float(len(self.store)))
-        self.metrics.add_gauge("vlmad_reference_memories_cached", "Reference memories held by the worker.",
-                               lambda: float(len(self.worker.memories) if self.worker else 0))
+        self.metrics.add_gauge(
+            "vlmad_reference_memories_cached",
+            "Reference memories held by the worker.",
+            lambda: float(len(self.worker.memories) if self.worker else 0),
+        )
 
     @property
     def ready(self) -> bool:
@@ -64,10 +74,19 @@ class Service:
         w = self.worker
         if w is None or not w.ready.is_set():
             if w is not None and w.load_error:
-                raise ApiError(503, "model_failed", f"the model failed to load: {w.load_error}",
-                               "see the server log; fix the weights options and restart")
-            raise ApiError(503, "model_loading", "the model is still loading", "retry in a few seconds",
-                           headers={"Retry-After": "5"})
+                raise ApiError(
+                    503,
+                    "model_failed",
+                    f"the model failed to load: {w.load_error}",
+                    "see the server log; fix the weights options and restart",
+                )
+            raise ApiError(
+                503,
+                "model_loading",
+                "the model is still loading",
+                "retry in a few seconds",
+                headers={"Retry-After": "5"},
+            )
         return w
 
     @property
@@ -139,8 +158,6 @@ class Service:
         out["memory_cached"] = bool(self.worker and (name, info.version) in self.worker.memories)
         out.update(extra or {})
         return out
-
-
 
 
 def ms(seconds: float) -> float:

@@ -49,9 +49,17 @@ class DetectResult:
 class ModelWorker:
     """Owns the detector; ``await detect(tensor, key)`` from the event loop."""
 
-    def __init__(self, loader: Callable[[], Any], class_name: str, store: ReferenceStore, metrics: ServiceMetrics,
-                 max_batch_size: int = 8, max_wait_s: float = 0.01, max_queue: int = 512,
-                 memory_cache_bytes: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        loader: Callable[[], Any],
+        class_name: str,
+        store: ReferenceStore,
+        metrics: ServiceMetrics,
+        max_batch_size: int = 8,
+        max_wait_s: float = 0.01,
+        max_queue: int = 512,
+        memory_cache_bytes: int = 1 << 30,
+    ) -> None:
         self._loader = loader
         self.class_name = class_name
         self.store = store
@@ -62,8 +70,13 @@ class ModelWorker:
         self.load_error: str | None = None
         self.info: dict[str, Any] = {}
         self._active: Any = _UNSET
-        self.batcher = DynamicBatcher(self._handle, max_batch_size=max_batch_size, max_wait_s=max_wait_s,
-                                      max_queue=max_queue, on_batch=self._on_batch)
+        self.batcher = DynamicBatcher(
+            self._handle,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            max_queue=max_queue,
+            on_batch=self._on_batch,
+        )
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -77,8 +90,10 @@ class ModelWorker:
     def _load(self) -> None:
         try:
             detector = self._loader()
-            if getattr(detector, "class_name", None) != self.class_name or getattr(
-                    detector, "text_embeddings", True) is None:
+            if (
+                getattr(detector, "class_name", None) != self.class_name
+                or getattr(detector, "text_embeddings", True) is None
+            ):
                 detector.setup(self.class_name)
             detector.reset_references()
             self.detector = detector
@@ -167,8 +182,9 @@ class ModelWorker:
         except Exception as err:
             self._active = _UNSET  # unknown state after a failed fit/restore: reset before the next batch
             log.exception("activating reference set %r failed", key)
-            return [ApiError(500, "reference_memory_failed", f"could not build the reference memory: {err}")
-                    ] * len(payloads)
+            return [ApiError(500, "reference_memory_failed", f"could not build the reference memory: {err}")] * len(
+                payloads
+            )
         inputs = [p[0] for p in payloads]
         t0 = time.perf_counter()
         batch = torch.cat(inputs) if isinstance(inputs[0], torch.Tensor) else inputs
@@ -182,6 +198,15 @@ class ModelWorker:
         for (_, enqueued), score, amap in zip(payloads, scores, maps, strict=True):
             queue_s = max(0.0, started - enqueued)
             self.metrics.queue_wait.observe(queue_s)
-            out.append(DetectResult(float(score), np.asarray(amap, dtype=np.float32), len(payloads), inference_s,
-                                    queue_s, info, used[1] if used else None))
+            out.append(
+                DetectResult(
+                    float(score),
+                    np.asarray(amap, dtype=np.float32),
+                    len(payloads),
+                    inference_s,
+                    queue_s,
+                    info,
+                    used[1] if used else None,
+                )
+            )
         return out

@@ -69,8 +69,9 @@ class Axis:
     def validate(self, values: list[Any], base_dir: str | None = None) -> None:
         self.check(values, base_dir)
 
-    def variants(self, values: list[Any], method: str, kwargs: Mapping[str, Any], base_dir: str | None = None
-                 ) -> list[Variant]:
+    def variants(
+        self, values: list[Any], method: str, kwargs: Mapping[str, Any], base_dir: str | None = None
+    ) -> list[Variant]:
         """Variants of one method configuration (the default value first, duplicates merged)."""
         out: list[Variant] = []
         seen: set[str] = set()
@@ -120,8 +121,10 @@ def default_image_size(method: str, kwargs: Mapping[str, Any]) -> int:
     model = _model_of(method, kwargs)
     size = vision_config(model).get("image_size")
     if size is None:
-        raise VlmadError(f"unknown architecture {model!r}: cannot tell its input size",
-                         "give resolution values in pixels or use a known open_clip architecture")
+        raise VlmadError(
+            f"unknown architecture {model!r}: cannot tell its input size",
+            "give resolution values in pixels or use a known open_clip architecture",
+        )
     return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
@@ -138,8 +141,10 @@ def default_stages_of(method: str, kwargs: Mapping[str, Any]) -> tuple[int, ...]
         return tuple(int(s) for s in kwargs["stages"])
     layers = vision_config(_model_of(method, kwargs)).get("layers")
     if not layers:
-        raise VlmadError(f"cannot tell the depth of {_model_of(method, kwargs)!r}",
-                         "give APRIL-GAN stage values as block indices, e.g. [6], [12], [6,12,18,24]")
+        raise VlmadError(
+            f"cannot tell the depth of {_model_of(method, kwargs)!r}",
+            "give APRIL-GAN stage values as block indices, e.g. [6], [12], [6,12,18,24]",
+        )
     return default_stages(int(layers))
 
 
@@ -173,8 +178,10 @@ def _prompt_value(value: Any, base_dir: str | None) -> Any:
         path = _resolve_file(value, base_dir)
         load_prompt_set(path)  # raises with a hint when unknown
         return {"name": Path(path).stem, "file": path}
-    raise VlmadError(f"prompt ablation value {value!r} is not a mode, a prompt set name, a file or a mapping",
-                     f"modes: {', '.join(PROMPT_MODES)}")
+    raise VlmadError(
+        f"prompt ablation value {value!r} is not a mode, a prompt set name, a file or a mapping",
+        f"modes: {', '.join(PROMPT_MODES)}",
+    )
 
 
 def _check_prompts(values: list[Any], base_dir: str | None) -> None:
@@ -204,16 +211,31 @@ def _expand_prompts(values: list[Any], method: str, kwargs: dict[str, Any], base
             out.append(Variant("prompts", "full", True, detail=f"{base.name}: {_count(base)}"))
         elif isinstance(value, str) and value in PROMPT_MODES:
             ps = ablate(base, value)
-            out.append(Variant("prompts", value, False, {"prompt_set": ps.as_dict()},
-                               detail=f"{ps.name}: {_count(ps)}"))
+            out.append(
+                Variant("prompts", value, False, {"prompt_set": ps.as_dict()}, detail=f"{ps.name}: {_count(ps)}")
+            )
         elif isinstance(value, str):  # named set
             ps = load_prompt_set(value)
-            out.append(Variant("prompts", value, value == base.name and "prompt_set" not in kwargs,
-                               {"prompt_set": value}, detail=f"{ps.name}: {_count(ps)}"))
+            out.append(
+                Variant(
+                    "prompts",
+                    value,
+                    value == base.name and "prompt_set" not in kwargs,
+                    {"prompt_set": value},
+                    detail=f"{ps.name}: {_count(ps)}",
+                )
+            )
         elif "file" in value:
             ps = load_prompt_set(value["file"])
-            out.append(Variant("prompts", value["name"], False, {"prompt_set": value["file"]},
-                               detail=f"file {Path(value['file']).name}: {_count(ps)}"))
+            out.append(
+                Variant(
+                    "prompts",
+                    value["name"],
+                    False,
+                    {"prompt_set": value["file"]},
+                    detail=f"file {Path(value['file']).name}: {_count(ps)}",
+                )
+            )
         else:
             ps = load_prompt_set(value)
             out.append(Variant("prompts", ps.name, False, {"prompt_set": ps.as_dict()}, detail=f"inline: {_count(ps)}"))
@@ -274,10 +296,16 @@ def _expand_scales(values: list[Any], method: str, kwargs: dict[str, Any], base_
     for raw in values:
         scales, image = parse_scales(raw)
         default = (scales, image) == base
-        out.append(Variant("window_scales", scales_name(scales, image), default,
-                           {} if default else {"scales": list(scales), "use_image_scale": image},
-                           detail="harmonic mean of " + " and ".join(
-                               [f"{s}x{s} windows" for s in scales] + (["the image score"] if image else []))))
+        out.append(
+            Variant(
+                "window_scales",
+                scales_name(scales, image),
+                default,
+                {} if default else {"scales": list(scales), "use_image_scale": image},
+                detail="harmonic mean of "
+                + " and ".join([f"{s}x{s} windows" for s in scales] + (["the image score"] if image else [])),
+            )
+        )
     return out
 
 
@@ -314,13 +342,22 @@ def _expand_stages(values: list[Any], method: str, kwargs: dict[str, Any], base_
         for sub in subsets:
             bad = [s for s in sub if s not in full]
             if bad:
-                raise VlmadError(f"stage ablation: block {bad[0]} is not one of the detector's stages "
-                                 f"{list(full)}", "use 'each', 'all' or a subset of the stages")
+                raise VlmadError(
+                    f"stage ablation: block {bad[0]} is not one of the detector's stages {list(full)}",
+                    "use 'each', 'all' or a subset of the stages",
+                )
             default = sorted(sub) == sorted(full)
             name = "all" if default else ",".join(str(s) for s in sub)
-            out.append(Variant("stages", name, default, {} if default else {STAGE_SUBSET_KEY: list(sub)},
-                               detail=("blocks " if len(full if default else sub) > 1 else "block ")
-                               + ", ".join(str(s) for s in (full if default else sub))))
+            out.append(
+                Variant(
+                    "stages",
+                    name,
+                    default,
+                    {} if default else {STAGE_SUBSET_KEY: list(sub)},
+                    detail=("blocks " if len(full if default else sub) > 1 else "block ")
+                    + ", ".join(str(s) for s in (full if default else sub)),
+                )
+            )
     return out
 
 
@@ -337,8 +374,9 @@ def _parse_resolution(value: Any) -> int | float | str:
             try:
                 factor = float(text[:-1])
             except ValueError:
-                raise VlmadError(f"resolution value {value!r} is not 'default', pixels or a factor like '1.5x'") \
-                    from None
+                raise VlmadError(
+                    f"resolution value {value!r} is not 'default', pixels or a factor like '1.5x'"
+                ) from None
             if factor <= 0:
                 raise VlmadError(f"resolution factor {value!r} must be positive")
             return factor
@@ -357,8 +395,7 @@ def _check_resolution(values: list[Any], base_dir: str | None) -> None:
         _parse_resolution(v)
 
 
-def _expand_resolution(values: list[Any], method: str, kwargs: dict[str, Any], base_dir: str | None
-                       ) -> list[Variant]:
+def _expand_resolution(values: list[Any], method: str, kwargs: dict[str, Any], base_dir: str | None) -> list[Variant]:
     base = default_image_size(method, kwargs)
     patch = vision_config(_model_of(method, kwargs)).get("patch_size") or 1
     patch = int(patch[0] if isinstance(patch, (list, tuple)) else patch)
@@ -372,11 +409,20 @@ def _expand_resolution(values: list[Any], method: str, kwargs: dict[str, Any], b
         else:
             size = int(value)
         if size % patch:
-            raise VlmadError(f"resolution {size} px is not a multiple of the patch size {patch}",
-                             f"use a multiple of {patch}, or a factor like '1.5x' (rounded for you)")
+            raise VlmadError(
+                f"resolution {size} px is not a multiple of the patch size {patch}",
+                f"use a multiple of {patch}, or a factor like '1.5x' (rounded for you)",
+            )
         default = size == base
-        out.append(Variant("resolution", "default" if default else f"{size}px", default,
-                           {} if default else {"image_size": size}, detail=f"{size} px input"))
+        out.append(
+            Variant(
+                "resolution",
+                "default" if default else f"{size}px",
+                default,
+                {} if default else {"image_size": size},
+                detail=f"{size} px input",
+            )
+        )
     return out
 
 
@@ -391,12 +437,16 @@ def _backbone_value(value: Any, base_dir: str | None) -> dict[str, Any] | str:
     if isinstance(value, str):
         return "default" if value.strip().lower() == "default" else {"model": value}
     if not isinstance(value, Mapping) or "model" not in value:
-        raise VlmadError(f"backbone value {value!r} needs a 'model'",
-                         "e.g. {model: ViT-B-16, pretrained: laion2b_s34b_b88k} or 'default'")
+        raise VlmadError(
+            f"backbone value {value!r} needs a 'model'",
+            "e.g. {model: ViT-B-16, pretrained: laion2b_s34b_b88k} or 'default'",
+        )
     extra = sorted(set(value) - {"model", "pretrained", "checkpoint", "name", "quick_gelu", "image_size"})
     if extra:
-        raise VlmadError(f"backbone value: unknown key {extra[0]!r}",
-                         "keys: model, pretrained, checkpoint, name, quick_gelu, image_size")
+        raise VlmadError(
+            f"backbone value: unknown key {extra[0]!r}",
+            "keys: model, pretrained, checkpoint, name, quick_gelu, image_size",
+        )
     out = dict(value)
     if out.get("checkpoint"):
         out["checkpoint"] = _resolve_file(str(out["checkpoint"]), base_dir)
@@ -408,8 +458,7 @@ def _check_backbone(values: list[Any], base_dir: str | None) -> None:
         _backbone_value(v, base_dir)
 
 
-def _expand_backbone(values: list[Any], method: str, kwargs: dict[str, Any], base_dir: str | None
-                     ) -> list[Variant]:
+def _expand_backbone(values: list[Any], method: str, kwargs: dict[str, Any], base_dir: str | None) -> list[Variant]:
     base_model = _model_of(method, kwargs)
     out = []
     for raw in values:
@@ -425,30 +474,66 @@ def _expand_backbone(values: list[Any], method: str, kwargs: dict[str, Any], bas
                 from vlmad.methods.registry import get_spec
 
                 if patch["model"] != get_spec(method).default_model:
-                    raise VlmadError(f"backbone ablation value {value['model']!r} has no weights",
-                                     "add pretrained: TAG or checkpoint: PATH to the value")
+                    raise VlmadError(
+                        f"backbone ablation value {value['model']!r} has no weights",
+                        "add pretrained: TAG or checkpoint: PATH to the value",
+                    )
         name = str(value.get("name") or value["model"] + (f"/{value['pretrained']}" if value.get("pretrained") else ""))
         same = patch.get("model") == base_model and all(patch.get(k) == kwargs.get(k) for k in patch)
-        out.append(Variant("backbone", "default" if same else name, same, {} if same else patch,
-                           drop=() if same else _BACKBONE_DROP, detail=str(patch.get("model"))))
+        out.append(
+            Variant(
+                "backbone",
+                "default" if same else name,
+                same,
+                {} if same else patch,
+                drop=() if same else _BACKBONE_DROP,
+                detail=str(patch.get("model")),
+            )
+        )
     return out
 
 
 AXES: dict[str, Axis] = {
-    "prompts": Axis("prompts", "Prompt ensemble",
-                    "compositional prompt ensemble (state words x templates) vs reduced ensembles and user sets",
-                    PROMPT_MODES, None, _expand_prompts, _check_prompts),
-    "window_scales": Axis("window_scales", "WinCLIP window scales",
-                          "which window scales (and the full-image score) enter WinCLIP's harmonic mean",
-                          ("2", "3", "2,3", "2,3+image"), None, _expand_scales, _check_scales,
-                          "zero-shot image scores come from the full-image embedding, so at K=0 only the pixel "
-                          "metrics can move"),
-    "stages": Axis("stages", "APRIL-GAN stages", "each single feature stage vs all stages (same heads)",
-                   ("each", "all"), None, _expand_stages, _check_stages,
-                   "the zero-shot image score is the CLS probability, which does not use the heads: at K=0 only the "
-                   "pixel metrics can move"),
-    "resolution": Axis("resolution", "Input resolution", "model input side (positional embeddings interpolated)",
-                       ("default", "0.75x", "1.5x"), None, _expand_resolution, _check_resolution),
-    "backbone": Axis("backbone", "Backbone", "CLIP architecture / weights", ("default",), None, _expand_backbone,
-                     _check_backbone),
+    "prompts": Axis(
+        "prompts",
+        "Prompt ensemble",
+        "compositional prompt ensemble (state words x templates) vs reduced ensembles and user sets",
+        PROMPT_MODES,
+        None,
+        _expand_prompts,
+        _check_prompts,
+    ),
+    "window_scales": Axis(
+        "window_scales",
+        "WinCLIP window scales",
+        "which window scales (and the full-image score) enter WinCLIP's harmonic mean",
+        ("2", "3", "2,3", "2,3+image"),
+        None,
+        _expand_scales,
+        _check_scales,
+        "zero-shot image scores come from the full-image embedding, so at K=0 only the pixel metrics can move",
+    ),
+    "stages": Axis(
+        "stages",
+        "APRIL-GAN stages",
+        "each single feature stage vs all stages (same heads)",
+        ("each", "all"),
+        None,
+        _expand_stages,
+        _check_stages,
+        "the zero-shot image score is the CLS probability, which does not use the heads: at K=0 only the "
+        "pixel metrics can move",
+    ),
+    "resolution": Axis(
+        "resolution",
+        "Input resolution",
+        "model input side (positional embeddings interpolated)",
+        ("default", "0.75x", "1.5x"),
+        None,
+        _expand_resolution,
+        _check_resolution,
+    ),
+    "backbone": Axis(
+        "backbone", "Backbone", "CLIP architecture / weights", ("default",), None, _expand_backbone, _check_backbone
+    ),
 }

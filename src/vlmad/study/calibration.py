@@ -47,9 +47,20 @@ from vlmad_runtime.deploy import (
 )
 from vlmad_runtime.errors import ImageLoadError, VlmadError
 
-__all__ = ["MODES", "Calibration", "Deployment", "deploy_record", "f1_optimal_threshold", "load_deploy",
-           "normal_quantile_threshold", "pixel_calibration", "rates_at", "score_images", "validate_deploy",
-           "write_deploy"]
+__all__ = [
+    "MODES",
+    "Calibration",
+    "Deployment",
+    "deploy_record",
+    "f1_optimal_threshold",
+    "load_deploy",
+    "normal_quantile_threshold",
+    "pixel_calibration",
+    "rates_at",
+    "score_images",
+    "validate_deploy",
+    "write_deploy",
+]
 
 
 @dataclass
@@ -82,7 +93,9 @@ def normal_quantile_threshold(scores: Sequence[float], quantile: float = 0.99) -
     below = int(np.sum(s < threshold))
     expected = (n + 1 - below) / (n + 1)
     details: dict[str, Any] = {
-        "mode": "normal-quantile", "quantile": float(quantile), "n_images": n,
+        "mode": "normal-quantile",
+        "quantile": float(quantile),
+        "n_images": n,
         "k_below_threshold": below,
         "empirical_false_alarm_rate": float(np.mean(s >= threshold)),
         "min_achievable_rate": 1.0 / (n + 1),
@@ -90,9 +103,11 @@ def normal_quantile_threshold(scores: Sequence[float], quantile: float = 0.99) -
         "guarantee": "split-conformal: P(new normal score >= threshold) = (n + 1 - k) / (n + 1)",
     }
     if 1.0 / (n + 1) > 1.0 - quantile + 1e-12:
-        details["note"] = (f"{n} normal image(s) cannot support a {100 * (1 - quantile):g} % false-alarm rate "
-                           f"(at best {100 / (n + 1):.1f} %); add held-out normals "
-                           f"(>= {int(math.ceil(1 / (1 - quantile))) - 1} needed)")
+        details["note"] = (
+            f"{n} normal image(s) cannot support a {100 * (1 - quantile):g} % false-alarm rate "
+            f"(at best {100 / (n + 1):.1f} %); add held-out normals "
+            f"(>= {int(math.ceil(1 / (1 - quantile))) - 1} needed)"
+        )
     return Calibration(threshold, float(expected), details)
 
 
@@ -109,8 +124,14 @@ def rates_at(threshold: float, scores: Sequence[float], labels: Sequence[bool]) 
     precision = tp / (tp + fp) if tp + fp else None
     recall = tp / n_bad if n_bad else None
     f1 = (2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) else None
-    return {"false_alarm_rate": fp / n_norm if n_norm else None, "recall": recall, "precision": precision,
-            "f1": f1, "n_normal": n_norm, "n_anomalous": n_bad}
+    return {
+        "false_alarm_rate": fp / n_norm if n_norm else None,
+        "recall": recall,
+        "precision": precision,
+        "f1": f1,
+        "n_normal": n_norm,
+        "n_anomalous": n_bad,
+    }
 
 
 def f1_optimal_threshold(scores: Sequence[float], labels: Sequence[bool]) -> Calibration:
@@ -120,8 +141,10 @@ def f1_optimal_threshold(scores: Sequence[float], labels: Sequence[bool]) -> Cal
     keep = np.isfinite(s)
     s, y = s[keep], y[keep]
     if not y.any():
-        raise VlmadError("the validation split has no anomalous image: F1 is undefined",
-                         "use normal-quantile calibration (--normal-dir) for normal-only data")
+        raise VlmadError(
+            "the validation split has no anomalous image: F1 is undefined",
+            "use normal-quantile calibration (--normal-dir) for normal-only data",
+        )
     values = np.unique(s)[::-1]  # descending candidate cut points: anomalous iff score >= value
     best_f1, best_i = -1.0, 0
     for i, v in enumerate(values):
@@ -164,15 +187,27 @@ def pixel_calibration(samples: Sequence[np.ndarray], fp_rate: float = 0.001) -> 
     hi = max(float(np.quantile(pix, SCALE_HIGH_QUANTILE)), thr)
     if not hi > lo:
         hi = lo + max(abs(lo) * 1e-6, 1e-9)
-    details = {"n_pixels": int(pix.size), "n_images": len(samples), "median": lo, "q99": float(np.quantile(pix, 0.99)),
-               "max": float(pix.max()),
-               "scale_rule": f"[median, max(q{SCALE_HIGH_QUANTILE}, pixel_threshold)] of normal pixels"}
+    details = {
+        "n_pixels": int(pix.size),
+        "n_images": len(samples),
+        "median": lo,
+        "q99": float(np.quantile(pix, 0.99)),
+        "max": float(pix.max()),
+        "scale_rule": f"[median, max(q{SCALE_HIGH_QUANTILE}, pixel_threshold)] of normal pixels",
+    }
     return PixelCalibration((lo, hi), thr, float(fp_rate), details)
 
 
-def deploy_record(calibration: Calibration, method: str, class_name: str, detector_info: Mapping[str, Any],
-                  extra_calibration: Mapping[str, Any] | None = None, *, fingerprint: Mapping[str, Any],
-                  pixel: PixelCalibration | None = None) -> dict[str, Any]:
+def deploy_record(
+    calibration: Calibration,
+    method: str,
+    class_name: str,
+    detector_info: Mapping[str, Any],
+    extra_calibration: Mapping[str, Any] | None = None,
+    *,
+    fingerprint: Mapping[str, Any],
+    pixel: PixelCalibration | None = None,
+) -> dict[str, Any]:
     """A deploy record (format of :mod:`vlmad_runtime.deploy`) for ``fingerprint``'s detector."""
     from vlmad_runtime.version import __version__
 
@@ -182,7 +217,8 @@ def deploy_record(calibration: Calibration, method: str, class_name: str, detect
         "threshold": float(calibration.threshold),
         "method": str(method),
         "class_name": str(class_name),
-        "expected_false_alarm_rate": None if calibration.expected_false_alarm_rate is None
+        "expected_false_alarm_rate": None
+        if calibration.expected_false_alarm_rate is None
         else float(calibration.expected_false_alarm_rate),
         "calibration": cal,
         "fingerprint": normalize(dict(fingerprint)),
@@ -197,8 +233,9 @@ def deploy_record(calibration: Calibration, method: str, class_name: str, detect
 # scoring images (for calibration)
 
 
-def score_images(detector: Any, paths: Sequence[Path], batch_size: int = 8,
-                 pixel_samples: list[np.ndarray] | None = None) -> tuple[list[float | None], list[str]]:
+def score_images(
+    detector: Any, paths: Sequence[Path], batch_size: int = 8, pixel_samples: list[np.ndarray] | None = None
+) -> tuple[list[float | None], list[str]]:
     """Image scores of a ready detector (setup/fit done) for ``paths``; unreadable files give None + reason.
 
     With ``pixel_samples`` (a list), an evenly strided sample of each image's map pixels is appended to it (the

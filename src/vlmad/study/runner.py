@@ -129,13 +129,24 @@ def build_study_methods(spec: StudySpec, options: StudyOptions) -> list[dict[str
     from vlmad.methods.registry import get_spec
 
     names = list(dict.fromkeys(m.method for m in spec.methods))
-    cli = {s["method"]: s["kwargs"] for s in build_method_specs(
-        names, options.model, options.pretrained, options.checkpoint, options.random_weights, options.precision,
-        options.sets)}
+    cli = {
+        s["method"]: s["kwargs"]
+        for s in build_method_specs(
+            names,
+            options.model,
+            options.pretrained,
+            options.checkpoint,
+            options.random_weights,
+            options.precision,
+            options.sets,
+        )
+    }
     heads = [str(Path(h).expanduser().resolve()) for h in options.heads or []]
     if heads and not any(get_spec(n).artefact for n in names):
-        raise VlmadError("--artefact given but no method of the study loads an artefact",
-                         "drop --artefact/--heads or use another spec")
+        raise VlmadError(
+            "--artefact given but no method of the study loads an artefact",
+            "drop --artefact/--heads or use another spec",
+        )
     out: list[dict[str, Any]] = []
     for m in spec.methods:
         kwargs = dict(m.options)
@@ -163,22 +174,28 @@ def _study_datasets(spec: StudySpec, options: StudyOptions) -> list[DatasetSpec]
     if wanted:
         bad = [d for d in wanted if d not in spec.dataset_kinds()]
         if bad:
-            raise VlmadError(f"--datasets {bad[0]!r} is not a dataset of study {spec.name!r}",
-                             f"its datasets: {', '.join(spec.dataset_kinds())}")
+            raise VlmadError(
+                f"--datasets {bad[0]!r} is not a dataset of study {spec.name!r}",
+                f"its datasets: {', '.join(spec.dataset_kinds())}",
+            )
     unknown_roots = [k for k in options.roots if k not in spec.dataset_kinds()]
     if unknown_roots:
-        raise VlmadError(f"--root {unknown_roots[0]}=... is not a dataset of study {spec.name!r}",
-                         f"its datasets: {', '.join(spec.dataset_kinds())}")
+        raise VlmadError(
+            f"--root {unknown_roots[0]}=... is not a dataset of study {spec.name!r}",
+            f"its datasets: {', '.join(spec.dataset_kinds())}",
+        )
     out = []
     for ds in spec.datasets:
         if wanted and ds.kind not in wanted:
             continue
         root = options.roots.get(ds.kind) or ds.root
         if root is None:
-            raise VlmadError(f"study {spec.name!r} needs a root folder for {ds.kind}",
-                             f"pass --root {ds.kind}=PATH (or --datasets "
-                             f"{','.join(k for k in spec.dataset_kinds() if k != ds.kind) or ds.kind} to leave "
-                             "it out)")
+            raise VlmadError(
+                f"study {spec.name!r} needs a root folder for {ds.kind}",
+                f"pass --root {ds.kind}=PATH (or --datasets "
+                f"{','.join(k for k in spec.dataset_kinds() if k != ds.kind) or ds.kind} to leave "
+                "it out)",
+            )
         cats = ds.categories
         if options.categories:
             picked = [c.split(":", 1)[1] for c in options.categories if c.startswith(f"{ds.kind}:")]
@@ -216,34 +233,60 @@ def plan_study(spec: StudySpec, options: StudyOptions) -> StudyPlan:
         mspec = get_spec(m["method"])
         if mspec.needs_artefact(m["kwargs"]):
             art = mspec.artefact
-            raise VlmadError(f"study {spec.name!r}: {m['label']} needs its {art.kind} file ({art.help})",
-                             f"pass --artefact FILE (repeat for one configuration per file), or --set "
-                             f"{m['method']}.{art.skip_option}=true for a smoke run")
+            raise VlmadError(
+                f"study {spec.name!r}: {m['label']} needs its {art.kind} file ({art.help})",
+                f"pass --artefact FILE (repeat for one configuration per file), or --set "
+                f"{m['method']}.{art.skip_option}=true for a smoke run",
+            )
     shots = options.shots or spec.shots
     seeds = options.seeds or spec.seeds
     limit = options.limit if options.limit is not None else spec.limit
 
-    def config(ds: list[DatasetSpec], specs: list[dict[str, Any]], k: list[int], s: list[int],
-               tags: dict[str, Any]) -> BenchmarkConfig:
+    def config(
+        ds: list[DatasetSpec], specs: list[dict[str, Any]], k: list[int], s: list[int], tags: dict[str, Any]
+    ) -> BenchmarkConfig:
         return BenchmarkConfig(
-            out=options.out, datasets=ds, methods=specs, shots=k, seeds=s, device=options.device,
-            batch_size=options.batch_size, num_workers=options.num_workers, limit=limit,
-            eval_resolution=spec.eval_resolution, aupro=spec.aupro, force_protocol=options.force_protocol,
-            retry_failed=options.retry_failed, use_cache=options.use_cache, flops=options.flops,
-            progress=options.progress, tags=tags, argv=options.argv, executor=options.executor,
-            ray_address=options.ray_address, cpus_per_row=options.cpus_per_row, gpus_per_row=options.gpus_per_row,
-            row_retries=options.row_retries)
+            out=options.out,
+            datasets=ds,
+            methods=specs,
+            shots=k,
+            seeds=s,
+            device=options.device,
+            batch_size=options.batch_size,
+            num_workers=options.num_workers,
+            limit=limit,
+            eval_resolution=spec.eval_resolution,
+            aupro=spec.aupro,
+            force_protocol=options.force_protocol,
+            retry_failed=options.retry_failed,
+            use_cache=options.use_cache,
+            flops=options.flops,
+            progress=options.progress,
+            tags=tags,
+            argv=options.argv,
+            executor=options.executor,
+            ray_address=options.ray_address,
+            cpus_per_row=options.cpus_per_row,
+            gpus_per_row=options.gpus_per_row,
+            row_retries=options.row_retries,
+        )
 
     phases = [Phase("main grid", config(datasets, methods, shots, seeds, {}))]
     notes: list[str] = []
     for ab in spec.ablations:
         axis = AXES[ab.axis]
-        chosen = [m for m in methods if axis.applies_to(m["method"])
-                  and (not ab.methods or m["label"] in ab.methods or m["method"] in ab.methods)]
+        chosen = [
+            m
+            for m in methods
+            if axis.applies_to(m["method"])
+            and (not ab.methods or m["label"] in ab.methods or m["method"] in ab.methods)
+        ]
         fixed = [m for m in chosen if _artefact_fixes_backbone(m) and ab.axis in ("resolution", "backbone")]
         for m in fixed:
-            notes.append(f"{ab.axis} ablation skipped for {m['label']}: its {get_spec(m['method']).artefact.kind} "
-                         "file fixes the backbone and input size (make one per variant to ablate it)")
+            notes.append(
+                f"{ab.axis} ablation skipped for {m['label']}: its {get_spec(m['method']).artefact.kind} "
+                "file fixes the backbone and input size (make one per variant to ablate it)"
+            )
         chosen = [m for m in chosen if m not in fixed]
         ds = [d for d in datasets if not ab.datasets or d.kind in ab.datasets]
         if not chosen or not ds:
@@ -259,8 +302,14 @@ def plan_study(spec: StudySpec, options: StudyOptions) -> StudyPlan:
                 vs["study"] = {"axis": ab.axis, "variant": v.name, "base_label": m["label"], "detail": v.detail}
                 by_variant.setdefault(v.name, []).append(vs)
         for name, specs in by_variant.items():
-            phases.append(Phase(f"{ab.axis}={name}", config(ds, specs, ab.shots, ab_seeds,
-                                                           {"ablation": ab.axis, "variant": name}), ab.axis, name))
+            phases.append(
+                Phase(
+                    f"{ab.axis}={name}",
+                    config(ds, specs, ab.shots, ab_seeds, {"ablation": ab.axis, "variant": name}),
+                    ab.axis,
+                    name,
+                )
+            )
     return StudyPlan(spec, datasets, methods, phases, notes)
 
 
@@ -344,12 +393,23 @@ def _write_study_file(out: Path, plan: StudyPlan, options: StudyOptions, invocat
         "name": plan.spec.name,
         "spec": plan.spec.as_dict(),
         "roots": {d.kind: str(Path(d.root).resolve()) for d in plan.datasets},
-        "datasets": [{"kind": d.kind, "root": str(Path(d.root).resolve()), "categories": d.categories}
-                     for d in plan.datasets],
+        "datasets": [
+            {"kind": d.kind, "root": str(Path(d.root).resolve()), "categories": d.categories} for d in plan.datasets
+        ],
         "methods": [_public_spec(m) for m in plan.methods],
-        "phases": [{"name": p.name, "axis": p.axis, "variant": p.variant, "tags": p.config.tags,
-                    "methods": [_public_spec(m) for m in p.config.methods], "shots": p.config.shots,
-                    "seeds": p.config.seeds, "datasets": [d.kind for d in p.config.datasets]} for p in plan.phases],
+        "phases": [
+            {
+                "name": p.name,
+                "axis": p.axis,
+                "variant": p.variant,
+                "tags": p.config.tags,
+                "methods": [_public_spec(m) for m in p.config.methods],
+                "shots": p.config.shots,
+                "seeds": p.config.seeds,
+                "datasets": [d.kind for d in p.config.datasets],
+            }
+            for p in plan.phases
+        ],
         "options": {k: canonical(v) for k, v in options.__dict__.items() if k not in ("argv",)},
         "invocations": previous + [invocation],
     }
@@ -366,9 +426,14 @@ def run_study(spec: StudySpec, options: StudyOptions, log: Log | None = None) ->
     with RunLock(out, ".study.lock", "vlmad study"), executor_scope(options.executor, options.ray_address):
         plan = plan_study(spec, options)
         factory = StudyDetectorFactory()
-        invocation: dict[str, Any] = {"started": _now(), "argv": options.argv if options.argv is not None
-                                      else list(sys.argv), "computed": 0, "phases_run": [],
-                                      "notes": list(plan.notes), "failed_phases": []}
+        invocation: dict[str, Any] = {
+            "started": _now(),
+            "argv": options.argv if options.argv is not None else list(sys.argv),
+            "computed": 0,
+            "phases_run": [],
+            "notes": list(plan.notes),
+            "failed_phases": [],
+        }
         _write_study_file(out, plan, options, invocation)
         for note in plan.notes:
             say(f"[yellow]note:[/] {note}")
@@ -426,15 +491,22 @@ def deploy_path(out: Path, ds_name: str, category: str, label: str, shots: int) 
     return out / DEPLOY_DIR / _slug(ds_name) / _slug(category) / f"{_slug(label)}-{int(shots)}shot.json"
 
 
-def calibration_targets(rows: Sequence[Mapping[str, Any]], labels: set[str], shots: Sequence[int] | None
-                        ) -> list[Mapping[str, Any]]:
+def calibration_targets(
+    rows: Sequence[Mapping[str, Any]], labels: set[str], shots: Sequence[int] | None
+) -> list[Mapping[str, Any]]:
     """One row per (label, dataset, category, shots) of the main grid: the one with the smallest seed."""
     best: dict[tuple, Mapping[str, Any]] = {}
     for r in _main_rows(rows, labels):
         if shots is not None and int(r["shots"]) not in shots:
             continue
-        key = (r["method_label"], r["dataset"]["kind"], r["dataset"]["root"], r["dataset"]["category"], r["shots"],
-               r.get("protocol", {}).get("limit"))
+        key = (
+            r["method_label"],
+            r["dataset"]["kind"],
+            r["dataset"]["root"],
+            r["dataset"]["category"],
+            r["shots"],
+            r.get("protocol", {}).get("limit"),
+        )
         if key not in best or _seed_order(r["seed"]) < _seed_order(best[key]["seed"]):
             best[key] = r
     return list(best.values())
@@ -449,15 +521,19 @@ def _calibration_images(reader: Any, row: Mapping[str, Any], max_images: int | N
         return []
     refs = set(row.get("references") or [])
     test = {s.image_path.resolve() for s in reader.samples(row["dataset"]["category"], "test")}
-    pool = [s.image_path for s in train if not s.is_anomalous and relpath(s.image_path, root) not in refs
-            and s.image_path.resolve() not in test]
+    pool = [
+        s.image_path
+        for s in train
+        if not s.is_anomalous and relpath(s.image_path, root) not in refs and s.image_path.resolve() not in test
+    ]
     order = np.random.default_rng(int(seed)).permutation(len(pool))
     chosen = [pool[int(i)] for i in order]
     return chosen[:max_images] if max_images else chosen
 
 
-def calibrate_study(out: Path, plan: StudyPlan, factory: StudyDetectorFactory, options: StudyOptions,
-                    say: Log) -> list[Path]:
+def calibrate_study(
+    out: Path, plan: StudyPlan, factory: StudyDetectorFactory, options: StudyOptions, say: Log
+) -> list[Path]:
     """Deploy files for the main grid (see module docstring); returns the deploy.json paths."""
     from vlmad.bench.results import write_scores
     from vlmad.bench.tables import dataset_names
@@ -490,16 +566,23 @@ def calibrate_study(out: Path, plan: StudyPlan, factory: StudyDetectorFactory, o
         if not csv_path.exists():
             pending.setdefault(row["method_label"], []).append((row, images, csv_path))
     if pending:
-        say(f"calibration: scoring held-out normal images for {sum(len(v) for v in pending.values())} "
-            "configuration(s)")
+        say(f"calibration: scoring held-out normal images for {sum(len(v) for v in pending.values())} configuration(s)")
     for label, items in pending.items():
         spec = specs[label]
-        runtime = {**spec, "kwargs": {**spec["kwargs"], "device": options.device, "batch_size": options.batch_size,
-                                      **({} if options.use_cache else {"use_cache": False})}}
+        runtime = {
+            **spec,
+            "kwargs": {
+                **spec["kwargs"],
+                "device": options.device,
+                "batch_size": options.batch_size,
+                **({} if options.use_cache else {"use_cache": False}),
+            },
+        }
         detector = factory(runtime)
         current = None
-        for row, images, csv_path in sorted(items, key=lambda t: (t[0]["dataset"]["root"],
-                                                                  t[0]["dataset"]["category"], t[0]["shots"])):
+        for row, images, csv_path in sorted(
+            items, key=lambda t: (t[0]["dataset"]["root"], t[0]["dataset"]["category"], t[0]["shots"])
+        ):
             ds = row["dataset"]
             root = Path(ds["root"])
             if current != (ds["root"], ds["category"]):
@@ -509,25 +592,37 @@ def calibrate_study(out: Path, plan: StudyPlan, factory: StudyDetectorFactory, o
             if row["shots"]:
                 detector.fit([root / p for p in row["references"]])
             scores, errors = score_images(detector, images, options.batch_size)
-            write_scores(csv_path, [
-                {"path": relpath(p, root), "label": "normal", "defect_type": "good", "score": s, "error": e}
-                for p, s, e in zip(images, scores, errors, strict=True)])
+            write_scores(
+                csv_path,
+                [
+                    {"path": relpath(p, root), "label": "normal", "defect_type": "good", "score": s, "error": e}
+                    for p, s, e in zip(images, scores, errors, strict=True)
+                ],
+            )
         del detector
     written: list[Path] = []
     for row in targets:
         try:
             path = _deploy_for_row(out, row, names, cal, specs, draws.get(row["row_key"]))
         except VlmadError as err:  # e.g. no anomalous test image for F1, no readable held-out normal
-            say(f"[yellow]no deploy file[/] for {row['method_label']} {row['shots']}-shot "
-                f"{row['dataset']['kind']}/{row['dataset']['category']}: {err.message}")
+            say(
+                f"[yellow]no deploy file[/] for {row['method_label']} {row['shots']}-shot "
+                f"{row['dataset']['kind']}/{row['dataset']['category']}: {err.message}"
+            )
             continue
         if path is not None:
             written.append(path)
     return written
 
 
-def _deploy_for_row(out: Path, row: Mapping[str, Any], names: Mapping[tuple[str, str], str], cal: Any,
-                    specs: Mapping[str, Mapping[str, Any]], draw_csv: Path | None) -> Path | None:
+def _deploy_for_row(
+    out: Path,
+    row: Mapping[str, Any],
+    names: Mapping[tuple[str, str], str],
+    cal: Any,
+    specs: Mapping[str, Mapping[str, Any]],
+    draw_csv: Path | None,
+) -> Path | None:
     """The row's deploy file from ``draw_csv``: exactly the calibration CSV of the current draw (None: no
     held-out normal image for this row)."""
     from vlmad.fingerprint import detector_fingerprint, references_fingerprint
@@ -537,39 +632,56 @@ def _deploy_for_row(out: Path, row: Mapping[str, Any], names: Mapping[tuple[str,
     test_scores = [t["score"] for t in test if t["score"] is not None]
     test_labels = [t["label"] == "anomalous" for t in test if t["score"] is not None]
     extra: dict[str, Any] = {
-        "row_key": row["row_key"], "method_label": row["method_label"], "dataset": ds["kind"], "root": ds["root"],
-        "category": ds["category"], "shots": row["shots"], "seed": row["seed"],
+        "row_key": row["row_key"],
+        "method_label": row["method_label"],
+        "dataset": ds["kind"],
+        "root": ds["root"],
+        "category": ds["category"],
+        "shots": row["shots"],
+        "seed": row["seed"],
         "references": list(row.get("references") or []),
-        "detector_options": {k: v for k, v in specs[row["method_label"]]["kwargs"].items()
-                             if k not in ("device", "batch_size", "use_cache")},
+        "detector_options": {
+            k: v
+            for k, v in specs[row["method_label"]]["kwargs"].items()
+            if k not in ("device", "batch_size", "use_cache")
+        },
     }
     if cal.mode == "f1-optimal-test":
         calib = f1_optimal_threshold(test_scores, test_labels)
-        extra.update(source="test split scores of the row (threshold fitted on the evaluation images: optimistic)",
-                     scores_file=row["scores_file"])
+        extra.update(
+            source="test split scores of the row (threshold fitted on the evaluation images: optimistic)",
+            scores_file=row["scores_file"],
+        )
     else:
         if draw_csv is None or not draw_csv.is_file():
             return None
         normal = read_scores(draw_csv)
         calib = normal_quantile_threshold([r["score"] for r in normal], cal.quantile)
-        extra.update(source="held-out normal train images (few-shot references excluded)",
-                     scores_file=draw_csv.relative_to(out).as_posix(), selection_seed=cal.seed,
-                     max_images=cal.max_images)
+        extra.update(
+            source="held-out normal train images (few-shot references excluded)",
+            scores_file=draw_csv.relative_to(out).as_posix(),
+            selection_seed=cal.seed,
+            max_images=cal.max_images,
+        )
     test_rates = rates_at(calib.threshold, test_scores, test_labels)
-    extra.update(test_false_alarm_rate=test_rates["false_alarm_rate"], test_recall=test_rates["recall"],
-                 test_precision=test_rates["precision"], test_n_normal=test_rates["n_normal"],
-                 test_n_anomalous=test_rates["n_anomalous"])
+    extra.update(
+        test_false_alarm_rate=test_rates["false_alarm_rate"],
+        test_recall=test_rates["recall"],
+        test_precision=test_rates["precision"],
+        test_n_normal=test_rates["n_normal"],
+        test_n_anomalous=test_rates["n_anomalous"],
+    )
     refs = [Path(ds["root"]) / p for p in row.get("references") or []]
     fingerprint = detector_fingerprint(row.get("detector") or {}, ds["category"], references_fingerprint(refs))
-    record = deploy_record(calib, row["method"], ds["category"], row.get("detector") or {}, extra,
-                           fingerprint=fingerprint)
+    record = deploy_record(
+        calib, row["method"], ds["category"], row.get("detector") or {}, extra, fingerprint=fingerprint
+    )
     if row.get("random_weights"):
         from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
         record["calibration"]["warning"] = RANDOM_WEIGHTS_STAMP
-    path = deploy_path(out, names.get((ds["kind"], ds["root"]), ds["kind"]), ds["category"], row["method_label"],
-                       row["shots"])
+    path = deploy_path(
+        out, names.get((ds["kind"], ds["root"]), ds["kind"]), ds["category"], row["method_label"], row["shots"]
+    )
     write_deploy(path, record)
     return path
-
-

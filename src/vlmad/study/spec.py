@@ -37,8 +37,20 @@ from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 PRESET_DIR = Path(__file__).with_name("presets")
 CALIBRATION_MODES = ("normal-quantile", "f1-optimal-test", "none")
-_TOP_KEYS = {"name", "description", "datasets", "methods", "shots", "seeds", "limit", "eval_resolution", "aupro",
-             "ablations", "calibration", "report"}
+_TOP_KEYS = {
+    "name",
+    "description",
+    "datasets",
+    "methods",
+    "shots",
+    "seeds",
+    "limit",
+    "eval_resolution",
+    "aupro",
+    "ablations",
+    "calibration",
+    "report",
+}
 
 
 @dataclass
@@ -124,15 +136,20 @@ class StudySpec:
         """Inverse of :meth:`as_dict` (used to read ``study.json`` back)."""
         d = dict(data)
         return cls(
-            name=d["name"], description=d.get("description", ""),
+            name=d["name"],
+            description=d.get("description", ""),
             datasets=[StudyDataset(**x) for x in d["datasets"]],
             methods=[StudyMethod(**x) for x in d["methods"]],
-            shots=list(d.get("shots", [0])), seeds=list(d.get("seeds", [0])), limit=d.get("limit"),
-            eval_resolution=d.get("eval_resolution", "input"), aupro=d.get("aupro", "exact"),
+            shots=list(d.get("shots", [0])),
+            seeds=list(d.get("seeds", [0])),
+            limit=d.get("limit"),
+            eval_resolution=d.get("eval_resolution", "input"),
+            aupro=d.get("aupro", "exact"),
             ablations=[AblationSpec(**x) for x in d.get("ablations", [])],
             calibration=CalibrationSpec(**d.get("calibration", {})),
             report=ReportSpec(**d.get("report", {})),
-            source=d.get("source", ""), base_dir=d.get("base_dir"),
+            source=d.get("source", ""),
+            base_dir=d.get("base_dir"),
         )
 
     def dataset_kinds(self) -> list[str]:
@@ -164,8 +181,10 @@ def resolve_spec_path(spec: str | Path) -> Path:
     path = Path(text).expanduser()
     if path.is_file():
         return path
-    raise UnknownNameError(f"no study preset or spec file {text!r}",
-                           f"presets: {', '.join(list_presets()) or '(none)'}; or pass a YAML file path")
+    raise UnknownNameError(
+        f"no study preset or spec file {text!r}",
+        f"presets: {', '.join(list_presets()) or '(none)'}; or pass a YAML file path",
+    )
 
 
 def load_study_spec(spec: str | Path | Mapping[str, Any]) -> StudySpec:
@@ -216,8 +235,9 @@ def parse_study_spec(data: Mapping[str, Any], source: str = "", base_dir: str | 
 
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
-        raise VlmadError(f"study spec {source}: unknown key {unknown[0]!r}",
-                         f"known keys: {', '.join(sorted(_TOP_KEYS))}")
+        raise VlmadError(
+            f"study spec {source}: unknown key {unknown[0]!r}", f"known keys: {', '.join(sorted(_TOP_KEYS))}"
+        )
     name = str(data.get("name") or (Path(source).stem if source else "study"))
 
     datasets = _parse_datasets(data, source, base_dir)
@@ -237,10 +257,22 @@ def parse_study_spec(data: Mapping[str, Any], source: str = "", base_dir: str | 
     cal = _parse_calibration(data, source)
     report = _parse_report(data, source)
 
-    return StudySpec(name=name, description=" ".join(str(data.get("description", "")).split()),
-                     datasets=datasets, methods=methods, shots=shots, seeds=seeds, limit=limit,
-                     eval_resolution=eval_res, aupro=aupro, ablations=ablations, calibration=cal, report=report,
-                     source=source, base_dir=base_dir)
+    return StudySpec(
+        name=name,
+        description=" ".join(str(data.get("description", "")).split()),
+        datasets=datasets,
+        methods=methods,
+        shots=shots,
+        seeds=seeds,
+        limit=limit,
+        eval_resolution=eval_res,
+        aupro=aupro,
+        ablations=ablations,
+        calibration=cal,
+        report=report,
+        source=source,
+        base_dir=base_dir,
+    )
 
 
 def _parse_datasets(data: Mapping[str, Any], source: str, base_dir: str | None) -> list[StudyDataset]:
@@ -251,21 +283,28 @@ def _parse_datasets(data: Mapping[str, Any], source: str, base_dir: str | None) 
         if isinstance(item, str):
             item = {"kind": item}
         if not isinstance(item, Mapping) or "kind" not in item:
-            raise VlmadError(f"study spec {source}: dataset entry {item!r} needs a 'kind'",
-                             "e.g. datasets: [mvtec, visa] or [{kind: mvtec, categories: [bottle]}]")
+            raise VlmadError(
+                f"study spec {source}: dataset entry {item!r} needs a 'kind'",
+                "e.g. datasets: [mvtec, visa] or [{kind: mvtec, categories: [bottle]}]",
+            )
         kind = str(item["kind"]).lower()
         if kind not in DATASET_KINDS:
-            raise UnknownNameError(f"study spec {source}: unknown dataset kind {kind!r}",
-                                   f"use one of {', '.join(DATASET_KINDS)}")
+            raise UnknownNameError(
+                f"study spec {source}: unknown dataset kind {kind!r}", f"use one of {', '.join(DATASET_KINDS)}"
+            )
         extra = sorted(set(item) - {"kind", "categories", "root"})
         if extra:
-            raise VlmadError(f"study spec {source}: dataset {kind}: unknown key {extra[0]!r}",
-                             "dataset keys: kind, categories, root")
+            raise VlmadError(
+                f"study spec {source}: dataset {kind}: unknown key {extra[0]!r}", "dataset keys: kind, categories, root"
+            )
         root = item.get("root")
         if root is not None and base_dir is not None and not Path(str(root)).expanduser().is_absolute():
             root = str(Path(base_dir) / str(root))
-        datasets.append(StudyDataset(kind, _names(item.get("categories"), f"{kind} categories"),
-                                     None if root is None else str(root)))
+        datasets.append(
+            StudyDataset(
+                kind, _names(item.get("categories"), f"{kind} categories"), None if root is None else str(root)
+            )
+        )
     if not datasets:
         raise VlmadError(f"study spec {source}: no datasets", "e.g. datasets: [mvtec, visa]")
     kinds = [d.kind for d in datasets]
@@ -282,15 +321,21 @@ def _parse_methods(data: Mapping[str, Any], source: str) -> list[StudyMethod]:
         if isinstance(item, str):
             item = {"method": item}
         if not isinstance(item, Mapping) or "method" not in item:
-            raise VlmadError(f"study spec {source}: method entry {item!r} needs a 'method'",
-                             "e.g. methods: [winclip, {method: aprilgan, options: {allow_untrained: true}}]")
+            raise VlmadError(
+                f"study spec {source}: method entry {item!r} needs a 'method'",
+                "e.g. methods: [winclip, {method: aprilgan, options: {allow_untrained: true}}]",
+            )
         extra = sorted(set(item) - {"method", "label", "options"})
         if extra:
-            raise VlmadError(f"study spec {source}: method {item['method']}: unknown key {extra[0]!r}",
-                             "method keys: method, label, options")
+            raise VlmadError(
+                f"study spec {source}: method {item['method']}: unknown key {extra[0]!r}",
+                "method keys: method, label, options",
+            )
         if item["method"] not in available_methods():
-            raise UnknownNameError(f"study spec {source}: unknown method {item['method']!r}",
-                                   f"available: {', '.join(available_methods())}")
+            raise UnknownNameError(
+                f"study spec {source}: unknown method {item['method']!r}",
+                f"available: {', '.join(available_methods())}",
+            )
         options = dict(item.get("options") or {})
         get_spec(str(item["method"])).check_options(options)  # a typo fails here, before any model loads
         methods.append(StudyMethod(str(item["method"]), str(item.get("label") or item["method"]), options))
@@ -302,26 +347,33 @@ def _parse_methods(data: Mapping[str, Any], source: str) -> list[StudyMethod]:
     return methods
 
 
-def _parse_ablations(data: Mapping[str, Any], source: str, base_dir: str | None, kinds: list[str],
-                     methods: list[StudyMethod]) -> list[AblationSpec]:
+def _parse_ablations(
+    data: Mapping[str, Any], source: str, base_dir: str | None, kinds: list[str], methods: list[StudyMethod]
+) -> list[AblationSpec]:
     from vlmad.study.axes import AXES
 
     labels = [m.label for m in methods]
     ablations: list[AblationSpec] = []
     raw = data.get("ablations") or []
-    items = [{"axis": k, **(v if isinstance(v, Mapping) else {"values": v})} for k, v in raw.items()] \
-        if isinstance(raw, Mapping) else list(raw)
+    items = (
+        [{"axis": k, **(v if isinstance(v, Mapping) else {"values": v})} for k, v in raw.items()]
+        if isinstance(raw, Mapping)
+        else list(raw)
+    )
     for item in items:
         if not isinstance(item, Mapping) or "axis" not in item:
-            raise VlmadError(f"study spec {source}: ablation entry {item!r} needs an 'axis'",
-                             f"axes: {', '.join(AXES)}")
+            raise VlmadError(
+                f"study spec {source}: ablation entry {item!r} needs an 'axis'", f"axes: {', '.join(AXES)}"
+            )
         axis = str(item["axis"])
         if axis not in AXES:
             raise UnknownNameError(f"study spec {source}: unknown ablation axis {axis!r}", f"axes: {', '.join(AXES)}")
         extra = sorted(set(item) - {"axis", "values", "methods", "shots", "seeds", "datasets"})
         if extra:
-            raise VlmadError(f"study spec {source}: ablation {axis}: unknown key {extra[0]!r}",
-                             "ablation keys: values, methods, shots, seeds, datasets")
+            raise VlmadError(
+                f"study spec {source}: ablation {axis}: unknown key {extra[0]!r}",
+                "ablation keys: values, methods, shots, seeds, datasets",
+            )
         values = item.get("values")
         if values is None:
             values = list(AXES[axis].default_values)
@@ -331,20 +383,30 @@ def _parse_ablations(data: Mapping[str, Any], source: str, base_dir: str | None,
         if ab_methods:
             bad = [m for m in ab_methods if m not in labels and m not in {x.method for x in methods}]
             if bad:
-                raise VlmadError(f"study spec {source}: ablation {axis}: method {bad[0]!r} is not in the study",
-                                 f"methods of the study: {', '.join(labels)}")
+                raise VlmadError(
+                    f"study spec {source}: ablation {axis}: method {bad[0]!r} is not in the study",
+                    f"methods of the study: {', '.join(labels)}",
+                )
         ab_ds = _names(item.get("datasets"), f"ablation {axis} datasets")
         if ab_ds:
             bad = [d for d in ab_ds if d not in kinds]
             if bad:
                 raise VlmadError(f"study spec {source}: ablation {axis}: dataset {bad[0]!r} is not in the study")
         if any(a.axis == axis for a in ablations):
-            raise VlmadError(f"study spec {source}: ablation axis {axis!r} listed twice",
-                             "list all its values in one entry")
+            raise VlmadError(
+                f"study spec {source}: ablation axis {axis!r} listed twice", "list all its values in one entry"
+            )
         AXES[axis].validate(values, base_dir)
-        ablations.append(AblationSpec(axis, values, ab_methods, _int_list(item.get("shots", [0]), f"{axis} shots"),
-                                      None if item.get("seeds") is None else _int_list(item["seeds"], f"{axis} seeds"),
-                                      ab_ds))
+        ablations.append(
+            AblationSpec(
+                axis,
+                values,
+                ab_methods,
+                _int_list(item.get("shots", [0]), f"{axis} shots"),
+                None if item.get("seeds") is None else _int_list(item["seeds"], f"{axis} seeds"),
+                ab_ds,
+            )
+        )
     return ablations
 
 
@@ -352,8 +414,10 @@ def _parse_calibration(data: Mapping[str, Any], source: str) -> CalibrationSpec:
     cal_raw = dict(data.get("calibration") or {})
     extra = sorted(set(cal_raw) - {"mode", "quantile", "max_images", "shots", "seed"})
     if extra:
-        raise VlmadError(f"study spec {source}: calibration: unknown key {extra[0]!r}",
-                         "calibration keys: mode, quantile, max_images, shots, seed")
+        raise VlmadError(
+            f"study spec {source}: calibration: unknown key {extra[0]!r}",
+            "calibration keys: mode, quantile, max_images, shots, seed",
+        )
     cal = CalibrationSpec(**cal_raw)
     if cal.mode not in CALIBRATION_MODES:
         raise VlmadError(f"study spec {source}: calibration mode {cal.mode!r}", f"use {', '.join(CALIBRATION_MODES)}")
@@ -371,7 +435,9 @@ def _parse_report(data: Mapping[str, Any], source: str) -> ReportSpec:
     rep_raw = dict(data.get("report") or {})
     extra = sorted(set(rep_raw) - {"gallery_shots", "gallery_seed", "gallery_per_kind", "gallery"})
     if extra:
-        raise VlmadError(f"study spec {source}: report: unknown key {extra[0]!r}",
-                         "report keys: gallery, gallery_shots, gallery_seed, gallery_per_kind")
+        raise VlmadError(
+            f"study spec {source}: report: unknown key {extra[0]!r}",
+            "report keys: gallery, gallery_shots, gallery_seed, gallery_per_kind",
+        )
     report = ReportSpec(**rep_raw)
     return report

@@ -9,12 +9,26 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    **dict.fromkeys(("DataLeakageError", "HeadsFileError", "backbone_meta", "check_compatible", "check_leakage",
-                     "heads_paths", "import_reference_heads", "load_heads", "read_heads_meta", "save_heads"),
-                    "vlmad.training.heads_io"),
+    **dict.fromkeys(
+        (
+            "DataLeakageError",
+            "HeadsFileError",
+            "backbone_meta",
+            "check_compatible",
+            "check_leakage",
+            "heads_paths",
+            "import_reference_heads",
+            "load_heads",
+            "read_heads_meta",
+            "save_heads",
+        ),
+        "vlmad.training.heads_io",
+    ),
     **dict.fromkeys(("aprilgan_loss", "dice_loss", "focal_loss"), "vlmad.training.losses"),
-    **dict.fromkeys(("TrainConfig", "TrainItem", "TrainResult", "REGIMES", "train_aprilgan", "training_items",
-                     "split_held_out"), "vlmad.training.aprilgan"),
+    **dict.fromkeys(
+        ("TrainConfig", "TrainItem", "TrainResult", "REGIMES", "train_aprilgan", "training_items", "split_held_out"),
+        "vlmad.training.aprilgan",
+    ),
 }
 
 

@@ -211,12 +211,7 @@ class ImageSource:
         for k, (img, m) in enumerate(loaded):
             if img.size != (w, h):
                 img = img.resize((w, h), Image.Resampling.BICUBIC)
-                m = (
-                    np.asarray(
-                        Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)
-                    )
-                    > 0
-                )
+                m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 0
             y, x = (k // 2) * h, (k % 2) * w
             canvas.paste(img, (x, y))
             mask[y : y + h, x : x + w] = m
@@ -227,9 +222,7 @@ class ImageSource:
 
         bb = self.backbone  # the reference trains on the same PIL pipeline it tests with
         x = AprilGan.preprocessing(img, self.size, bb.mean, bb.std)[0]
-        m = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize(
-            (self.size, self.size), Image.Resampling.BILINEAR
-        )
+        m = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize((self.size, self.size), Image.Resampling.BILINEAR)
         return x, torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0 > 0.5).float()
 
 
@@ -346,16 +339,12 @@ def train_aprilgan(
     out = Path(out_dir).expanduser()
     _prepare_out_dir(out, overwrite)
 
-    stages = check_stages(
-        cfg.stages or default_stages(backbone.num_layers), backbone.num_layers, backbone.arch
-    )
+    stages = check_stages(cfg.stages or default_stages(backbone.num_layers), backbone.num_layers, backbone.arch)
     cats = list(categories) if categories is not None else list(reader.categories)
     items = training_items(reader, regime, cfg.synthetic_per_image, cats)
     train_idx, val_idx = split_held_out(items, cfg.val_fraction, cfg.seed)
     if not train_idx:
-        raise VlmadError(
-            "no training images left after the held-out split", "lower val_fraction or add images"
-        )
+        raise VlmadError("no training images left after the held-out split", "lower val_fraction or add images")
     mosaic_rate = resolve_mosaic_rate(cfg.mosaic_rate, regime, reader.name)
     text, base_meta = _text_and_meta(backbone, cfg, cats, stages, text_cache)
     data = _data_facts(reader, regime, cats, items, train_idx, val_idx)
@@ -379,9 +368,7 @@ def train_aprilgan(
             "train_batches": len(losses),
         }
         record.update(
-            _evaluate(
-                heads, store, items, val_idx, text, grid, size, cfg, pixel_auroc, aupro, UndefinedMetricError
-            )
+            _evaluate(heads, store, items, val_idx, text, grid, size, cfg, pixel_auroc, aupro, UndefinedMetricError)
         )
         record["seconds"] = round(time.perf_counter() - t0, 3)
         record["backbone_images"] = store.backbone_images
@@ -400,15 +387,11 @@ def train_aprilgan(
 
 def _training_parts(backbone, stages: Sequence[int], items: Sequence[TrainItem], cfg: TrainConfig):
     """Seeded heads in training mode, their Adam optimizer, and the frozen-backbone feature store."""
-    heads = ProjectionHeads.seeded(backbone.width, backbone.embed_dim, len(stages), cfg.seed).to(
-        backbone.device
-    )
+    heads = ProjectionHeads.seeded(backbone.width, backbone.embed_dim, len(stages), cfg.seed).to(backbone.device)
     heads.train().requires_grad_(True)
     optimizer = torch.optim.Adam(heads.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
     source = ImageSource(backbone, cfg.seed)
-    store = FeatureStore(
-        backbone, stages, source, items, cfg.cache_gb, cfg.cache_half, cfg.feature_batch_size
-    )
+    store = FeatureStore(backbone, stages, source, items, cfg.cache_gb, cfg.cache_half, cfg.feature_batch_size)
     return heads, optimizer, store
 
 
@@ -423,8 +406,9 @@ def _default_backbone(backbone_kwargs: dict[str, Any] | None) -> Any:
     return build_backbone(bb_kwargs)
 
 
-def _text_and_meta(backbone, cfg: TrainConfig, cats: list[str], stages: Sequence[int], text_cache
-                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _text_and_meta(
+    backbone, cfg: TrainConfig, cats: list[str], stages: Sequence[int], text_cache
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Per-category text embeddings, and the heads-file metadata shared by every epoch's checkpoint."""
     from vlmad.backbones.text_cache import TextEmbeddingCache
     from vlmad.prompts import class_display_name, load_prompt_set
@@ -433,9 +417,7 @@ def _text_and_meta(backbone, cfg: TrainConfig, cats: list[str], stages: Sequence
     cache = text_cache if text_cache is not None else TextEmbeddingCache()
     style = cfg.class_name_style
     text = {
-        c: class_text_embeddings(
-            backbone, prompt_set, class_display_name(c) if style == "display" else c, cache
-        )
+        c: class_text_embeddings(backbone, prompt_set, class_display_name(c) if style == "display" else c, cache)
         for c in cats
     }
     base_meta = {
@@ -449,8 +431,9 @@ def _text_and_meta(backbone, cfg: TrainConfig, cats: list[str], stages: Sequence
     return text, base_meta
 
 
-def _data_facts(reader, regime: str, cats: list[str], items: Sequence[TrainItem], train_idx: Sequence[int],
-                val_idx: Sequence[int]) -> dict[str, Any]:
+def _data_facts(
+    reader, regime: str, cats: list[str], items: Sequence[TrainItem], train_idx: Sequence[int], val_idx: Sequence[int]
+) -> dict[str, Any]:
     """What the heads were trained on (recorded in every checkpoint: the leakage guard reads it)."""
     return {
         "regime": regime,
@@ -481,8 +464,13 @@ def _run_facts(cfg: TrainConfig, mosaic_rate: float) -> dict[str, Any]:
     }
 
 
-def _epoch_specs(order: Sequence[int], items: Sequence[TrainItem], by_cat: dict[str, list[int]],
-                 mosaic_rate: float, rng: np.random.Generator) -> list[int | tuple[int, ...]]:
+def _epoch_specs(
+    order: Sequence[int],
+    items: Sequence[TrainItem],
+    by_cat: dict[str, list[int]],
+    mosaic_rate: float,
+    rng: np.random.Generator,
+) -> list[int | tuple[int, ...]]:
     """One epoch's inputs in order: an item index, or 4 indices of one category for a mosaic."""
     specs: list[int | tuple[int, ...]] = []
     for i in order:
@@ -526,9 +514,7 @@ def _write_train_log(path: Path, data, run, base_meta, stages, history) -> None:
 
 
 @torch.no_grad()
-def _evaluate(
-    heads, store, items, val_idx, text, grid, size, cfg, pixel_auroc, aupro, undefined
-) -> dict[str, Any]:
+def _evaluate(heads, store, items, val_idx, text, grid, size, cfg, pixel_auroc, aupro, undefined) -> dict[str, Any]:
     """Held-out loss and per-category pixel AUROC / AUPRO (macro-averaged where defined)."""
     if not val_idx:
         return {"val_loss": None, "val_pixel_auroc": None, "val_aupro": None, "val_per_category": {}}

@@ -23,9 +23,7 @@ def _parse_stages(text: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(s) for s in text.replace(" ", "").split(",") if s)
     except ValueError:
-        raise VlmadError(
-            f"cannot parse stages {text!r}", "give 1-based block indices, e.g. 6,12,18,24"
-        ) from None
+        raise VlmadError(f"cannot parse stages {text!r}", "give 1-based block indices, e.g. 6,12,18,24") from None
 
 
 def train_aprilgan_command(
@@ -34,21 +32,15 @@ def train_aprilgan_command(
     root: Path | None = typer.Option(None, "--root", help="Dataset folder to train on."),
     kind: str = typer.Option("mvtec", "--dataset", "-d", help="Dataset kind: mvtec, visa or folder."),
     kind_alias: str | None = typer.Option(None, "--kind", hidden=True, help="Old name of --dataset."),
-    categories: str | None = typer.Option(
-        None, "--categories", help="Comma-separated subset (default: all)."
-    ),
+    categories: str | None = typer.Option(None, "--categories", help="Comma-separated subset (default: all)."),
     regime: str = typer.Option(
         "cross-dataset",
         "--regime",
         help="cross-dataset: the test split with masks (paper protocol; evaluate on another dataset). "
         "synthetic: normal train images with pasted anomalies.",
     ),
-    epochs: int = typer.Option(
-        15, "--epochs", help="Paper: 15 on VisA (-> MVTec AD), 3 on MVTec AD (-> VisA)."
-    ),
-    seed: int = typer.Option(
-        111, "--seed", help="Head init, shuffling, mosaics, held-out split, synthetic defects."
-    ),
+    epochs: int = typer.Option(15, "--epochs", help="Paper: 15 on VisA (-> MVTec AD), 3 on MVTec AD (-> VisA)."),
+    seed: int = typer.Option(111, "--seed", help="Head init, shuffling, mosaics, held-out split, synthetic defects."),
     batch_size: int = typer.Option(8, "--batch-size"),
     lr: float = typer.Option(1e-3, "--lr", help="Adam learning rate (betas 0.5, 0.999)."),
     mosaic_rate: float | None = typer.Option(
@@ -57,12 +49,8 @@ def train_aprilgan_command(
         help="Probability of a 4-image mosaic (default: 0.2 for MVTec AD cross-dataset, else 0).",
     ),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Held-out source images per category."),
-    synthetic_per_image: int = typer.Option(
-        1, "--synthetic-per-image", help="Defect variants per normal image."
-    ),
-    stages: str | None = typer.Option(
-        None, "--stages", help="Blocks to tap, e.g. 6,12,18,24 (default: n/4..n)."
-    ),
+    synthetic_per_image: int = typer.Option(1, "--synthetic-per-image", help="Defect variants per normal image."),
+    stages: str | None = typer.Option(None, "--stages", help="Blocks to tap, e.g. 6,12,18,24 (default: n/4..n)."),
     cache_gb: float = typer.Option(4.0, "--cache-gb", help="Memory for cached frozen-backbone features."),
     cache_half: bool = typer.Option(False, "--cache-half", help="Cache features in fp16 (half the memory)."),
     prompt_set: str = typer.Option("aprilgan", "--prompt-set", help="Prompt set name or YAML/JSON file."),
@@ -70,15 +58,9 @@ def train_aprilgan_command(
         "raw", "--class-names", help="raw ('metal_nut', the reference's, default) or display ('metal nut')."
     ),
     model: str | None = typer.Option(None, "--model", help="open_clip architecture (default ViT-L-14-336)."),
-    pretrained: str | None = typer.Option(
-        None, "--pretrained", help="Hub tag (default openai for ViT-L-14-336)."
-    ),
-    checkpoint: Path | None = typer.Option(
-        None, "--checkpoint", help="Local backbone weights instead of a tag."
-    ),
-    random_weights: bool = typer.Option(
-        False, "--random-weights", help="Random backbone (smoke tests only)."
-    ),
+    pretrained: str | None = typer.Option(None, "--pretrained", help="Hub tag (default openai for ViT-L-14-336)."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Local backbone weights instead of a tag."),
+    random_weights: bool = typer.Option(False, "--random-weights", help="Random backbone (smoke tests only)."),
     image_size: int | None = typer.Option(None, "--image-size", help="Model input side (default 518)."),
     quick_gelu: bool | None = typer.Option(
         None,
@@ -140,20 +122,19 @@ def train_aprilgan_command(
         )
 
     typer.echo(
-        f"training APRIL-GAN heads on {reader.name} {data_root} ({regime}); categories: "
-        f"{', '.join(reader.categories)}"
+        f"training APRIL-GAN heads on {reader.name} {data_root} ({regime}); categories: {', '.join(reader.categories)}"
     )
     from vlmad.cli import on_interrupt
 
-    on_interrupt(f"the finished epochs' heads are kept in {out} (epoch_NNN.safetensors, each usable with --heads); "
-                 "training does not resume: rerun with --overwrite to start again")
+    on_interrupt(
+        f"the finished epochs' heads are kept in {out} (epoch_NNN.safetensors, each usable with --heads); "
+        "training does not resume: rerun with --overwrite to start again"
+    )
     result = train_aprilgan(
         reader, out, regime=regime, config=config, backbone_kwargs=bb, overwrite=overwrite, on_epoch=report
     )
     best = result.best_epoch
     typer.echo(f"wrote {len(result.checkpoints)} checkpoints and train_log.json to {result.out_dir}")
     if best is not None:
-        typer.echo(
-            f"best held-out pixel AUROC at epoch {best}: {result.out_dir / f'epoch_{best:03d}.safetensors'}"
-        )
+        typer.echo(f"best held-out pixel AUROC at epoch {best}: {result.out_dir / f'epoch_{best:03d}.safetensors'}")
     typer.echo("use a checkpoint with --artefact PATH (alias --heads) (or create_detector('aprilgan', heads=PATH))")

@@ -131,16 +131,12 @@ def check_compatible(
     if int(bb.get("image_size", -1)) != backbone.image_size:
         problems.append(f"input size {bb.get('image_size')} vs {backbone.image_size} px")
     if (bb.get("width"), bb.get("embed_dim")) != (backbone.width, backbone.embed_dim):
-        problems.append(
-            f"dims {bb.get('width')}->{bb.get('embed_dim')} vs {backbone.width}->{backbone.embed_dim}"
-        )
+        problems.append(f"dims {bb.get('width')}->{bb.get('embed_dim')} vs {backbone.width}->{backbone.embed_dim}")
     stages = [int(s) for s in meta.get("stages", [])]
     if any(not 1 <= s <= backbone.num_layers for s in stages):
         problems.append(f"stages {stages} vs {backbone.num_layers} blocks")
     if problems:
-        raise CheckpointMismatchError(
-            f"{what} do not fit this backbone: " + "; ".join(problems), hint_bb
-        )
+        raise CheckpointMismatchError(f"{what} do not fit this backbone: " + "; ".join(problems), hint_bb)
     from vlmad.methods.heads import backbone_activation
 
     act = backbone_activation(backbone)
@@ -231,10 +227,16 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
 #: leakage guard read exactly these, so a malformed value is reported here instead of as a traceback there.
 _REQUIRED = (
     ("format_version", _is_count, "a positive integer"),
-    ("sha256", lambda v: isinstance(v, str) and _SHA256_RE.fullmatch(v) is not None,
-     "the 64 lower-case hex digits of the weights file's sha256"),
-    ("stages", lambda v: isinstance(v, list) and bool(v) and all(_is_count(x) for x in v),
-     "a non-empty list of transformer block numbers (integers >= 1)"),
+    (
+        "sha256",
+        lambda v: isinstance(v, str) and _SHA256_RE.fullmatch(v) is not None,
+        "the 64 lower-case hex digits of the weights file's sha256",
+    ),
+    (
+        "stages",
+        lambda v: isinstance(v, list) and bool(v) and all(_is_count(x) for x in v),
+        "a non-empty list of transformer block numbers (integers >= 1)",
+    ),
     ("backbone", lambda v: isinstance(v, dict), "an object describing the backbone the heads were trained on"),
 )
 _REQUIRED_BACKBONE = (
@@ -266,9 +268,7 @@ def _check_fields(obj: Mapping[str, Any], table, required: bool, where: str, sid
         if not check(obj[key]):
             shown = json.dumps(obj[key])
             shown = shown if len(shown) <= 60 else shown[:57] + "..."
-            raise HeadsFileError(
-                f"heads sidecar {sidecar}: {where}{key!r} must be {what}, got {shown}", _SIDECAR_HINT
-            )
+            raise HeadsFileError(f"heads sidecar {sidecar}: {where}{key!r} must be {what}, got {shown}", _SIDECAR_HINT)
 
 
 def validate_sidecar(meta: Mapping[str, Any], sidecar: Path) -> None:
@@ -280,8 +280,7 @@ def validate_sidecar(meta: Mapping[str, Any], sidecar: Path) -> None:
     _check_fields(meta, _REQUIRED, True, "", sidecar)
     if meta["format_version"] > FORMAT_VERSION:
         raise HeadsFileError(
-            f"{sidecar} has format version {meta['format_version']}, newer than this vlmad supports "
-            f"({FORMAT_VERSION})",
+            f"{sidecar} has format version {meta['format_version']}, newer than this vlmad supports ({FORMAT_VERSION})",
             "upgrade vlmad",
         )
     _check_fields(meta, _OPTIONAL_FIELDS, False, "", sidecar)
@@ -315,8 +314,7 @@ def load_heads(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     sha = _sha256(weights)
     if meta["sha256"] != sha:  # mandatory, checked by read_heads_meta
         raise HeadsFileError(
-            f"heads weights {weights} do not match their sidecar "
-            f"(sha256 {sha[:12]} vs {str(meta['sha256'])[:12]})",
+            f"heads weights {weights} do not match their sidecar (sha256 {sha[:12]} vs {str(meta['sha256'])[:12]})",
             "the file was modified or the pair was mixed up; use the files written together by training",
         )
     try:
@@ -380,9 +378,7 @@ def import_reference_heads(
     try:
         heads.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise CheckpointMismatchError(
-            f"reference checkpoint {pth} does not fit {backbone.arch}: {err}"
-        ) from err
+        raise CheckpointMismatchError(f"reference checkpoint {pth} does not fit {backbone.arch}: {err}") from err
     data = dict(trained_on or {})
     meta = {
         "backbone": backbone_meta(backbone),

@@ -13,9 +13,7 @@ from __future__ import annotations
 import torch
 
 
-def focal_loss(
-    probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5
-) -> torch.Tensor:
+def focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0, smooth: float = 1e-5) -> torch.Tensor:
     """probs (B, C, H, W) summing to 1 over C; target (B, H, W) with class indices (0/1 for APRIL-GAN)."""
     n_class = probs.shape[1]
     idx = target.long().unsqueeze(1)

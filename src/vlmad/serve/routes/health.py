@@ -21,30 +21,41 @@ def router(service: Service) -> APIRouter:
     async def healthz():
         return {"status": "ok"}
 
-    @r.get("/readyz", tags=["health"], summary="Readiness: the model is loaded.",
-           responses={503: {"description": "model loading or failed"}})
+    @r.get(
+        "/readyz",
+        tags=["health"],
+        summary="Readiness: the model is loaded.",
+        responses={503: {"description": "model loading or failed"}},
+    )
     async def readyz():
         stalled = service.stalled_for()
         if stalled is not None:
-            return JSONResponse({"status": "stalled", "error": f"the model worker has been busy with one batch for "
-                                 f"{stalled:.0f} s"}, status_code=503)
+            return JSONResponse(
+                {"status": "stalled", "error": f"the model worker has been busy with one batch for {stalled:.0f} s"},
+                status_code=503,
+            )
         if service.ready:
-            return {"status": "ready", "model": service.worker.info.get("model"),
-                    "weights_id": service.worker.info.get("weights_id")}
+            return {
+                "status": "ready",
+                "model": service.worker.info.get("model"),
+                "weights_id": service.worker.info.get("weights_id"),
+            }
         w = service.worker
         if w is not None and w.load_error:
             return JSONResponse({"status": "failed", "error": w.load_error}, status_code=503)
         return JSONResponse({"status": "loading"}, status_code=503)
 
-    @r.get("/metrics", tags=["health"], response_class=PlainTextResponse,
-           summary="Prometheus metrics (text format 0.0.4).")
+    @r.get(
+        "/metrics", tags=["health"], response_class=PlainTextResponse, summary="Prometheus metrics (text format 0.0.4)."
+    )
     async def metrics():
         return PlainTextResponse(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @r.get("/", include_in_schema=False)
     async def index():
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8",
-                            headers={"Cache-Control": "no-cache"})
+        return FileResponse(
+            STATIC_DIR / "index.html", media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"}
+        )
 
     @r.get("/v1/info", tags=["api"], summary="Model, weights, threshold, limits and warnings.")
     async def info():

@@ -23,27 +23,48 @@ def router(service: Service) -> APIRouter:
     r = APIRouter()
     limits = service.config.limits
 
-    @r.get("/v1/references", tags=["references"], response_model=ReferenceSetList, responses=ERRORS,
-           summary="List reference sets.")
+    @r.get(
+        "/v1/references",
+        tags=["references"],
+        response_model=ReferenceSetList,
+        responses=ERRORS,
+        summary="List reference sets.",
+    )
     async def list_references():
         return {"sets": [service.set_response(i.name) for i in service.store.list()]}
 
-    @r.get("/v1/references/{name}", tags=["references"], response_model=ReferenceSetResponse, responses=ERRORS,
-           summary="One reference set.")
+    @r.get(
+        "/v1/references/{name}",
+        tags=["references"],
+        response_model=ReferenceSetResponse,
+        responses=ERRORS,
+        summary="One reference set.",
+    )
     async def get_reference(name: str):
         return service.set_response(validate_set_name(name))
 
-    @r.post("/v1/references/{name}", tags=["references"], response_model=ReferenceSetResponse,
-            responses=ERRORS, openapi_extra=REFERENCE_BODY, status_code=201,
-            summary="Create (or with replace=true overwrite) a reference set from K normal images.")
+    @r.post(
+        "/v1/references/{name}",
+        tags=["references"],
+        response_model=ReferenceSetResponse,
+        responses=ERRORS,
+        openapi_extra=REFERENCE_BODY,
+        status_code=201,
+        summary="Create (or with replace=true overwrite) a reference set from K normal images.",
+    )
     async def put_reference(
-        request: Request, name: str,
+        request: Request,
+        name: str,
         replace: bool = Query(False, description="Overwrite an existing set of this name."),
     ):
         validate_set_name(name)
         if not replace and name in service.store.names():
-            raise ApiError(409, "reference_set_exists", f"reference set {name!r} already exists",
-                           "DELETE it first, or POST with ?replace=true to overwrite it")
+            raise ApiError(
+                409,
+                "reference_set_exists",
+                f"reference set {name!r} already exists",
+                "DELETE it first, or POST with ?replace=true to overwrite it",
+            )
         return await with_timeout(_upload(service, request, name, replace), limits.request_timeout_s * 4)
 
     @r.delete("/v1/references/{name}", tags=["references"], responses=ERRORS, summary="Delete a reference set.")
@@ -64,8 +85,9 @@ async def _upload(service: Service, request: Request, name: str, replace: bool) 
         body = await read_body(request, limits.max_reference_request_bytes, hold)
         items = extract_reference_images(request.headers.get("content-type", ""), body, limits)
         del body
-        info, created = await service.run_decode(partial(
-            service.store.put, name, decode_references(items, limits), [fn for _, fn in items], replace))
+        info, created = await service.run_decode(
+            partial(service.store.put, name, decode_references(items, limits), [fn for _, fn in items], replace)
+        )
     finally:
         hold.release()
     extra: dict[str, Any] = {}
