@@ -32,7 +32,7 @@ import threading
 import time
 from pathlib import Path
 
-from _env import print_environment
+from _env import environment, print_environment
 
 CONFIGS = {  # name: (method, arch, image size or None, shots, batch)
     "winclip-0-b1": ("winclip", "ViT-B-16-plus-240", None, 0, 1),
@@ -279,6 +279,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=None, help="folder keeping the bundles between runs (else a temp)")
     ap.add_argument("--export-only", action="store_true", help="build (or check) the bundles, measure nothing")
+    ap.add_argument("--merge", action="store_true", help="keep the other configs' rows of the results file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--bundle", help=argparse.SUPPRESS)
@@ -296,11 +297,13 @@ def main() -> None:
         exported = {name: export_all(configs[name], cache) for name in names}  # all bundles first, then timing
         if args.export_only:
             return
-        load_before, rows = os.getloadavg(), []
+        rows = []
         for name in names:
-            rows += measure_config(name, configs[name], exported[name], args)
-            save(rows, args, configs, names, {"load_average_before": load_before, "load_average_after": None})
-        save(rows, args, configs, names, {"load_average_before": load_before, "load_average_after": os.getloadavg()})
+            before = os.getloadavg()
+            new = measure_config(name, configs[name], exported[name], args)
+            stamp = {"repeats": args.repeats, "threads": args.threads, "load_average_before": before}
+            rows += [{**r, **stamp, "load_average_after": os.getloadavg()} for r in new]
+            rows = save(rows, args, configs)
     print(table(rows))
 
 
@@ -317,25 +320,34 @@ def cpu_flags() -> str:
     return "unknown"
 
 
-def save(rows: list[dict], args: argparse.Namespace, configs: dict, names: list[str], load: dict) -> None:
-    """Write the table so far (after every row: a long run stopped midway keeps what it measured)."""
-    import platform
-
-    import psutil
-
+def save(rows: list[dict], args: argparse.Namespace, configs: dict) -> list[dict]:
+    """Write the table so far (after every config: a long run stopped midway keeps what it measured). With
+    ``--merge`` the file's rows of configs not measured by this run are kept (a rerun of one config replaces its
+    rows); rows are ordered as the configs. Returns the rows written."""
     stem = "export_speed_smoke" if args.smoke else "export_speed"
     RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{stem}.json"
+    done = {r["config"] for r in rows}
+    if args.merge and path.is_file():
+        rows = [r for r in json.loads(path.read_text())["rows"] if r["config"] not in done] + rows
+    order = list(configs)
+    rows = sorted(rows, key=lambda r: order.index(r["config"]) if r["config"] in order else len(order))
+    env = environment(args.threads)
     meta = {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": psutil.cpu_count(),
-        "threads": args.threads,
-        "repeats": args.repeats,
-        "cpu_flags": cpu_flags(),
-        "configs": {n: configs[n] for n in names},
-        **load,
+        "environment": {**env, "CPU flags": cpu_flags()},
+        "configs": {r["config"]: configs[r["config"]] for r in rows},
     }
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    (RESULTS / f"{stem}.md").write_text(f"{json.dumps(meta)}\n\n{table(rows)}\n")
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    header = "\n".join(f"- {k}: {v}" for k, v in meta["environment"].items())
+    loads = "\n".join(
+        f"- {r['config']}: {r['repeats']} timed batches per engine, {r['threads']} threads, load average (1/5/15 min) "
+        f"before {' '.join(f'{x:.1f}' for x in r['load_average_before'])}, "
+        f"after {' '.join(f'{x:.1f}' for x in r['load_average_after'])}"
+        for r in rows
+        if r["engine"] == "torch"
+    )
+    (RESULTS / f"{stem}.md").write_text(f"# export_speed\n\n{header}\n\n{table(rows)}\n\n{loads}\n")
+    return rows
 
 
 if __name__ == "__main__":
