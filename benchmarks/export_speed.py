@@ -153,9 +153,14 @@ def export_all(cfg: tuple, cache: Path) -> dict[str, dict]:
             shutil.rmtree(folder, ignore_errors=True)
             t = time.perf_counter()
             req = ExportRequest(
-                out=folder, format=fmt, precision=precision, verify=calib[:4], calibration=calib, class_name="bottle"
+                out=folder,
+                format=fmt,
+                precision=precision,
+                verify=calib[:4],
+                calibration=calib,
+                class_name="bottle",
+                traced=traced,
             )
-            req.traced = traced
             with torch.no_grad():
                 export_bundle(det, req)
             sidecar.write_text(json.dumps({"export_s": time.perf_counter() - t}) + "\n")
@@ -209,17 +214,14 @@ class Engine:
 
 
 def measure_config(name: str, cfg: tuple, bundles: dict[str, dict], args: argparse.Namespace) -> list[dict]:
-    """All engines of one config, interleaved: one warm-up batch each, then ``repeats`` rounds in which every
-    engine runs one timed batch (the order rotates per round), so a load spike from the shared machine hits all
-    engines alike; images/s from the median batch time."""
+    """All engines of one config, interleaved: the first request (build/load + first batch) is the warm-up, then
+    ``repeats`` rounds in which every engine runs one timed batch (the order rotates per round), so a load spike
+    from the shared machine hits all engines alike; images/s from the median batch time."""
     engines = []
     try:
         for engine, _, _ in ENGINES:
             engines.append(Engine(engine, cfg, bundles.get(engine, {}).get("path"), args))
             print(f"  {name} {engine}: first request {engines[-1].first_request_s:.1f} s", file=sys.stderr, flush=True)
-        for e in engines:  # warm-up (the first batch was part of the first request)
-            e.timed_batch()
-            e.times.clear()
         for r in range(args.repeats):
             for e in engines[r % len(engines) :] + engines[: r % len(engines)]:
                 e.timed_batch()
