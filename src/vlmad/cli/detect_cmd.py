@@ -9,14 +9,18 @@ import typer
 
 from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
+    AllowUntrainedOpt,
     ArtefactOpt,
     BatchOpt,
     CheckpointOpt,
     ClassNameOpt,
+    DeployOpt,
     DeviceOpt,
+    ForceDeployOpt,
     MethodOpt,
     ModelOpt,
     NoCacheOpt,
+    OnErrorOpt,
     PrecisionOpt,
     PretrainedOpt,
     PromptOpt,
@@ -28,6 +32,7 @@ from vlmad.cli.common import (
     console,
     progress,
 )
+from vlmad.cli.executor_opts import RayAddressOpt
 from vlmad_runtime.deploy import NOT_CALIBRATED_NOTE
 from vlmad_runtime.errors import VlmadError
 
@@ -81,30 +86,10 @@ def detect(
             "scores.csv gets defect_area.",
         ),
     ] = False,
-    deploy: Annotated[
-        Path | None,
-        typer.Option(
-            "--deploy",
-            help="deploy.json from `vlmad calibrate` -> decisions; refused when "
-            "it was calibrated for another detector.",
-        ),
-    ] = None,
-    force_deploy: Annotated[
-        bool,
-        typer.Option(
-            "--force-deploy",
-            help="Use --deploy even when it was calibrated for another detector; every row is "
-            "labelled 'threshold not calibrated for this detector'.",
-        ),
-    ] = False,
-    on_error: Annotated[str, typer.Option("--on-error", help="skip (record) or stop on unreadable images.")] = "skip",
-    allow_untrained: Annotated[
-        bool,
-        typer.Option(
-            "--allow-untrained",
-            help="Run without the method's required artefact, e.g. random APRIL-GAN heads (smoke test only).",
-        ),
-    ] = False,
+    deploy: DeployOpt = None,
+    force_deploy: ForceDeployOpt = False,
+    on_error: OnErrorOpt = "skip",
+    allow_untrained: AllowUntrainedOpt = False,
     executor: Annotated[
         str,
         typer.Option(
@@ -117,12 +102,7 @@ def detect(
     gpus_per_worker: Annotated[
         float, typer.Option("--gpus-per-worker", min=0, help="With --executor ray: GPUs per detector actor.")
     ] = 0.0,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray-address", help="With --executor ray: 'auto' or host:port joins a cluster; default: a local one."
-        ),
-    ] = None,
+    ray_address: RayAddressOpt = None,
     bundle: Annotated[
         Path | None,
         typer.Option("--bundle", help="Run an exported bundle (`vlmad export`; its class must be --class-name)."),
