@@ -16,7 +16,7 @@ from vlmad_runtime.errors import VlmadError
 
 @pytest.fixture(scope="module")
 def dataset_root(small_dataset):
-    return small_dataset("mvtec", "demo_texture,demo_object", n_test_bad=6)
+    return small_dataset("mvtec", "demo_texture,demo_object", n_test_bad=6, name="mvtec_like")
 
 
 def quiet(**kw) -> TrainConfig:
