@@ -29,12 +29,12 @@ from vlmad_runtime.errors import VlmadError
 from vlmad_runtime.jobs import CSV_FIELDS
 
 TOL = 1e-4
-CASES = {"winclip": "vlmad-tiny-vit", "aprilgan": "vlmad-tiny-vit-4l"}
+CASES = {"winclip": "vlmad-tiny-vit", "aprilgan": "vlmad-tiny-vit-4l", "anomalyclip": "vlmad-tiny-vit-4l"}
 
 
 def make_detector(method: str, weights_file, shots: int, arch: str | None = None, image_size: int | None = None):
     arch = arch or CASES[method]
-    kwargs = {"allow_untrained": True} if method == "aprilgan" else {}
+    kwargs = {"allow_untrained": True} if method in ("aprilgan", "anomalyclip") else {}
     if image_size:
         kwargs["image_size"] = image_size
     if weights_file is None:
@@ -72,6 +72,18 @@ def test_fp32_bundle_matches_torch(method, shots, fmt, tmp_path, weights_file):
     manifest = assert_parity(det, tmp_path / "b", fmt, batch_for(det))
     assert manifest["detector"]["shots"] == shots
     # a batch size other than the traced one runs too (dynamic batch axis)
+    one = batch_for(det, 1, seed=9)
+    assert np.abs(load_bundle(tmp_path / "b").run(one.numpy())[1] - det.predict(one).numpy()[1]).max() <= TOL
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_anomalyclip_fp32_bundle_matches_torch(fmt, tmp_path, weights_file):
+    """Zero-shot AnomalyCLIP (seeded prompts, DPAM from block 2, the reference's sigma 4): learned text baked in,
+    DPAM and the Gaussian filter in the graph."""
+    det = make_detector("anomalyclip", weights_file, 0)
+    det.dpam_start = 2
+    manifest = assert_parity(det, tmp_path / "b", fmt, batch_for(det))
+    assert manifest["detector"]["method"] == "anomalyclip" and manifest["detector"]["sigma"] == 4.0
     one = batch_for(det, 1, seed=9)
     assert np.abs(load_bundle(tmp_path / "b").run(one.numpy())[1] - det.predict(one).numpy()[1]).max() <= TOL
 
