@@ -170,6 +170,7 @@ def _validate(config: BenchmarkConfig) -> tuple[list[dict[str, Any]], tuple[str,
 def plan_grid(config: BenchmarkConfig) -> tuple[list[RowPlan], dict[str, Any]]:
     """Every row of the grid with its key, in execution order; plus the opened dataset readers by root."""
     from vlmad.data import load_dataset
+    from vlmad.methods.registry import get_spec
 
     specs, _, eval_res = _validate(config)
     shots = P.parse_int_list(config.shots, "shots")
@@ -185,11 +186,13 @@ def plan_grid(config: BenchmarkConfig) -> tuple[list[RowPlan], dict[str, Any]]:
     keyed = {s["label"]: P.keyed_kwargs(s["kwargs"]) for s in specs}
     plans: list[RowPlan] = []
     for spec in specs:
+        # a zero-shot-only method (its spec's few_shot=False) gets no k-shot rows: nothing to fail, nothing to show
+        method_shots = sorted(shots) if get_spec(spec["method"]).few_shot else [k for k in shots if k == 0]
         for ds in datasets:
             reader = readers[_ds_id(ds)]
             for cat in ds.categories or []:
                 n_test = len(P.limit_samples(reader.samples(cat, "test"), config.limit))
-                for k in sorted(shots):
+                for k in method_shots:
                     for seed in seeds if k > 0 else [None]:
                         payload = {
                             "schema": P.ROW_SCHEMA,
