@@ -48,6 +48,7 @@ from vlmad.training.common import (
     macro_metrics,
     open_reader,
     prepare_out_dir,
+    spec_backbone,
     split_held_out,
     training_items,
     write_json,
@@ -152,7 +153,7 @@ def train_aprilgan(
     cfg = config or TrainConfig()
     cfg.validate()
     reader = open_reader(dataset, categories)
-    backbone = backbone if backbone is not None else _default_backbone(backbone_kwargs)
+    backbone = backbone if backbone is not None else spec_backbone("aprilgan", backbone_kwargs)
     out = Path(out_dir).expanduser()
     prepare_out_dir(out, overwrite)
 
@@ -208,17 +209,6 @@ def _training_parts(backbone, stages: Sequence[int], items: Sequence[TrainItem],
         backbone, source, items, extract, per_item, cfg.cache_gb, cfg.cache_half, cfg.feature_batch_size
     )
     return heads, optimizer, store
-
-
-def _default_backbone(backbone_kwargs: dict[str, Any] | None) -> Any:
-    """The backbone APRIL-GAN's spec builds from these options (its defaults fill the rest)."""
-    from vlmad.methods.builtin import APRILGAN
-    from vlmad.methods.spec import build_backbone
-
-    bb_kwargs, extra = APRILGAN.split_backbone_kwargs(dict(backbone_kwargs or {}))
-    if extra:
-        raise VlmadError(f"unknown backbone options {sorted(extra)}")
-    return build_backbone(bb_kwargs)
 
 
 def _text_and_meta(

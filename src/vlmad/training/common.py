@@ -121,6 +121,17 @@ def open_reader(dataset, categories):
     return dataset
 
 
+def spec_backbone(method: str, backbone_kwargs: dict[str, Any] | None) -> Any:
+    """The backbone a method's spec builds from these options (its defaults fill the rest)."""
+    from vlmad.methods.registry import get_spec
+    from vlmad.methods.spec import build_backbone
+
+    bb_kwargs, extra = get_spec(method).split_backbone_kwargs(dict(backbone_kwargs or {}))
+    if extra:
+        raise VlmadError(f"unknown backbone options {sorted(extra)}", "see `vlmad train --help` for the options")
+    return build_backbone(bb_kwargs)
+
+
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
         raise VlmadError(
