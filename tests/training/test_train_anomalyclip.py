@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmad.backbones import ClipBackbone
-from vlmad.data import load_dataset, make_dataset
+from vlmad.data import load_dataset
 from vlmad.methods.anomalyclip import AnomalyClip
 from vlmad.training import DataLeakageError, PromptTrainConfig, glocal_loss, train_anomalyclip
 from vlmad.training.anomalyclip import stage_maps
@@ -21,19 +21,6 @@ from vlmad.training.prompts_io import load_prompts
 from vlmad_runtime.errors import VlmadError
 
 ARCH = "vlmad-tiny-vit-4l"
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    return make_dataset(
-        tmp_path_factory.mktemp("gen") / "mvtec_like",
-        layout="mvtec",
-        categories="demo_texture,demo_object",
-        n_train=4,
-        n_test_good=3,
-        n_test_bad=6,
-        size=64,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -47,14 +47,9 @@ from vlmad.training.common import (
     ImageSource,
     TrainItem,
     best_epoch,
-    data_facts,
     frozen,
     macro_metrics,
-    open_reader,
-    prepare_out_dir,
-    spec_backbone,
-    split_held_out,
-    training_items,
+    prepare_run,
     write_json,
 )
 from vlmad.training.losses import glocal_loss
@@ -158,18 +153,12 @@ def train_anomalyclip(
     defaults (ViT-L-14-336, OpenAI weights, QuickGELU, 518 px). ``on_epoch`` receives each epoch's record.
     """
     cfg = config or PromptTrainConfig()
-    cfg.validate()
-    reader = open_reader(dataset, categories)
-    backbone = backbone if backbone is not None else spec_backbone("anomalyclip", backbone_kwargs)
-    out = Path(out_dir).expanduser()
-    prepare_out_dir(out, overwrite)
-    cats = list(categories) if categories is not None else list(reader.categories)
-    items = training_items(reader, regime, cfg.synthetic_per_image, cats)
-    train_idx, val_idx = split_held_out(items, cfg.val_fraction, cfg.seed)
-    if not train_idx:
-        raise VlmadError("no training images left after the held-out split", "lower val_fraction or add images")
+    run_data = prepare_run(
+        "anomalyclip", dataset, out_dir, regime, cfg, backbone, backbone_kwargs, categories, overwrite
+    )
+    backbone, out, items, train_idx = run_data.backbone, run_data.out, run_data.items, run_data.train_idx
     parts = _training_parts(backbone, items, cfg)
-    data = data_facts(reader, regime, cats, items, train_idx, val_idx)
+    data = run_data.facts(regime)
     run = _run_facts(parts)
 
     def save(epoch: int, record: dict[str, Any]) -> Path:
@@ -187,7 +176,7 @@ def train_anomalyclip(
         0.0,  # the reference trains without mosaics
         parts.store,
         train_pass=lambda specs: _train_pass(parts, specs),
-        evaluate=lambda: _evaluate(parts, val_idx),
+        evaluate=lambda: _evaluate(parts, run_data.val_idx),
         save=save,
         write_log=write_log,
         on_epoch=on_epoch,

@@ -44,11 +44,8 @@ from vlmad.training.common import (
     ImageSource,
     TrainItem,
     best_epoch,
-    data_facts,
     macro_metrics,
-    open_reader,
-    prepare_out_dir,
-    spec_backbone,
+    prepare_run,
     split_held_out,
     training_items,
     write_json,
@@ -151,21 +148,13 @@ def train_aprilgan(
     epoch's record.
     """
     cfg = config or TrainConfig()
-    cfg.validate()
-    reader = open_reader(dataset, categories)
-    backbone = backbone if backbone is not None else spec_backbone("aprilgan", backbone_kwargs)
-    out = Path(out_dir).expanduser()
-    prepare_out_dir(out, overwrite)
-
+    run_data = prepare_run("aprilgan", dataset, out_dir, regime, cfg, backbone, backbone_kwargs, categories, overwrite)
+    reader, backbone, out, cats = run_data.reader, run_data.backbone, run_data.out, run_data.categories
+    items, train_idx, val_idx = run_data.items, run_data.train_idx, run_data.val_idx
     stages = check_stages(cfg.stages or default_stages(backbone.num_layers), backbone.num_layers, backbone.arch)
-    cats = list(categories) if categories is not None else list(reader.categories)
-    items = training_items(reader, regime, cfg.synthetic_per_image, cats)
-    train_idx, val_idx = split_held_out(items, cfg.val_fraction, cfg.seed)
-    if not train_idx:
-        raise VlmadError("no training images left after the held-out split", "lower val_fraction or add images")
     mosaic_rate = resolve_mosaic_rate(cfg.mosaic_rate, regime, reader.name)
     text, base_meta = _text_and_meta(backbone, cfg, cats, stages, text_cache)
-    data = data_facts(reader, regime, cats, items, train_idx, val_idx)
+    data = run_data.facts(regime)
     run = _run_facts(cfg, mosaic_rate)
 
     heads, optimizer, store = _training_parts(backbone, stages, items, cfg)

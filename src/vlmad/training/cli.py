@@ -67,15 +67,26 @@ def _dataset(root: Path | None, root_arg: Path | None, kind: str, kind_alias: st
     return load_dataset(kind_alias or kind, data_root, categories), data_root
 
 
-def _backbone_kwargs(device: str, precision: str, checkpoint: Path | None, random_weights: bool, **given) -> dict:
-    """Backbone options: the ones given (None = the method's default), device and precision."""
-    bb: dict = {"device": device, "precision": precision}
-    bb.update({k: v for k, v in given.items() if v is not None})
-    if checkpoint is not None:
-        bb["checkpoint"] = str(checkpoint)
-    if random_weights:
+_BACKBONE_PARAMS = ("model", "pretrained", "image_size", "quick_gelu")
+
+
+def _backbone_kwargs(params: dict) -> dict:
+    """Backbone options from a command's parameters (None = the method's default)."""
+    bb: dict = {"device": params["device"], "precision": params.get("precision", "fp32")}
+    bb.update({k: params[k] for k in _BACKBONE_PARAMS if params[k] is not None})
+    if params["checkpoint"] is not None:
+        bb["checkpoint"] = str(params["checkpoint"])
+    if params["random_weights"]:
         bb["random_weights"] = True
     return bb
+
+
+def _config(cls, params: dict, **overrides):
+    """``cls`` (a training config dataclass) from the command's parameters named like its fields."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    return cls(**{**{k: v for k, v in params.items() if k in names}, **overrides})
 
 
 def _fmt(value: float | None) -> str:
@@ -144,33 +155,11 @@ def train_aprilgan_command(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Train APRIL-GAN projection heads (frozen backbone; focal + dice; one checkpoint per epoch)."""
+    params = dict(locals())
     from vlmad.training.aprilgan import TrainConfig, train_aprilgan
 
     reader, data_root = _dataset(root, root_arg, kind, kind_alias, categories, "aprilgan")
-    bb = _backbone_kwargs(
-        device,
-        precision,
-        checkpoint,
-        random_weights,
-        model=model,
-        pretrained=pretrained,
-        image_size=image_size,
-        quick_gelu=quick_gelu,
-    )
-    config = TrainConfig(
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        mosaic_rate=mosaic_rate,
-        val_fraction=val_fraction,
-        synthetic_per_image=synthetic_per_image,
-        stages=_parse_stages(stages),
-        prompt_set=prompt_set,
-        class_name_style=class_names,
-        cache_gb=cache_gb,
-        cache_half=cache_half,
-    )
+    config = _config(TrainConfig, params, stages=_parse_stages(stages), class_name_style=class_names)
 
     def report(rec: dict) -> None:
         typer.echo(
@@ -181,7 +170,13 @@ def train_aprilgan_command(
 
     _start("APRIL-GAN heads", reader, data_root, regime, out)
     result = train_aprilgan(
-        reader, out, regime=regime, config=config, backbone_kwargs=bb, overwrite=overwrite, on_epoch=report
+        reader,
+        out,
+        regime=regime,
+        config=config,
+        backbone_kwargs=_backbone_kwargs(params),
+        overwrite=overwrite,
+        on_epoch=report,
     )
     _finish(
         result, "use a checkpoint with --artefact PATH (alias --heads) (or create_detector('aprilgan', heads=PATH))"
@@ -230,36 +225,11 @@ def train_anomalyclip_command(
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Train AnomalyCLIP's object-agnostic prompts (frozen CLIP; glocal loss; one prompts file per epoch)."""
+    params = dict(locals())
     from vlmad.training.anomalyclip import PromptTrainConfig, train_anomalyclip
 
     reader, data_root = _dataset(root, root_arg, kind, kind_alias, categories, "anomalyclip")
-    bb = _backbone_kwargs(
-        device,
-        "fp32",
-        checkpoint,
-        random_weights,
-        model=model,
-        pretrained=pretrained,
-        image_size=image_size,
-        quick_gelu=quick_gelu,
-    )
-    config = PromptTrainConfig(
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        val_fraction=val_fraction,
-        synthetic_per_image=synthetic_per_image,
-        stages=_parse_stages(stages),
-        dpam_start=dpam_start,
-        n_ctx=n_ctx,
-        depth=depth,
-        t_n_ctx=t_n_ctx,
-        local_weight=local_weight,
-        global_ln_post=global_ln_post,
-        cache_gb=cache_gb,
-        cache_half=cache_half,
-    )
+    config = _config(PromptTrainConfig, params, stages=_parse_stages(stages))
 
     def report(rec: dict) -> None:
         typer.echo(
@@ -271,6 +241,12 @@ def train_anomalyclip_command(
 
     _start("AnomalyCLIP prompts", reader, data_root, regime, out)
     result = train_anomalyclip(
-        reader, out, regime=regime, config=config, backbone_kwargs=bb, overwrite=overwrite, on_epoch=report
+        reader,
+        out,
+        regime=regime,
+        config=config,
+        backbone_kwargs=_backbone_kwargs(params),
+        overwrite=overwrite,
+        on_epoch=report,
     )
     _finish(result, "use a prompts file with --artefact PATH (or create_detector('anomalyclip', prompts=PATH))")

@@ -158,6 +158,40 @@ def data_facts(
     }
 
 
+@dataclass
+class RunData:
+    """What a training run reads: the dataset, the backbone, the output folder and the split items."""
+
+    reader: Any
+    backbone: Any
+    out: Path
+    categories: list[str]
+    items: list[TrainItem]
+    train_idx: list[int]
+    val_idx: list[int]
+
+    def facts(self, regime: str) -> dict[str, Any]:
+        return data_facts(self.reader, regime, self.categories, self.items, self.train_idx, self.val_idx)
+
+
+def prepare_run(
+    method: str, dataset, out_dir, regime: str, cfg, backbone, backbone_kwargs, categories, overwrite: bool
+) -> RunData:
+    """Validate ``cfg``, open the dataset, build the method's default backbone unless one is given, claim the
+    output folder, list the regime's items and hold out ``cfg.val_fraction`` of them."""
+    cfg.validate()
+    reader = open_reader(dataset, categories)
+    backbone = backbone if backbone is not None else spec_backbone(method, backbone_kwargs)
+    out = Path(out_dir).expanduser()
+    prepare_out_dir(out, overwrite)
+    cats = list(categories) if categories is not None else list(reader.categories)
+    items = training_items(reader, regime, cfg.synthetic_per_image, cats)
+    train_idx, val_idx = split_held_out(items, cfg.val_fraction, cfg.seed)
+    if not train_idx:
+        raise VlmadError("no training images left after the held-out split", "lower val_fraction or add images")
+    return RunData(reader, backbone, out, cats, items, train_idx, val_idx)
+
+
 class ImageSource:
     """Loads items (or 2x2 mosaics of items) as model input + binary mask at the model resolution.
 
