@@ -181,7 +181,7 @@ def test_bad_inputs(dataset_root, bb, tmp_path):
     reader = load_dataset("mvtec", dataset_root)
     with pytest.raises(VlmadError, match="regime"):
         train_anomalyclip(reader, tmp_path / "x", backbone=bb, regime="few-shot", config=small(epochs=1))
-    for bad in ({"epochs": 0}, {"local_weight": -1.0}, {"val_fraction": 1.0}):
+    for bad in ({"epochs": 0}, {"local_weight": -1.0}, {"val_fraction": 1.0}, {"dpam_start": 0}):
         with pytest.raises(VlmadError):
             train_anomalyclip(reader, tmp_path / "y", backbone=bb, config=small(**bad))
     with pytest.raises(VlmadError):

@@ -102,6 +102,7 @@ class PromptTrainConfig:
             (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
             (self.synthetic_per_image >= 1, "synthetic_per_image must be >= 1"),
             (self.local_weight >= 0, f"local_weight must be >= 0, got {self.local_weight}"),
+            (self.dpam_start is None or self.dpam_start >= 1, f"dpam_start must be >= 1, got {self.dpam_start}"),
             (self.cache_gb >= 0, "cache_gb must be >= 0"),
         )
         for ok, message in checks:
