@@ -50,7 +50,7 @@ def test_training_reduces_loss_and_checkpoints_reload_bit_exactly(dataset_root, 
         assert torch.equal(state[k], v.cpu())
     train = meta["training"]
     assert train["data"] == result.data
-    assert train["data"]["kind"] == "mvtec" and train["data"]["root_name"] == "mvtec_like"
+    assert train["data"]["kind"] == "mvtec" and train["data"]["root_name"] == dataset_root.name
     assert train["data"]["categories"] == ["demo_object", "demo_texture"] and train["data"]["split"] == "test"
     assert (train["epoch"], train["epochs"], train["seed"], train["batch_size"]) == (6, 6, 0, 8)
     assert train["lr"] == 1e-3 and train["betas"] == [0.5, 0.999] and train["mosaic_rate"] == 0.0
