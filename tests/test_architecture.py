@@ -84,21 +84,15 @@ LONG_FUNCTION_EXCEPTIONS = {
     "src/vlmad/report/recommend.py::recommend": "one decision table, read top to bottom",
     "src/vlmad/data/synthetic.py::make_dataset": "writes one dataset layout step by step",
     "src/vlmad/cli/detect_cmd.py::detect": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_section_calibration": PENDING_SPLIT,
     "src/vlmad/study/runner.py::plan_study": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_ablation_table": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_section_cross_domain": PENDING_SPLIT,
     "src/vlmad/cli/serve_cmd.py::serve": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_section_published": PENDING_SPLIT,
     "src/vlmad/bench/runner.py::_run_category": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_section_results": PENDING_SPLIT,
     "src/vlmad/bench/tables.py::efficiency_markdown": PENDING_SPLIT,
     "src/vlmad/bench/runner.py::_run_row": PENDING_SPLIT,
     "src/vlmad/report/figures.py::category_bars": PENDING_SPLIT,
     "src/vlmad/serve/limits.py::decode_image": PENDING_SPLIT,
     "src/vlmad/serve/limits.py::parse_multipart": PENDING_SPLIT,
     "src/vlmad/serve/bodies.py::extract_reference_images": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_section_overview": PENDING_SPLIT,
 }
 
 
