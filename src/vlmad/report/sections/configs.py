@@ -7,7 +7,7 @@ from vlmad.report.html import Doc
 
 
 def section_configs(doc: Doc, ctx: ReportContext) -> None:
-    from vlmad.bench.tables import _describe
+    from vlmad.bench.tables import describe
 
     sec = doc.section("configurations", "Configurations and rows not computed")
     sec.para(
@@ -17,7 +17,7 @@ def section_configs(doc: Doc, ctx: ReportContext) -> None:
     for ds in ctx.datasets:
         if ds.all_configs:
             det = sec.details(f"{ds.title}: {len(ds.all_configs)} configuration(s)")
-            det.bullets([f"**{c.label}**: {_describe(c)}" for c in ds.all_configs])
+            det.bullets([f"**{c.label}**: {describe(c)}" for c in ds.all_configs])
     failed = [r for r in ctx.rows if r.get("status") != "ok"]
     if failed:
         det = sec.details(f"Rows not computed ({len(failed)})")
