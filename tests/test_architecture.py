@@ -85,8 +85,6 @@ LONG_FUNCTION_EXCEPTIONS = {
     "src/vlmad/cli/detect_cmd.py::detect": PENDING_SPLIT,
     "src/vlmad/study/runner.py::plan_study": PENDING_SPLIT,
     "src/vlmad/cli/serve_cmd.py::serve": PENDING_SPLIT,
-    "src/vlmad/bench/runner.py::_run_category": PENDING_SPLIT,
-    "src/vlmad/bench/runner.py::_run_row": PENDING_SPLIT,
     "src/vlmad/serve/limits.py::decode_image": PENDING_SPLIT,
     "src/vlmad/serve/limits.py::parse_multipart": PENDING_SPLIT,
     "src/vlmad/serve/bodies.py::extract_reference_images": PENDING_SPLIT,
