@@ -79,11 +79,9 @@ LONG_FUNCTION_EXCEPTIONS = {
     "src/vlmad/cli/study_cmd.py::calibrate": "not split yet: its calibration logic still belongs in "
     "study/calibration.py",
     "src/vlmad/demo.py::run_demo": "a linear script of the demo steps (not split yet)",
-    "src/vlmad/study/runner.py::calibrate_study": "not split yet (4 lines over)",
     "src/vlmad/methods/aprilgan.py::__init__": "three heads sources (file, module, seeded) with their checks",
     "src/vlmad/data/synthetic.py::make_dataset": "writes one dataset layout step by step",
     "src/vlmad/cli/detect_cmd.py::detect": PENDING_SPLIT,
-    "src/vlmad/study/runner.py::plan_study": PENDING_SPLIT,
     "src/vlmad/cli/serve_cmd.py::serve": PENDING_SPLIT,
     "src/vlmad/serve/limits.py::decode_image": PENDING_SPLIT,
     "src/vlmad/serve/limits.py::parse_multipart": PENDING_SPLIT,

@@ -204,7 +204,7 @@ def report(
             f"no {RESULTS_FILE} in {run_dir}", "pass the --out folder of `vlmad study` or `vlmad benchmark`"
         )
     from vlmad.report.build import compute_gallery_maps
-    from vlmad.study.runner import StudyDetectorFactory
+    from vlmad.study.factory import StudyDetectorFactory
 
     def log(m: str) -> None:
         console.print(m, highlight=False)
