@@ -28,14 +28,17 @@ Log = Callable[[str], None]
 
 
 def pct(v: float | None) -> float | None:
+    """A fraction in percent (None stays None)."""
     return None if v is None else 100.0 * v
 
 
 def rate(v: float | None) -> str:
+    """A rate as a percent cell (— when unknown)."""
     return "—" if v is None else f"{100 * v:.1f} %"
 
 
 def is_main(row: Mapping[str, Any]) -> bool:
+    """Main-grid rows carry no tags (ablation rows do)."""
     return not (row.get("tags") or {})
 
 
@@ -44,6 +47,7 @@ def _metrics_present(configs: Sequence[Config]) -> list[str]:
 
 
 def config_ms(c: Config) -> float | None:
+    """Median predict ms/image of a configuration's rows (warm batches when any)."""
     effs = [r.get("efficiency") or {} for r in c.rows]
     warm = [e for e in effs if e.get("warm")]
     return _median([e.get("ms_per_image") for e in (warm or effs)])
@@ -99,6 +103,7 @@ def hardware_label(row: Mapping[str, Any], invocations: Sequence[Mapping[str, An
 
 
 def mode_of(values: Sequence[str]) -> str | None:
+    """The most frequent value (None for none)."""
     return max(set(values), key=values.count) if values else None
 
 
@@ -155,6 +160,7 @@ def collect(run_dir: Path) -> ReportContext:
 
 
 def value_cell(c: Config, ds: DatasetBlock, metric: str, category: str, st: Stat) -> Cell:
+    """A table cell of one statistic, carrying its exact values as ``data-*`` attributes."""
     attrs = {"data-config": c.key, "data-dataset": ds.name, "data-metric": metric, "data-category": category}
     if st.mean is not None:
         attrs["data-mean"] = repr(st.mean)

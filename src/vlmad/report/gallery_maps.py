@@ -35,6 +35,8 @@ def _method_specs(ctx: ReportContext) -> dict[str, dict[str, Any]]:
 def _threshold_for(
     ctx: ReportContext, row: Mapping[str, Any], records: Sequence[Mapping[str, Any]]
 ) -> tuple[float, str]:
+    """The operating threshold of a row for the gallery's verdicts: its calibrated deploy threshold, else the
+    F1-optimal one on its test scores, else their median."""
     for _, d in load_deploys(ctx.run_dir):
         if d["calibration"].get("row_key") == row["row_key"]:
             return float(d["threshold"]), "calibrated deploy threshold"
@@ -49,6 +51,8 @@ def _threshold_for(
 
 
 def _gallery_rows(ctx: ReportContext) -> list[tuple[DatasetBlock, Config, dict[str, Any]]]:
+    """The main-grid rows the gallery shows: per dataset one shot count and one seed (the spec's choice when
+    present)."""
     spec = (ctx.study or {}).get("spec") or {}
     rep = spec.get("report") or {}
     out = []
@@ -84,6 +88,7 @@ class GalleryItem:
 
 
 def gallery_items(ctx: ReportContext) -> list[GalleryItem]:
+    """The gallery items of the run (rows with their picked images, threshold and map cache file)."""
     from vlmad.report import gallery as G
 
     spec = (ctx.study or {}).get("spec") or {}
@@ -154,6 +159,7 @@ def compute_gallery_maps(
 
 
 def gallery_failures(run_dir: Path) -> dict[str, str]:
+    """Why the maps of some configurations could not be computed ({label: reason}), as stored by the run."""
     try:
         return dict(json.loads((run_dir / ASSETS_DIR / "gallery_cache" / "failed.json").read_text()))
     except (OSError, ValueError):

@@ -87,6 +87,8 @@ def _variant_line(
 
 
 def _ablation_table(sec: Doc, ctx: ReportContext, axis: str, title: str) -> bool:
+    """One axis's table (default and variants, value and Δ per metric), its explanation and Δ bars; False when
+    the run has no row of that axis."""
     from vlmad.study.axes import AXES
 
     groups = _ablation_groups(ctx, axis)
@@ -130,6 +132,7 @@ def _ablation_table(sec: Doc, ctx: ReportContext, axis: str, title: str) -> bool
 
 
 def _default_detail(axis: str, c: Config) -> str:
+    """What the default configuration uses on ``axis`` (the "what" cell of its line)."""
     info = c.info
     if axis == "prompts":
         from vlmad.prompts import PROMPT_SETS
@@ -153,6 +156,7 @@ def _default_detail(axis: str, c: Config) -> str:
 
 
 def section_ablations(doc: Doc, ctx: ReportContext) -> None:
+    """The prompt-ablation section, then one table per other axis that has rows."""
     from vlmad.study.axes import AXES
 
     sec = doc.section("prompt-ablation", "Prompt-ensemble ablation")

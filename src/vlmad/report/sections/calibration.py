@@ -87,6 +87,7 @@ def _summary(groups: dict[tuple, list[dict[str, Any]]], titles: Mapping[str, str
 
 
 def section_calibration(doc: Doc, ctx: ReportContext) -> None:
+    """The deploy files of the run: summary per configuration, notes, and every file in a collapsible table."""
     sec = doc.section("calibration", "Deployment thresholds")
     deploys = load_deploys(ctx.run_dir)
     ctx.data["deploy"] = []

@@ -7,6 +7,7 @@ from vlmad.report.html import Doc
 
 
 def section_configs(doc: Doc, ctx: ReportContext) -> None:
+    """Every configuration's full protocol, and the rows that were refused or failed."""
     from vlmad.bench.tables import describe
 
     sec = doc.section("configurations", "Configurations and rows not computed")

@@ -15,6 +15,7 @@ from vlmad.report.html import Cell, Doc
 
 
 def _heads_origin(row: Mapping[str, Any]) -> str | None:
+    """The dataset a row's artefact was trained on (from the detector info), or None."""
     data = (row.get("detector") or {}).get("heads_training_data") or {}
     if not data or not data.get("kind"):
         return None
@@ -72,6 +73,7 @@ def _measured_cell(
 
 
 def section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
+    """The trained-on x evaluated-on table and figure; an empty note when no artefact was trained on a dataset."""
     sec = doc.section("cross-domain", "Cross-domain matrix (trained on x evaluated on)")
     sec.para(
         "APRIL-GAN's projection heads are trained on one dataset and evaluated on another (the paper's "

@@ -10,6 +10,7 @@ from vlmad.report.html import Cell, Doc
 
 
 def section_efficiency(doc: Doc, ctx: ReportContext) -> None:
+    """Per hardware a Pareto plot of macro image AUROC vs ms/image, and the table of every configuration."""
     sec = doc.section("efficiency", "Accuracy vs speed")
     sec.para(
         "Each point is one configuration (main grid: blue dots, ablation variants: grey squares): macro image "

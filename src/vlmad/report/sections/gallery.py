@@ -17,6 +17,7 @@ from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
 
 def section_gallery(doc: Doc, ctx: ReportContext, enabled: bool) -> None:
+    """The gallery items per dataset; an item whose maps are not stored gets a note saying why."""
     from vlmad.data import load_dataset
     from vlmad.report import gallery as G
 

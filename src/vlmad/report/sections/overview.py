@@ -91,6 +91,7 @@ def _overview_notes(sec: Doc, ctx: ReportContext) -> None:
 
 
 def section_overview(doc: Doc, ctx: ReportContext) -> None:
+    """The study's description, what ran and where, and the warnings of the last invocation."""
     sec = doc.section("overview", "Overview")
     spec = (ctx.study or {}).get("spec") or {}
     if spec.get("description"):
@@ -100,6 +101,7 @@ def section_overview(doc: Doc, ctx: ReportContext) -> None:
 
 
 def entries(ctx: ReportContext) -> list[Entry]:
+    """One recommendation entry per main-grid configuration (macro means in percent, latency, hardware)."""
     out: list[Entry] = []
     for ds in ctx.datasets:
         for c in ds.configs:
@@ -110,6 +112,7 @@ def entries(ctx: ReportContext) -> list[Entry]:
 
 
 def section_recommend(doc: Doc, ctx: ReportContext) -> None:
+    """The recommendation sentences, grouped by dataset."""
     sec = doc.section("recommend", "Which method for me?")
     recs = recommend(entries(ctx))
     sec.para(

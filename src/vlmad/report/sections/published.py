@@ -75,6 +75,7 @@ def _dataset_table(sec: Doc, ds: DatasetBlock, data: list[dict[str, Any]]) -> bo
 
 
 def section_published(doc: Doc, ctx: ReportContext) -> None:
+    """One table per dataset that has published numbers for its configurations."""
     sec = doc.section("published", "Published vs measured")
     sec.para(
         "Cells: measured / published (Δ = measured − published, in points). The paper's number is always "

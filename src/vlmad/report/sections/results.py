@@ -26,6 +26,7 @@ def _config_record(c: Config, ds: DatasetBlock) -> dict[str, Any]:
 
 
 def _macro_table(sec: Doc, ctx: ReportContext, ds: DatasetBlock) -> None:
+    """The dataset's macro-mean table (and each configuration's record for the embedded JSON)."""
     header = ["configuration", "seeds", "classes"] + [METRIC_NAMES[m] for m in ds.metrics]
     body = []
     for c in ds.configs:
@@ -68,6 +69,7 @@ def _category_figures(sec: Doc, ctx: ReportContext, ds: DatasetBlock, categories
 
 
 def _per_class_tables(sec: Doc, ds: DatasetBlock, categories: list[str]) -> None:
+    """Per metric, a class x configuration table (collapsed)."""
     det = sec.details(f"Per-class tables ({ds.title})")
     for m in ds.metrics:
         det.heading(METRIC_NAMES[m], 4)
@@ -79,6 +81,7 @@ def _per_class_tables(sec: Doc, ds: DatasetBlock, categories: list[str]) -> None
 
 
 def section_results(doc: Doc, ctx: ReportContext) -> None:
+    """Per dataset: the macro table, per-category bar figures and per-class tables of the main grid."""
     sec = doc.section("results", "Results per dataset")
     ctx.data.setdefault("configs", [])
     if not ctx.datasets:
@@ -96,6 +99,7 @@ def section_results(doc: Doc, ctx: ReportContext) -> None:
 
 
 def section_curves(doc: Doc, ctx: ReportContext) -> None:
+    """Per dataset, macro metrics against the number of references K, one line per method."""
     sec = doc.section("shot-curves", "Zero- and few-shot curves")
     any_fig = False
     for ds in ctx.datasets:
