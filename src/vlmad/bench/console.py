@@ -1,10 +1,7 @@
-"""What a grid run prints: a rich progress display (all images with ETA + the current category) or silence, and
-the one-line summary of a computed row."""
+"""What a grid run shows while it runs: a rich progress display (all images with ETA + the current category) or
+silence. The one-line summary of a computed row is :func:`vlmad.bench.row_status.row_line`."""
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
 
 
 class RunProgress:
@@ -66,24 +63,3 @@ class RunProgress:
     def log(self, message: str) -> None:
         if self.enabled:
             self.console.print(message, highlight=False)
-
-
-def _fmt_metric(metrics: Mapping[str, float], key: str, name: str) -> str:
-    return f"{name} {100 * metrics[key]:.1f}" if key in metrics else ""
-
-
-def row_line(row: Mapping[str, Any]) -> str:
-    """The console line of a computed row: its key metrics and predict time."""
-    m = row.get("metrics") or {}
-    parts = [
-        _fmt_metric(m, "image_auroc", "i-AUROC"),
-        _fmt_metric(m, "pixel_auroc", "p-AUROC"),
-        _fmt_metric(m, "aupro", "AUPRO"),
-    ]
-    seed = "" if row["seed"] is None else f" s{row['seed']}"
-    ds = row["dataset"]
-    t = row.get("timing", {})
-    return (
-        f"[green]✓[/] {ds['kind']}/{ds['category']} {row['method_label']} {row['shots']}-shot{seed}: "
-        f"{'  '.join(p for p in parts if p) or 'no metric'}  ({t.get('predict_s', 0):.1f} s)"
-    )

@@ -1,6 +1,7 @@
 """The steps of one row, in order: draw and fit the K references (:func:`fit_references`), predict every test
 image and finalize (:func:`predict_all`), write the per-image scores (:func:`write_row_scores`). Each step returns a
-small dataclass; a step that cannot go on raises :class:`RowFailed`, which the runner records as a row."""
+small dataclass; a step that cannot go on raises :class:`~vlmad.bench.row_status.RowFailed`, which the runner
+records as a row."""
 
 from __future__ import annotations
 
@@ -17,18 +18,9 @@ from vlmad.bench.grid import BenchmarkConfig, RowPlan
 from vlmad.bench.loading import TestSetCache, load_references, stack_inputs
 from vlmad.bench.profile import MemorySampler, cuda_device, sync
 from vlmad.bench.results import SCORES_DIR, write_scores
+from vlmad.bench.row_status import RowFailed
 from vlmad.methods.base import Detector
 from vlmad_runtime.errors import VlmadError
-
-
-class RowFailed(Exception):
-    """A row that cannot be computed: its status ("refused" or "error") and the reason, recorded as a row."""
-
-    def __init__(self, status: str, err: VlmadError | str) -> None:
-        super().__init__(str(err))
-        self.status = status
-        self.message = err.message if isinstance(err, VlmadError) else str(err)
-        self.hint = err.hint if isinstance(err, VlmadError) else None
 
 
 @dataclass

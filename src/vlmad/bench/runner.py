@@ -26,7 +26,6 @@ import torch
 
 from vlmad.bench import protocol as P
 from vlmad.bench.console import RunProgress as _Progress
-from vlmad.bench.console import row_line as _row_line
 from vlmad.bench.grid import (
     BenchmarkConfig,
     DatasetSpec,
@@ -42,8 +41,9 @@ from vlmad.bench.profile import environment, flops_per_image
 from vlmad.bench.results import RESULTS_FILE, ResultsStore, RunLock, append_invocation
 from vlmad.bench.row_record import RowOutcome, base_row, completed_row, compute_metrics, row_efficiency
 from vlmad.bench.row_record import now as _now
+from vlmad.bench.row_status import RowFailed as _RowFailed
+from vlmad.bench.row_status import row_line as _row_line
 from vlmad.bench.row_steps import CategoryContext, fit_references, predict_all, write_row_scores
-from vlmad.bench.row_steps import RowFailed as _RowFailed
 from vlmad.methods.base import Detector
 from vlmad_runtime.errors import VlmadError
 
@@ -91,6 +91,7 @@ def _validate(config: BenchmarkConfig) -> tuple[list[dict[str, Any]], tuple[str,
 def plan_grid(config: BenchmarkConfig) -> tuple[list[RowPlan], dict[str, Any]]:
     """Every row of the grid with its key, in execution order; plus the opened dataset readers by root."""
     from vlmad.data import load_dataset
+    from vlmad.methods.registry import get_spec
 
     specs, _, eval_res = _validate(config)
     shots = P.parse_int_list(config.shots, "shots")
@@ -106,11 +107,13 @@ def plan_grid(config: BenchmarkConfig) -> tuple[list[RowPlan], dict[str, Any]]:
     keyed = {s["label"]: P.keyed_kwargs(s["kwargs"]) for s in specs}
     plans: list[RowPlan] = []
     for spec in specs:
+        # a zero-shot-only method (its spec's few_shot=False) gets no k-shot rows: nothing to fail, nothing to show
+        method_shots = sorted(shots) if get_spec(spec["method"]).few_shot else [k for k in shots if k == 0]
         for ds in datasets:
             reader = readers[_ds_id(ds)]
             for cat in ds.categories or []:
                 n_test = len(P.limit_samples(reader.samples(cat, "test"), config.limit))
-                for k in sorted(shots):
+                for k in method_shots:
                     for seed in seeds if k > 0 else [None]:
                         payload = {
                             "schema": P.ROW_SCHEMA,
