@@ -104,18 +104,11 @@ def small_dataset(tmp_path_factory):
     made: dict[tuple, Path] = {}
 
     def make(
-        layout: str,
-        categories: str,
-        n_train: int = 4,
-        n_test_good: int = 3,
-        n_test_bad: int = 3,
-        size: int = 64,
-        name: str | None = None,
+        layout: str, categories: str, n_train: int = 4, n_test_good: int = 3, n_test_bad: int = 3, size: int = 64
     ) -> Path:
-        """``name``: the dataset folder's name (default: the layout's), recorded by runs that name their data."""
-        key = (layout, categories, n_train, n_test_good, n_test_bad, size, name)
+        key = (layout, categories, n_train, n_test_good, n_test_bad, size)
         if key not in made:
-            folder = tmp_path_factory.mktemp("data") / (name or layout)
+            folder = tmp_path_factory.mktemp("data") / layout
             made[key] = make_dataset(folder, layout, categories, n_train, n_test_good, n_test_bad, size=size)
         return made[key]
 
