@@ -115,7 +115,7 @@ def serve_helpers():
 def make_app(tmp_path, make_detector):
     """``make_app(detector=None, data_dir=None, **config_fields)`` -> app (default: a fresh tiny WinCLIP)."""
     from vlmad.serve import ServeConfig, create_app
-    from vlmad.serve.limits import Limits
+    from vlmad_runtime.serve.limits import Limits
 
     def make(detector=None, data_dir=None, limits: Limits | None = None, loader=None, **fields):
         config = ServeConfig(

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from vlmad.serve.limits import (
+from vlmad_runtime.serve.limits import (
     ApiError,
     BodyHold,
     Limits,
