@@ -94,9 +94,6 @@ LONG_FUNCTION_EXCEPTIONS = {
     "src/vlmad/bench/tables.py::efficiency_markdown": PENDING_SPLIT,
     "src/vlmad/bench/runner.py::_run_row": PENDING_SPLIT,
     "src/vlmad/report/figures.py::category_bars": PENDING_SPLIT,
-    "runtime/src/vlmad_runtime/serve/limits.py::decode_image": PENDING_SPLIT,
-    "runtime/src/vlmad_runtime/serve/limits.py::parse_multipart": PENDING_SPLIT,
-    "runtime/src/vlmad_runtime/serve/bodies.py::extract_reference_images": PENDING_SPLIT,
     "src/vlmad/report/build.py::_section_overview": PENDING_SPLIT,
 }
 
