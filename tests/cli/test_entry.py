@@ -58,7 +58,7 @@ def test_usage_errors_exit_2_with_the_message():
 def _images(folder: Path, n: int) -> None:
     folder.mkdir(parents=True)
     for i in range(n):
-        Image.new("RGB", (32, 32), (i % 255, 40, 90)).save(folder / f"p{i:03d}.png")
+        Image.new("RGB", (32, 32), (i % 255, 40, 90)).save(folder / f"p{i:05d}.png")
 
 
 def test_detect_nothing_scored_exits_non_zero_and_progress_lines_without_tty(tmp_path):
@@ -75,7 +75,9 @@ def test_detect_nothing_scored_exits_non_zero_and_progress_lines_without_tty(tmp
 
 
 def test_ctrl_c_says_what_was_kept(tmp_path):
-    _images(tmp_path / "lot", 400)
+    # enough images that the run cannot finish between the first rows and the signal, even when the
+    # test process itself is starved of CPU (the tiny model scores ~200 images/s)
+    _images(tmp_path / "lot", 5000)
     out = tmp_path / "out"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.Popen(
@@ -105,7 +107,8 @@ def test_ctrl_c_says_what_was_kept(tmp_path):
         scores = out / "scores.csv"
         if scores.is_file() and len(scores.read_text().splitlines()) > 2:
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
