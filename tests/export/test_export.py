@@ -29,12 +29,12 @@ from vlmad_runtime.errors import VlmadError
 from vlmad_runtime.jobs import CSV_FIELDS
 
 TOL = 1e-4
-CASES = {"winclip": "vlmad-tiny-vit", "aprilgan": "vlmad-tiny-vit-4l"}
+CASES = {"winclip": "vlmad-tiny-vit", "aprilgan": "vlmad-tiny-vit-4l", "anomalyclip": "vlmad-tiny-vit-4l"}
 
 
 def make_detector(method: str, weights_file, shots: int, arch: str | None = None, image_size: int | None = None):
     arch = arch or CASES[method]
-    kwargs = {"allow_untrained": True} if method == "aprilgan" else {}
+    kwargs = {"allow_untrained": True} if method in ("aprilgan", "anomalyclip") else {}
     if image_size:
         kwargs["image_size"] = image_size
     if weights_file is None:
@@ -76,6 +76,18 @@ def test_fp32_bundle_matches_torch(method, shots, fmt, tmp_path, weights_file):
     assert np.abs(load_bundle(tmp_path / "b").run(one.numpy())[1] - det.predict(one).numpy()[1]).max() <= TOL
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_anomalyclip_fp32_bundle_matches_torch(fmt, tmp_path, weights_file):
+    """Zero-shot AnomalyCLIP (seeded prompts, DPAM from block 2, the reference's sigma 4): learned text baked in,
+    DPAM and the Gaussian filter in the graph."""
+    det = make_detector("anomalyclip", weights_file, 0)
+    det.dpam_start = 2
+    manifest = assert_parity(det, tmp_path / "b", fmt, batch_for(det))
+    assert manifest["detector"]["method"] == "anomalyclip" and manifest["detector"]["sigma"] == 4.0
+    one = batch_for(det, 1, seed=9)
+    assert np.abs(load_bundle(tmp_path / "b").run(one.numpy())[1] - det.predict(one).numpy()[1]).max() <= TOL
+
+
 REAL = {"winclip": ("ViT-B-16-plus-240", None), "aprilgan": ("ViT-L-14-336", 518)}
 
 
@@ -86,6 +98,17 @@ def test_fp32_bundles_match_torch_on_the_real_architectures(method, shots, tmp_p
     """ViT-B-16-plus-240 at 240 (WinCLIP) and ViT-L-14-336 at 518 (APRIL-GAN), random init, both runtimes."""
     arch, size = REAL[method]
     det = make_detector(method, None, shots, arch=arch, image_size=size)
+    batch = batch_for(det, 2)
+    for fmt in ("onnx", "openvino"):
+        assert_parity(det, tmp_path / fmt, fmt, batch)
+
+
+@pytest.mark.slow
+def test_anomalyclip_fp32_bundles_match_torch_on_the_real_architecture(tmp_path):
+    """ViT-L-14-336 (QuickGELU, 24 blocks, DPAM from block 6), random init, both runtimes — at 336 px, not the
+    reference's 518: one 518 export of this tower costs ~2-3 min per format here, over the CI budget of a test."""
+    det = make_detector("anomalyclip", None, 0, arch="ViT-L-14-336", image_size=336)
+    assert det.dpam_start == 6 and det.stages == (6, 12, 18, 24)
     batch = batch_for(det, 2)
     for fmt in ("onnx", "openvino"):
         assert_parity(det, tmp_path / fmt, fmt, batch)
@@ -154,6 +177,20 @@ def test_export_refuses_bad_requests_and_fails_loudly_above_tolerance(weights_fi
     with pytest.raises(VlmadError, match="differs from torch"):
         export_bundle(det, ExportRequest(out=tmp_path / "c", verify=batch_for(det), tolerance=-1.0))
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))
+
+
+def test_an_existing_trace_is_reused_and_still_verified(weights_file, tmp_path):
+    """``ExportRequest.traced`` (one trace shared by a detector's onnx/openvino/int8 bundles) is the graph that
+    gets converted: the same detector's trace passes verification, another detector's trace is refused."""
+    det, other = make_detector("winclip", weights_file, 0), make_detector("winclip", weights_file, 2)
+    batch = batch_for(det)
+    export_bundle(det, ExportRequest(out=tmp_path / "onnx", format="onnx", verify=batch, class_name="bottle"))
+    export_bundle(other, ExportRequest(out=tmp_path / "other", format="onnx", verify=batch, class_name="bottle"))
+    reused = ExportRequest(out=tmp_path / "ov", format="openvino", verify=batch, traced=tmp_path / "onnx/model.onnx")
+    assert export_bundle(det, reused)["verification"]["max_abs_map"] <= TOL
+    wrong = ExportRequest(out=tmp_path / "bad", format="openvino", verify=batch, traced=tmp_path / "other/model.onnx")
+    with pytest.raises(VlmadError, match="differs from torch"):
+        export_bundle(det, wrong)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
