@@ -49,6 +49,7 @@ from vlmad.bench.tables import (
 from vlmad.report import figures as F
 from vlmad.report.html import Cell, Doc, render_html, render_markdown
 from vlmad.report.recommend import Entry, recommend
+from vlmad.report.zero_shot import ZERO_SHOT_ONLY, training_origin, zero_shot_only
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 from vlmad_runtime.fileio import atomic_write_text
 from vlmad_runtime.version import __version__
@@ -383,6 +384,7 @@ def _section_curves(doc: Doc, ctx: ReportContext) -> None:
         for c in ds.configs:
             by_method.setdefault(c.first["method_label"], []).append(c)
         panels = []
+        only = zero_shot_only((c.first["method_label"], c.shots) for c in ds.configs)
         for m in [x for x in CURVE_METRICS if x in ds.metrics]:
             series = []
             for label, cs in by_method.items():
@@ -390,7 +392,7 @@ def _section_curves(doc: Doc, ctx: ReportContext) -> None:
                 stats = [macro_stat(c, m) for c in cs]
                 series.append(
                     F.Series(
-                        label + (" †" if cs[0].random else ""),
+                        label + (f" ({ZERO_SHOT_ONLY})" if label in only else "") + (" †" if cs[0].random else ""),
                         [_pct(s.mean) for s in stats],
                         [_pct(s.std) for s in stats],
                         [c.shots for c in cs],
@@ -406,6 +408,8 @@ def _section_curves(doc: Doc, ctx: ReportContext) -> None:
                 f"{ds.title}: macro metric vs K (K = {', '.join(map(str, shots))}); "
                 "error bars: std over reference seeds.",
             )
+            if only:
+                sec.para(f"{', '.join(sorted(only))}: {ZERO_SHOT_ONLY} (no few-shot mode), a single point at K = 0.")
             any_fig = True
     if not any_fig:
         sec.note("No main-grid configuration: no curves.", "empty")
@@ -459,11 +463,7 @@ def _section_efficiency(doc: Doc, ctx: ReportContext) -> None:
 
 
 def _heads_origin(row: Mapping[str, Any]) -> str | None:
-    data = (row.get("detector") or {}).get("heads_training_data") or {}
-    if not data or not data.get("kind"):
-        return None
-    regime = data.get("regime") or "cross-dataset"
-    return str(data["kind"]) + (" (synthetic anomalies)" if regime == "synthetic" else "")
+    return training_origin(row)  # heads, learned prompts, ... (vlmad.report.zero_shot)
 
 
 def _cross_domain_cells(ctx: ReportContext) -> dict[tuple[str, str], dict[str, Any]]:
@@ -480,7 +480,7 @@ def _cross_domain_cells(ctx: ReportContext) -> dict[tuple[str, str], dict[str, A
         if r.get("shots") != 0 or not _is_main(r) or r["method_label"] not in origin_by_label:
             continue
         evald = kinds.get((r["dataset"]["kind"], r["dataset"]["root"]), r["dataset"]["kind"])
-        key = (origin_by_label[r["method_label"]], evald)
+        key = (f"{r['method_label']}: {origin_by_label[r['method_label']]}", evald)  # one matrix row per method
         cells.setdefault(key, {"rows": [], "refused": [], "forced": False})
         if r.get("status") == "ok":
             cells[key]["rows"].append(r)
@@ -493,8 +493,9 @@ def _cross_domain_cells(ctx: ReportContext) -> dict[tuple[str, str], dict[str, A
 def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
     sec = doc.section("cross-domain", "Cross-domain matrix (trained on x evaluated on)")
     sec.para(
-        "APRIL-GAN's projection heads are trained on one dataset and evaluated on another (the paper's "
-        "zero-shot protocol). Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
+        "Trained artefacts (APRIL-GAN's projection heads, AnomalyCLIP's learned prompts) are trained on one "
+        "dataset and evaluated on another (the papers' zero-shot protocol); one row per configuration and "
+        "training dataset. Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
         "the leakage guard unless forced (then labelled not zero-shot)."
     )
     cells = _cross_domain_cells(ctx)
@@ -514,7 +515,8 @@ def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
     body = []
     data = []
     for i, t in enumerate(trained):
-        line = [Cell(f"trained on {t}")]
+        label, origin = t.rsplit(": ", 1)
+        line = [Cell(f"{label}, trained on {origin}")]
         for j, e in enumerate(evaluated):
             cell = cells.get((t, e))
             if cell is None:
@@ -532,8 +534,9 @@ def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
                     Cell(
                         text,
                         {
-                            "data-trained": t,
+                            "data-trained": origin,
                             "data-evaluated": e,
+                            "data-trained-config": label,
                             "data-pixel-auroc": repr(p.mean),
                             "data-image-auroc": repr(im.mean),
                         },
@@ -542,7 +545,8 @@ def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
                 )
                 data.append(
                     {
-                        "trained_on": t,
+                        "trained_on": origin,
+                        "method_label": label,
                         "evaluated_on": e,
                         "pixel_auroc": p.mean,
                         "image_auroc": im.mean,
@@ -553,14 +557,14 @@ def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
                 line.append(Cell("refused: leakage (same dataset)"))
                 notes[i][j] = "refused\n(leakage)"
         body.append(line)
-    sec.table(["heads"] + [f"evaluated on {e}" for e in evaluated], body)
+    sec.table(["trained configuration"] + [f"evaluated on {e}" for e in evaluated], body)
     png = F.matrix_plot(
         trained,
         evaluated,
         values["pixel_auroc"],
         notes,
         "pixel AUROC",
-        "APRIL-GAN zero-shot pixel AUROC: trained on x evaluated on",
+        "Zero-shot pixel AUROC: trained on x evaluated on",
         ctx.random,
     )
     sec.figure("cross-domain", png, "Cross-domain matrix (zero-shot macro pixel AUROC).")

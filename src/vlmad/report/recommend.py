@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlmad.report.figures import pareto_front
+from vlmad.report.zero_shot import ZERO_SHOT_ONLY, zero_shot_only
 
 TIE_POINTS = 0.5
 METRIC_NAMES = {
@@ -93,6 +94,17 @@ def _seg_metric(entries: Sequence[Entry]) -> str | None:
     return None
 
 
+def _zero_only_text(mine: Sequence[Entry], metric: str) -> str:
+    """Methods without a few-shot mode are not in a K-shot ranking; name them with their zero-shot number, so the
+    K-shot winner is read against what needs no reference image at all."""
+    only = zero_shot_only((e.method, e.shots) for e in mine)
+    named = [e for e in mine if e.method in only and e.value(metric) is not None]
+    if not named:
+        return ""
+    items = ", ".join(f"{e.label} {_fmt(e.value(metric))} %" for e in named)
+    return f" Not in this comparison, {ZERO_SHOT_ONLY} (no few-shot mode): {items}."
+
+
 def recommend(entries: Sequence[Entry], classification: str = "image_auroc") -> list[Recommendation]:
     out: list[Recommendation] = []
     datasets = list(dict.fromkeys(e.dataset for e in entries))
@@ -167,7 +179,8 @@ def recommend(entries: Sequence[Entry], classification: str = "image_auroc") -> 
                     f"{k}-shot",
                     ds,
                     f"With {k} normal reference image(s) per product: {best.label} — {METRIC_NAMES[classification]} "
-                    f"{_fmt(best.value(classification))} %, {lead}{gain}.{seg_text}",
+                    f"{_fmt(best.value(classification))} %, {lead}{gain}.{seg_text}"
+                    + _zero_only_text(mine, classification),
                     {"best": best.label, "value": best.value(classification), "shots": k, "tie": tie, "margin": margin},
                 )
             )
