@@ -179,6 +179,20 @@ def test_export_refuses_bad_requests_and_fails_loudly_above_tolerance(weights_fi
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))
 
 
+def test_an_existing_trace_is_reused_and_still_verified(weights_file, tmp_path):
+    """``ExportRequest.traced`` (one trace shared by a detector's onnx/openvino/int8 bundles) is the graph that
+    gets converted: the same detector's trace passes verification, another detector's trace is refused."""
+    det, other = make_detector("winclip", weights_file, 0), make_detector("winclip", weights_file, 2)
+    batch = batch_for(det)
+    export_bundle(det, ExportRequest(out=tmp_path / "onnx", format="onnx", verify=batch, class_name="bottle"))
+    export_bundle(other, ExportRequest(out=tmp_path / "other", format="onnx", verify=batch, class_name="bottle"))
+    reused = ExportRequest(out=tmp_path / "ov", format="openvino", verify=batch, traced=tmp_path / "onnx/model.onnx")
+    assert export_bundle(det, reused)["verification"]["max_abs_map"] <= TOL
+    wrong = ExportRequest(out=tmp_path / "bad", format="openvino", verify=batch, traced=tmp_path / "other/model.onnx")
+    with pytest.raises(VlmadError, match="differs from torch"):
+        export_bundle(det, wrong)
+
+
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_reduced_precision_gap_is_measured_not_claimed_exact(precision, weights_file, tmp_path):
     det = make_detector("winclip", weights_file, 0)

@@ -8,23 +8,15 @@ import json
 import pytest
 import torch
 
-from vlmad.data import load_dataset, make_dataset
+from vlmad.data import load_dataset
 from vlmad.methods.aprilgan import AprilGan
 from vlmad.training import DataLeakageError, TrainConfig, check_leakage, load_heads, train_aprilgan
 from vlmad_runtime.errors import VlmadError
 
 
 @pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    return make_dataset(
-        tmp_path_factory.mktemp("gen") / "mvtec_like",
-        layout="mvtec",
-        categories="demo_texture,demo_object",
-        n_train=4,
-        n_test_good=3,
-        n_test_bad=6,
-        size=64,
-    )
+def dataset_root(small_dataset):
+    return small_dataset("mvtec", "demo_texture,demo_object", n_test_bad=6)
 
 
 def quiet(**kw) -> TrainConfig:

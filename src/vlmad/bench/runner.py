@@ -39,6 +39,8 @@ from vlmad.bench.profile import (
     sync,
 )
 from vlmad.bench.results import RESULTS_FILE, SCORES_DIR, ResultsStore, RunLock, append_invocation, write_scores
+from vlmad.bench.row_status import RowFailed as _RowFailed
+from vlmad.bench.row_status import row_line as _row_line
 from vlmad.methods.base import Detector
 from vlmad.provenance import code_fingerprint
 from vlmad_runtime.errors import VlmadError
@@ -356,14 +358,6 @@ def _replace_last_invocation(path: Path, record: dict[str, Any]) -> None:
     except (OSError, ValueError, KeyError, IndexError):
         data = {"invocations": [record], "latest": record}
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-class _RowFailed(Exception):
-    def __init__(self, status: str, err: VlmadError | str) -> None:
-        super().__init__(str(err))
-        self.status = status
-        self.message = err.message if isinstance(err, VlmadError) else str(err)
-        self.hint = err.hint if isinstance(err, VlmadError) else None
 
 
 @dataclass
@@ -864,23 +858,3 @@ class _Runner:
             "batch_size": self.cfg.batch_size,
         }
         return eff
-
-
-def _fmt_metric(metrics: Mapping[str, float], key: str, name: str) -> str:
-    return f"{name} {100 * metrics[key]:.1f}" if key in metrics else ""
-
-
-def _row_line(row: Mapping[str, Any]) -> str:
-    m = row.get("metrics") or {}
-    parts = [
-        _fmt_metric(m, "image_auroc", "i-AUROC"),
-        _fmt_metric(m, "pixel_auroc", "p-AUROC"),
-        _fmt_metric(m, "aupro", "AUPRO"),
-    ]
-    seed = "" if row["seed"] is None else f" s{row['seed']}"
-    ds = row["dataset"]
-    t = row.get("timing", {})
-    return (
-        f"[green]✓[/] {ds['kind']}/{ds['category']} {row['method_label']} {row['shots']}-shot{seed}: "
-        f"{'  '.join(p for p in parts if p) or 'no metric'}  ({t.get('predict_s', 0):.1f} s)"
-    )

@@ -57,6 +57,33 @@ ArtefactOpt = Annotated[
 ]
 HeadsOpt = ArtefactOpt  # the option's old name
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+OnErrorOpt = Annotated[str, typer.Option("--on-error", help="Unreadable image: skip (recorded) or stop.")]
+DeployOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--deploy",
+        help="deploy.json from `vlmad calibrate` -> decisions; refused when it was calibrated for another detector.",
+    ),
+]
+ForceDeployOpt = Annotated[
+    bool,
+    typer.Option(
+        "--force-deploy",
+        help="Use --deploy even when it was calibrated for another detector or reference set; every such decision "
+        "is labelled 'threshold not calibrated for this detector'.",
+    ),
+]
+AllowUntrainedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-untrained",
+        help="Run without the method's required artefact, e.g. random APRIL-GAN heads (smoke test only).",
+    ),
+]
+# the weights of commands that always load one architecture (demo, fetch-weights): a value, not "per method"
+ArchOpt = Annotated[str, typer.Option("--model", help="open_clip architecture.")]
+PretrainedTagOpt = Annotated[str, typer.Option("--pretrained", help="Pretrained tag.")]
+DatasetKindOpt = Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset kind: mvtec, visa or folder.")]
 
 
 # options of the grid commands (benchmark, study): a value for all methods, or method=VALUE for one
@@ -80,6 +107,16 @@ GridSetOpt = Annotated[
     ),
 ]
 GridPrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32 (default), int8, fp16, bf16.")]
+RunFolderOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; reused to resume).")]
+GridDeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
+GridBatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per predict call.")]
+NumWorkersOpt = Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")]
+ForceProtocolOpt = Annotated[
+    bool, typer.Option("--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")
+]
+RetryFailedOpt = Annotated[bool, typer.Option("--retry-failed", help="Recompute rows recorded as refused or failed.")]
+NoFlopsOpt = Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")]
 
 
 def artefact_kwargs(method: str | None, path: Path | str | None, skip: bool = False) -> dict[str, Any]:

@@ -13,7 +13,10 @@ import typer
 from vlmad.cli import app
 from vlmad.cli.common import (
     CheckpointOpt,
+    ClassNameOpt,
+    DeployOpt,
     DeviceOpt,
+    ForceDeployOpt,
     HeadsOpt,
     MethodOpt,
     ModelOpt,
@@ -39,7 +42,7 @@ def default_data_dir() -> Path:
 
 @app.command()
 def serve(
-    class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
+    class_name: ClassNameOpt,
     method: MethodOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -50,23 +53,8 @@ def serve(
     precision: PrecisionOpt = "fp32",
     prompt_set: PromptOpt = None,
     no_cache: NoCacheOpt = False,
-    deploy: Annotated[
-        Path | None,
-        typer.Option(
-            "--deploy",
-            help="deploy.json from `vlmad calibrate` -> decisions; refused when "
-            "it was calibrated for another detector.",
-        ),
-    ] = None,
-    force_deploy: Annotated[
-        bool,
-        typer.Option(
-            "--force-deploy",
-            help="Serve --deploy even when it was calibrated for another detector or reference "
-            "set; every such response is labelled 'threshold not calibrated for this "
-            "detector'.",
-        ),
-    ] = False,
+    deploy: DeployOpt = None,
+    force_deploy: ForceDeployOpt = False,
     host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 exposes the service).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     data_dir: Annotated[

@@ -10,7 +10,15 @@ import typer
 from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
     ArtefactOpt,
+    BatchOpt,
+    CategoriesOpt,
+    CheckpointOpt,
+    DatasetKindOpt,
+    DeviceOpt,
+    ForceProtocolOpt,
+    GridBatchOpt,
     GridCheckpointOpt,
+    GridDeviceOpt,
     GridModelOpt,
     GridPrecisionOpt,
     GridPretrainedOpt,
@@ -18,8 +26,18 @@ from vlmad.cli.common import (
     GridSetOpt,
     MethodOpt,
     ModelOpt,
+    NoCacheOpt,
+    NoFlopsOpt,
+    NumWorkersOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    PromptOpt,
+    QuietOpt,
+    RandomOpt,
     ReferenceDirOpt,
     ReferenceOpt,
+    RetryFailedOpt,
+    RunFolderOpt,
 )
 from vlmad.cli.executor_opts import (
     CpusPerRowOpt,
@@ -75,7 +93,7 @@ def _parse_roots(values: list[str] | None) -> dict[str, Path] | list[Path]:
 def study(
     ctx: typer.Context,
     spec: Annotated[str, typer.Argument(help="Preset name (seed-full, prompt-ablation, quick) or a YAML spec file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; reused to resume).")],
+    out: RunFolderOpt,
     root: Annotated[
         list[str] | None,
         typer.Option(
@@ -86,9 +104,7 @@ def study(
         str | None,
         typer.Option("--datasets", help="Comma-separated subset of the spec's datasets (the others need no --root)."),
     ] = None,
-    categories: Annotated[
-        str | None, typer.Option("--categories", help="Comma-separated categories; 'kind:name' to target one dataset.")
-    ] = None,
+    categories: CategoriesOpt = None,
     model: GridModelOpt = None,
     pretrained: GridPretrainedOpt = None,
     checkpoint: GridCheckpointOpt = None,
@@ -109,19 +125,15 @@ def study(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Override the spec's test images per category (balanced).")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per predict call.")] = 8,
-    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")] = 2,
-    force_protocol: Annotated[
-        bool, typer.Option("--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")
-    ] = False,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Recompute rows recorded as refused or failed.")
-    ] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
-    no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
+    device: GridDeviceOpt = "cpu",
+    batch_size: GridBatchOpt = 8,
+    num_workers: NumWorkersOpt = 2,
+    force_protocol: ForceProtocolOpt = False,
+    retry_failed: RetryFailedOpt = False,
+    no_cache: NoCacheOpt = False,
+    no_flops: NoFlopsOpt = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write the report at the end.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
+    quiet: QuietOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
     cpus_per_row: CpusPerRowOpt = 1.0,
@@ -238,7 +250,7 @@ def calibrate(
         typer.Option("--normal-dir", help="Folder of held-out normal images (normal-quantile calibration)."),
     ] = None,
     quantile: Annotated[float, typer.Option("--quantile", help="Share of normal images below the threshold.")] = 0.99,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset kind: mvtec, visa or folder.")] = None,
+    dataset: DatasetKindOpt = None,
     root: Annotated[Path | None, typer.Option("--root", help="Dataset folder (with --dataset).")] = None,
     category: Annotated[str | None, typer.Option("--category", help="Category of the dataset.")] = None,
     split: Annotated[
@@ -260,17 +272,15 @@ def calibrate(
     reference: ReferenceOpt = None,
     reference_dir: ReferenceDirOpt = None,
     model: ModelOpt = None,
-    pretrained: Annotated[str | None, typer.Option("--pretrained", help="Pretrained tag.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Local .safetensors weights.")] = None,
-    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random init (smoke test).")] = False,
+    pretrained: PretrainedOpt = None,
+    checkpoint: CheckpointOpt = None,
+    random_weights: RandomOpt = False,
     heads: ArtefactOpt = None,
-    prompt_set: Annotated[
-        str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, int8 (CPU), fp16/bf16 (GPU).")] = "fp32",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
+    prompt_set: PromptOpt = None,
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    batch_size: BatchOpt = 8,
+    no_cache: NoCacheOpt = False,
     pixel_fp_rate: Annotated[
         float,
         typer.Option(

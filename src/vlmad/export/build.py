@@ -44,6 +44,10 @@ class ExportRequest:
     class_name: str | None = None
     reference_fingerprint: str | None = None  # order-free digest of the few-shot references (vlmad.fingerprint)
     tolerance: float = FP32_TOLERANCE
+    #: an ONNX file already traced from this detector's graph (e.g. another bundle's model.onnx): reused instead of
+    #: tracing again, so one detector's onnx/openvino/int8 bundles share one trace (a trace of a ViT takes minutes);
+    #: the verification below still compares the result with the torch detector
+    traced: Path | None = None
 
 
 def check_request(req: ExportRequest) -> None:
@@ -173,7 +177,10 @@ def export_bundle(detector, req: ExportRequest) -> dict[str, Any]:
         folder = work / "bundle"
         folder.mkdir()
         onnx_path = (folder if req.format == "onnx" else work) / "model.onnx"
-        trace_onnx(graph, verify[:1].float(), onnx_path)
+        if req.traced is not None:
+            shutil.copyfile(req.traced, onnx_path)
+        else:
+            trace_onnx(graph, verify[:1].float(), onnx_path)
         if req.format == "openvino":
             to_openvino(onnx_path, folder, req.precision, req.calibration)
         if req.deploy is not None:  # the runtime reads it with the same deploy reader as `vlmad detect`
