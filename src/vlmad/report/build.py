@@ -559,7 +559,7 @@ def _section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
         body.append(line)
     sec.table(["trained configuration"] + [f"evaluated on {e}" for e in evaluated], body)
     png = F.matrix_plot(
-        trained,
+        ["{1}\n({0})".format(*t.rsplit(": ", 1)) for t in trained],  # "trained on visa" over "(its configuration)"
         evaluated,
         values["pixel_auroc"],
         notes,
