@@ -66,25 +66,10 @@ MAX_FUNCTION_LINES = 60
 #: functions allowed over the limit, and why (``path::name``)
 PENDING_SPLIT = "over 60 lines since `ruff format` was applied: being split"
 LONG_FUNCTION_EXCEPTIONS = {
-    "src/vlmad/cli/study_cmd.py::calibrate": "not split yet: its calibration logic still belongs in "
-    "study/calibration.py",
-    "src/vlmad/study/runner.py::calibrate_study": "not split yet (4 lines over)",
-    "src/vlmad/report/recommend.py::recommend": "one decision table, read top to bottom",
-    "src/vlmad/report/build.py::_section_calibration": PENDING_SPLIT,
-    "src/vlmad/study/runner.py::plan_study": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_ablation_table": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_section_cross_domain": PENDING_SPLIT,
     "src/vlmad/cli/serve_cmd.py::serve": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_section_published": PENDING_SPLIT,
-    "src/vlmad/bench/runner.py::_run_category": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_section_results": PENDING_SPLIT,
-    "src/vlmad/bench/tables.py::efficiency_markdown": PENDING_SPLIT,
-    "src/vlmad/bench/runner.py::_run_row": PENDING_SPLIT,
-    "src/vlmad/report/figures.py::category_bars": PENDING_SPLIT,
     "src/vlmad/serve/limits.py::decode_image": PENDING_SPLIT,
     "src/vlmad/serve/limits.py::parse_multipart": PENDING_SPLIT,
     "src/vlmad/serve/bodies.py::extract_reference_images": PENDING_SPLIT,
-    "src/vlmad/report/build.py::_section_overview": PENDING_SPLIT,
 }
 
 

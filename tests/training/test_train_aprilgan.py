@@ -14,11 +14,6 @@ from vlmad.training import DataLeakageError, TrainConfig, check_leakage, load_he
 from vlmad_runtime.errors import VlmadError
 
 
-@pytest.fixture(scope="module")
-def dataset_root(small_dataset):
-    return small_dataset("mvtec", "demo_texture,demo_object", n_test_bad=6)
-
-
 def quiet(**kw) -> TrainConfig:
     kw.setdefault("mosaic_rate", 0.0)
     kw.setdefault("val_fraction", 0.25)
@@ -55,7 +50,7 @@ def test_training_reduces_loss_and_checkpoints_reload_bit_exactly(dataset_root, 
         assert torch.equal(state[k], v.cpu())
     train = meta["training"]
     assert train["data"] == result.data
-    assert train["data"]["kind"] == "mvtec" and train["data"]["root_name"] == "mvtec_like"
+    assert train["data"]["kind"] == "mvtec" and train["data"]["root_name"] == dataset_root.name
     assert train["data"]["categories"] == ["demo_object", "demo_texture"] and train["data"]["split"] == "test"
     assert (train["epoch"], train["epochs"], train["seed"], train["batch_size"]) == (6, 6, 0, 8)
     assert train["lr"] == 1e-3 and train["betas"] == [0.5, 0.999] and train["mosaic_rate"] == 0.0
