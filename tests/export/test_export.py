@@ -369,7 +369,7 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
     py = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     pip = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", f"{RUNTIME}[onnx]"],
+        [str(py), "-m", "pip", "install", "-q", f"{RUNTIME}[onnx,serve]"],
         capture_output=True,
         text=True,
         env=env,
@@ -433,6 +433,35 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
         assert abs(got[name][0] - ref[name][0]) <= TOL
         assert got[name][1:] == ref[name][1:]  # decision from the bundle's deploy.json, original size
     assert {v[1] for v in got.values()} <= {"normal", "anomalous"} and all(v[1] for v in got.values())
+    serve_one_image(env_dir / "bin" / "vlmad-runtime", tmp_path, env, imgs[0], ref[imgs[0].name])
+
+
+def serve_one_image(exe: Path, tmp_path: Path, env: dict, image: Path, expected: tuple) -> None:
+    """`vlmad-runtime serve` from the torch-free venv on a loopback port: one POST scores like `vlmad detect`."""
+    import httpx
+
+    from vlmad_runtime.serve.client import free_port, wait_until_ready
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [str(exe), "serve", str(tmp_path / "bundle"), "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_until_ready(url, 120, alive=lambda: proc.poll() is None), log.read_text()
+        body = httpx.post(url + "/v1/detect", files={"image": (image.name, image.read_bytes())}, timeout=60).json()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    print(f"{image.name}: vlmad detect {expected[0]:.7f}  vlmad-runtime serve {body['score']:.7f}")
+    assert abs(body["score"] - expected[0]) <= TOL
+    assert body["decision"] == expected[1] and body["calibrated"] is True  # the bundle's deploy.json, checked
+    assert "Traceback" not in log.read_text()
 
 
 def test_runtime_refuses_a_deploy_file_calibrated_for_another_detector(cli_export, weights_file, tmp_path):

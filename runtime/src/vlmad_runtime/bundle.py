@@ -185,6 +185,19 @@ class Bundle:
         path = self.folder / "deploy.json"
         return load_deploy(path) if "deploy.json" in self.manifest["files"] else None
 
+    def check_deployment(self, deployment, force: bool = False) -> list[tuple[str, Any, Any]]:
+        """A deploy file given on the line PC must have been calibrated for the detector inside the bundle: its
+        fingerprint is compared with the one the bundle recorded at export (every differing field named; with
+        ``force`` the differences are returned instead of raised)."""
+        protocol = self.manifest.get("protocol")
+        if not protocol:
+            raise BundleError(
+                f"{self.folder}: the bundle records no detector fingerprint, so {deployment.where} cannot "
+                "be checked against it",
+                "re-export the bundle with this vlmad version",
+            )
+        return deployment.check(protocol, force=force)
+
     def info(self) -> BundleInfo:
         fields = dict(self.manifest["detector"])
         fields.update(bundle=str(self.folder), bundle_format=self.format, bundle_precision=self.manifest["precision"])

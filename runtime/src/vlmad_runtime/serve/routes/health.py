@@ -7,9 +7,9 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
-from vlmad.serve.config import deploy_summary, service_version
-from vlmad.serve.service import Service
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.serve.config import deploy_summary, service_version
+from vlmad_runtime.serve.service import Service
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
@@ -79,6 +79,7 @@ def service_info(service: Service) -> dict:
         "batching": {"max_batch_size": config.max_batch_size, "max_wait_ms": config.max_wait_ms},
         "limits": config.limits.as_dict(),
         "reference_sets": service.store.names(),
+        "references_supported": not config.references_refusal,
         "api_key_required": bool(config.api_key),
         "version": service_version(),
     }

@@ -1,9 +1,9 @@
-"""The model worker: one detector, one thread, dynamic batches per reference set.
+"""The model worker: one served model, one thread, dynamic batches per reference set.
 
-Every call into the detector (load, setup, fit, predict, reference swaps) runs on the batcher's worker thread, so
-the detector never sees two threads. A batch carries one key, the reference set ``(name, version)`` or ``None``
-(zero-shot); before predicting, the worker makes that set's memory active: a cache hit restores the memory computed
-earlier (attribute swap), a miss loads the set's images from the store and fits once.
+Every call into the model (load, prepare, fit, predict, reference swaps; :mod:`vlmad_runtime.serve.model`) runs on the
+batcher's worker thread, so the model never sees two threads. A batch carries one key, the reference set ``(name,
+version)`` or ``None`` (zero-shot); before predicting, the worker makes that set's memory active: a cache hit restores
+the memory computed earlier (attribute swap), a miss loads the set's images from the store and fits once.
 """
 
 from __future__ import annotations
@@ -16,21 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from vlmad.serve.batching import DynamicBatcher
-from vlmad.serve.limits import ApiError
-from vlmad.serve.metrics import ServiceMetrics
-from vlmad.serve.references import (
-    MemoryCache,
-    ReferenceMemory,
-    ReferenceStore,
-    capture_memory,
-    restore_memory,
-)
+from vlmad_runtime.serve.batching import DynamicBatcher
+from vlmad_runtime.serve.limits import ApiError
+from vlmad_runtime.serve.metrics import ServiceMetrics
+from vlmad_runtime.serve.model import ReferenceMemory, ServedModel
+from vlmad_runtime.serve.references import MemoryCache, ReferenceStore
 
-log = logging.getLogger("vlmad.serve")
+log = logging.getLogger("vlmad_runtime.serve")
 
 _UNSET = object()
 
@@ -47,7 +41,7 @@ class DetectResult:
 
 
 class ModelWorker:
-    """Owns the detector; ``await detect(tensor, key)`` from the event loop."""
+    """Owns the served model; ``await detect(model_input, key)`` from the event loop."""
 
     def __init__(
         self,
@@ -65,7 +59,7 @@ class ModelWorker:
         self.store = store
         self.metrics = metrics
         self.memories = MemoryCache(memory_cache_bytes)
-        self.detector: Any = None
+        self.model: ServedModel | None = None
         self.ready = threading.Event()
         self.load_error: str | None = None
         self.info: dict[str, Any] = {}
@@ -89,32 +83,22 @@ class ModelWorker:
 
     def _load(self) -> None:
         try:
-            detector = self._loader()
-            if (
-                getattr(detector, "class_name", None) != self.class_name
-                or getattr(detector, "text_embeddings", True) is None
-            ):
-                detector.setup(self.class_name)
-            detector.reset_references()
-            self.detector = detector
+            model = self._loader()
+            model.prepare(self.class_name)
+            model.reset_references()
+            self.model = model
             self._active = None
-            self.info = detector.info().as_dict()
+            self.info = model.info()
             self.ready.set()
         except Exception as err:
             self.load_error = str(err)
             log.error("model loading failed: %s", err)
             raise
 
-    @property
-    def image_size(self) -> int:
-        return int(self.detector.image_size)
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """RGB image -> (1, 3, S, S) model input; thread-safe (runs on request threads, off the worker)."""
-        own = getattr(self.detector, "preprocess", None)  # the method's declared reference pipeline
-        if not callable(own):
-            return image  # detectors without one take PIL images in predict()
-        return own([image])
+    def preprocess(self, image: Image.Image) -> Any:
+        """RGB image -> one model input; thread-safe (runs on request threads, off the worker)."""
+        assert self.model is not None
+        return self.model.preprocess(image)
 
     # ------------------------------------------------------------------ calls from the event loop
     async def detect(self, model_input: Any, key: tuple[str, str] | None) -> DetectResult:
@@ -147,7 +131,7 @@ class ModelWorker:
         self.metrics.reference_cache.inc(result="miss")
         t0 = time.perf_counter()
         self._active = _UNSET  # fit() changes the detector's memory; unknown until it returns
-        mem = capture_memory(self.detector, images)
+        mem = self.model.fit_references(images)
         self._active = (name, info.version)
         self.memories.put((name, info.version), mem)
         self.metrics.reference_fits.inc()
@@ -160,7 +144,7 @@ class ModelWorker:
             return key
         if key is None:
             if self._active is not None:
-                self.detector.reset_references()
+                self.model.reset_references()
                 self._active = None
                 self.metrics.reference_swaps.inc()
             return None
@@ -168,7 +152,7 @@ class ModelWorker:
         mem, used = self._memory_for(name, version)
         if self._active != (name, used):
             self._active = _UNSET
-            restore_memory(self.detector, mem)
+            self.model.use_references(mem)
             self._active = (name, used)
             self.metrics.reference_swaps.inc()
         return (name, used)
@@ -187,13 +171,11 @@ class ModelWorker:
             )
         inputs = [p[0] for p in payloads]
         t0 = time.perf_counter()
-        batch = torch.cat(inputs) if isinstance(inputs[0], torch.Tensor) else inputs
-        pred = self.detector.predict(batch)
-        scores, maps = pred.numpy()
+        scores, maps = self.model.predict(inputs)
         inference_s = time.perf_counter() - t0
         self.metrics.inference.observe(inference_s)
         self.metrics.images.inc(len(payloads), mode="zero-shot" if key is None else "few-shot")
-        info = self.detector.info().as_dict()
+        info = self.model.info()
         out = []
         for (_, enqueued), score, amap in zip(payloads, scores, maps, strict=True):
             queue_s = max(0.0, started - enqueued)

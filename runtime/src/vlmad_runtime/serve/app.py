@@ -1,8 +1,9 @@
-"""The FastAPI application of ``vlmad serve``: HTTP API, web page, health, metrics.
+"""The FastAPI application of ``vlmad serve`` and ``vlmad-runtime serve``: HTTP API, web page, health, metrics.
 
-``create_app(config, detector=...)`` (or ``loader=`` to load the model in the background after start-up) returns an
-ASGI app; ``vlmad serve`` runs it with uvicorn. Routes (all answers JSON unless noted; errors are
-``{"error": {"code", "message", "hint"}, "request_id"}`` with a 4xx/5xx status, never a stack trace):
+``create_app(config, model=...)`` (a :class:`~vlmad_runtime.serve.model.ServedModel`; or ``loader=`` to load it in the
+background after start-up) returns an ASGI app; both commands run it with uvicorn (:mod:`.launch`). Routes (all
+answers JSON unless noted; errors are ``{"error": {"code", "message", "hint"}, "request_id"}`` with a 4xx/5xx status,
+never a stack trace):
 
 - ``POST /v1/detect[?references=SET&heatmap=overlay|raw|color|both|all&alpha=0.5]``: one image as multipart field
   ``image`` (or ``file``), as a raw ``image/*`` body, or as JSON ``{"image_b64": "..."}``.
@@ -25,31 +26,33 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
-from vlmad.serve.config import ServeConfig, deploy_summary, deploy_warnings, service_version
-from vlmad.serve.errors import install_error_handlers
-from vlmad.serve.imaging import render_heatmap
-from vlmad.serve.middleware import ServiceMiddleware
-from vlmad.serve.routes import detect, health, references
-from vlmad.serve.routes.health import STATIC_DIR
-from vlmad.serve.schemas import DetectResponse, Heatmap, ReferenceSetResponse
-from vlmad.serve.service import Service
-from vlmad.serve.worker import ModelWorker
 from vlmad_runtime.deploy import load_deploy
+from vlmad_runtime.serve.config import ServeConfig, deploy_summary, deploy_warnings, service_version
+from vlmad_runtime.serve.errors import install_error_handlers
+from vlmad_runtime.serve.imaging import render_heatmap
+from vlmad_runtime.serve.middleware import ServiceMiddleware
+from vlmad_runtime.serve.model import ServedModel
+from vlmad_runtime.serve.routes import detect, health, references
+from vlmad_runtime.serve.routes.health import STATIC_DIR
+from vlmad_runtime.serve.schemas import DetectResponse, Heatmap, ReferenceSetResponse
+from vlmad_runtime.serve.service import Service
+from vlmad_runtime.serve.worker import ModelWorker
 
 
-def create_app(config: ServeConfig, detector: Any = None, loader: Callable[[], Any] | None = None) -> FastAPI:
-    """The ASGI app. Pass a ready ``detector`` (``setup`` is called for ``config.class_name`` if needed), or a
-    ``loader`` returning one, run on the model thread after start-up (``/readyz`` answers 503 until it is done)."""
-    if (detector is None) == (loader is None):
-        raise ValueError("pass exactly one of detector= or loader=")
-    service = Service(config, loader or (lambda: detector))
+def create_app(
+    config: ServeConfig, model: ServedModel | None = None, loader: Callable[[], ServedModel] | None = None
+) -> FastAPI:
+    """The ASGI app. Pass a ready ``model`` (``prepare`` is called for ``config.class_name``), or a ``loader``
+    returning one, run on the model thread after start-up (``/readyz`` answers 503 until it is done)."""
+    if (model is None) == (loader is None):
+        raise ValueError("pass exactly one of model= or loader=")
+    service = Service(config, loader or (lambda: model))
     app = FastAPI(
         title="vlmad serve",
         version=service_version(),
@@ -108,6 +111,7 @@ __all__ = [
     "Heatmap",
     "ReferenceSetResponse",
     "ServeConfig",
+    "ServedModel",
     "create_app",
     "deploy_summary",
     "deploy_warnings",

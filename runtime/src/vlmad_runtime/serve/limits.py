@@ -112,6 +112,27 @@ def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[Ima
     """
     from vlmad_runtime.images import decode_to_rgb  # the file loader's conversion rules, shared on purpose
 
+    _check_size(data, limits, label)
+    im = _open_image(data, limits, label)
+    with im:
+        fmt = _check_header(im, limits, label)
+        try:
+            return decode_to_rgb(im, label), fmt
+        except ImageLoadError as err:
+            raise ApiError(
+                400,
+                "invalid_image",
+                f"{label} cannot be decoded: {err.reason}",
+                "the file may be truncated or corrupt; re-export or re-send it",
+            ) from None
+        except Exception as err:  # belt and braces: no decoder failure becomes a 500
+            raise ApiError(
+                400, "invalid_image", f"{label} cannot be decoded: {err or type(err).__name__}", "re-export the image"
+            ) from None
+
+
+def _check_size(data: bytes, limits: Limits, label: str) -> None:
+    """Empty and over-long uploads are refused before any decoder sees them."""
     if not data:
         raise ApiError(400, "empty_image", f"{label} is empty (0 bytes)", "send the bytes of a PNG/JPEG image")
     if len(data) > limits.max_upload_bytes:
@@ -121,10 +142,14 @@ def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[Ima
             f"{label} is {len(data)} bytes; the limit is {limits.max_upload_bytes} bytes",
             "downscale or re-compress the image",
         )
+
+
+def _open_image(data: bytes, limits: Limits, label: str) -> Image.Image:
+    """PIL's lazy open (header only); every failure becomes a 4xx with what to do."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ApiError(
             400,
@@ -143,40 +168,31 @@ def decode_image(data: bytes, limits: Limits, label: str = "image") -> tuple[Ima
         raise ApiError(
             400, "invalid_image", f"{label} cannot be opened: {err or type(err).__name__}", "re-export the image"
         ) from None
-    with im:
-        fmt = (im.format or "").upper()
-        # MPO (phones, stereo cameras) is a JPEG with more frames after it; the file loader reads its first frame
-        jpeg_family = fmt == "MPO" and "JPEG" in limits.allowed_formats
-        if fmt not in limits.allowed_formats and not jpeg_family:
-            raise ApiError(
-                415,
-                "unsupported_image_format",
-                f"{label} is a {fmt or 'unknown'} image; accepted formats: {', '.join(limits.allowed_formats)}",
-                "convert the image to PNG or JPEG",
-            )
-        w, h = im.size
-        if w <= 0 or h <= 0:
-            raise ApiError(400, "invalid_image", f"{label} has an empty size {w}x{h}")
-        if w * h > limits.max_pixels:
-            raise ApiError(
-                413,
-                "too_many_pixels",
-                f"{label} is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels} (possible decompression bomb)",
-                "downscale the image before sending it",
-            )
-        try:
-            return decode_to_rgb(im, label), fmt
-        except ImageLoadError as err:
-            raise ApiError(
-                400,
-                "invalid_image",
-                f"{label} cannot be decoded: {err.reason}",
-                "the file may be truncated or corrupt; re-export or re-send it",
-            ) from None
-        except Exception as err:  # belt and braces: no decoder failure becomes a 500
-            raise ApiError(
-                400, "invalid_image", f"{label} cannot be decoded: {err or type(err).__name__}", "re-export the image"
-            ) from None
+
+
+def _check_header(im: Image.Image, limits: Limits, label: str) -> str:
+    """The format and size the header claims, against the limits (before any pixel is decoded); the format."""
+    fmt = (im.format or "").upper()
+    # MPO (phones, stereo cameras) is a JPEG with more frames after it; the file loader reads its first frame
+    jpeg_family = fmt == "MPO" and "JPEG" in limits.allowed_formats
+    if fmt not in limits.allowed_formats and not jpeg_family:
+        raise ApiError(
+            415,
+            "unsupported_image_format",
+            f"{label} is a {fmt or 'unknown'} image; accepted formats: {', '.join(limits.allowed_formats)}",
+            "convert the image to PNG or JPEG",
+        )
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ApiError(400, "invalid_image", f"{label} has an empty size {w}x{h}")
+    if w * h > limits.max_pixels:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"{label} is {w}x{h} = {w * h} pixels; the limit is {limits.max_pixels} (possible decompression bomb)",
+            "downscale the image before sending it",
+        )
+    return fmt
 
 
 def decode_base64(value: Any, field_name: str, limits: Limits) -> bytes:
@@ -266,6 +282,60 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
+class _PartCollector:
+    """python-multipart's callbacks, collecting the parts of one body in memory (at most ``max_parts``)."""
+
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts = max_parts
+        self.parts: list[Part] = []
+        self.headers: dict[str, str] = {}
+        self.field, self.value = b"", b""
+        self.data: list[bytes] = []
+        self.ended = False
+
+    def callbacks(self) -> dict[str, Any]:
+        names = ("part_begin", "part_data", "part_end", "header_field", "header_value", "header_end", "end")
+        return {f"on_{n}": getattr(self, f"on_{n}") for n in names}
+
+    def on_part_begin(self) -> None:
+        if len(self.parts) >= self.max_parts:
+            raise ApiError(400, "too_many_parts", f"multipart body has more than {self.max_parts} parts")
+        self.headers, self.data = {}, []
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.field.lower().decode("latin-1")] = self.value.decode("latin-1")
+        self.field, self.value = b"", b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.data.append(data[start:end])
+
+    def on_part_end(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        disposition = self.headers.get("content-disposition")
+        if disposition is None:
+            raise ApiError(400, "invalid_multipart", "a multipart part has no Content-Disposition header")
+        _, opts = parse_options_header(disposition)
+        filename = opts.get(b"filename")
+        self.parts.append(
+            Part(
+                name=opts.get(b"name", b"").decode("utf-8", "replace"),
+                filename=None if filename is None else filename.decode("utf-8", "replace"),
+                content_type=self.headers.get("content-type"),
+                data=b"".join(self.data),
+            )
+        )
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
 def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part]:
     """Parse a complete multipart/form-data body held in memory (nothing is written to disk)."""
     from python_multipart.multipart import MultipartParseError, MultipartParser, parse_options_header
@@ -279,57 +349,9 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part
             "multipart/form-data body without a boundary parameter",
             "let your HTTP client build the multipart body (e.g. curl -F image=@file.png)",
         )
-    parts: list[Part] = []
-    state: dict[str, Any] = {"headers": {}, "field": b"", "value": b"", "data": [], "ended": False}
-
-    def on_part_begin() -> None:
-        if len(parts) >= max_parts:
-            raise ApiError(400, "too_many_parts", f"multipart body has more than {max_parts} parts")
-        state["headers"], state["data"] = {}, []
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] += data[start:end]
-
-    def on_header_end() -> None:
-        state["headers"][state["field"].lower().decode("latin-1")] = state["value"].decode("latin-1")
-        state["field"], state["value"] = b"", b""
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        state["data"].append(data[start:end])
-
-    def on_part_end() -> None:
-        disposition = state["headers"].get("content-disposition")
-        if disposition is None:
-            raise ApiError(400, "invalid_multipart", "a multipart part has no Content-Disposition header")
-        _, opts = parse_options_header(disposition)
-        name = opts.get(b"name", b"").decode("utf-8", "replace")
-        filename = opts.get(b"filename")
-        parts.append(
-            Part(
-                name=name,
-                filename=None if filename is None else filename.decode("utf-8", "replace"),
-                content_type=state["headers"].get("content-type"),
-                data=b"".join(state["data"]),
-            )
-        )
-
-    def on_end() -> None:
-        state["ended"] = True
-
-    callbacks = {
-        "on_part_begin": on_part_begin,
-        "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
-        "on_header_field": on_header_field,
-        "on_header_value": on_header_value,
-        "on_header_end": on_header_end,
-        "on_end": on_end,
-    }
+    collector = _PartCollector(max_parts)
     try:
-        parser = MultipartParser(boundary, callbacks)
+        parser = MultipartParser(boundary, collector.callbacks())
         parser.write(body)
         parser.finalize()
     except ApiError:
@@ -338,9 +360,9 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part
         raise ApiError(400, "invalid_multipart", f"malformed multipart body: {err}") from None
     except Exception as err:  # the parser's own errors are not all MultipartParseError
         raise ApiError(400, "invalid_multipart", f"malformed multipart body: {err or type(err).__name__}") from None
-    if not state["ended"]:
+    if not collector.ended:
         raise ApiError(400, "invalid_multipart", "multipart body is truncated (no closing boundary)")
-    return parts
+    return collector.parts
 
 
 def check_file_part(part: Part) -> None:

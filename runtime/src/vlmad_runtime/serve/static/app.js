@@ -57,6 +57,11 @@
         : `threshold ${Number(info.threshold).toPrecision(4)} (score ≥ threshold → anomalous` +
           (info.deploy && info.deploy.expected_false_alarm_rate !== null && info.deploy.expected_false_alarm_rate !== undefined
             ? `; expected false-alarm rate ${(100 * info.deploy.expected_false_alarm_rate).toPrecision(2)} %)` : ")");
+      if (info.references_supported === false) {  // an exported bundle: its few-shot memory is part of the graph
+        $("new-set-upload").disabled = true;
+        $("manage-status").textContent = "this service runs an exported bundle: its few-shot memory is baked in " +
+          "(reference sets cannot be uploaded; export again with --reference-dir to change it)";
+      }
       if (info.ready) setStatus("ready: drop an image");
       else { setStatus("model loading…"); setTimeout(loadInfo, 1000); }
       await loadSets();
@@ -114,7 +119,8 @@
     note.textContent = r.decision_note ? "⚠ " + r.decision_note : "";
     note.hidden = !r.decision_note;
     $("result-meta").textContent = `${item.name} · ${r.image.width}×${r.image.height} · ${r.method}` +
-      (r.references ? ` · references "${r.references}" (${r.shots}-shot)` : " · zero-shot") +
+      (r.references ? ` · references "${r.references}" (${r.shots}-shot)`
+        : r.shots ? ` · ${r.shots}-shot memory built in` : " · zero-shot") +
       ` · batch of ${r.batch_size} · ${r.timing_ms.total.toFixed(0)} ms`;
     const warn = $("result-warning");
     warn.textContent = r.warning ? "⚠ " + r.warning : "";

@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from vlmad.serve.config import ServeConfig, deploy_warnings
-from vlmad.serve.guard import RequestGuard
-from vlmad.serve.limits import ApiError, BodyBudget
-from vlmad.serve.metrics import ServiceMetrics
-from vlmad.serve.references import ReferenceStore
-from vlmad.serve.worker import ModelWorker
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.serve.config import ServeConfig, deploy_warnings
+from vlmad_runtime.serve.guard import RequestGuard
+from vlmad_runtime.serve.limits import ApiError, BodyBudget
+from vlmad_runtime.serve.metrics import ServiceMetrics
+from vlmad_runtime.serve.references import ReferenceStore
+from vlmad_runtime.serve.worker import ModelWorker
 
 T = TypeVar("T")
 
@@ -89,6 +89,18 @@ class Service:
             )
         return w
 
+    def require_references(self) -> None:
+        """Refuse reference-set uploads and few-shot requests on a model that cannot take them (a bundle)."""
+        refusal = self.config.references_refusal
+        if refusal:
+            raise ApiError(
+                409,
+                "references_not_supported",
+                refusal,
+                "export the bundle again with `vlmad export --reference-dir DIR`, or serve the detector with "
+                "`vlmad serve` to use reference sets",
+            )
+
     @property
     def random_weights(self) -> bool:
         return bool(self.worker and self.worker.info.get("random_weights"))
@@ -100,7 +112,7 @@ class Service:
             return None
         from starlette.concurrency import run_in_threadpool
 
-        from vlmad.fingerprint import image_digest, reference_fingerprint
+        from vlmad_runtime.fingerprint import image_digest, reference_fingerprint
 
         cache_key = (key[0], version or key[1])
         if cache_key not in self._ref_fps:

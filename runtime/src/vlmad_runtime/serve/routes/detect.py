@@ -11,16 +11,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from vlmad.serve.batching import BatcherClosedError, QueueFullError
-from vlmad.serve.bodies import extract_detect_image, parse_heatmap, read_body
-from vlmad.serve.config import decide, map_scale
-from vlmad.serve.errors import overloaded, request_id_of, with_timeout
-from vlmad.serve.imaging import DecodedUpload, prepare_detect_image, render_heatmap
-from vlmad.serve.limits import ApiError
-from vlmad.serve.schemas import DETECT_BODY, ERRORS, DetectResponse
-from vlmad.serve.service import Service, ms
-from vlmad.serve.worker import DetectResult, ModelWorker
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.serve.batching import BatcherClosedError, QueueFullError
+from vlmad_runtime.serve.bodies import extract_detect_image, parse_heatmap, read_body
+from vlmad_runtime.serve.config import decide, map_scale
+from vlmad_runtime.serve.errors import overloaded, request_id_of, with_timeout
+from vlmad_runtime.serve.imaging import DecodedUpload, prepare_detect_image, render_heatmap
+from vlmad_runtime.serve.limits import ApiError
+from vlmad_runtime.serve.schemas import DETECT_BODY, ERRORS, DetectResponse
+from vlmad_runtime.serve.service import Service, ms
+from vlmad_runtime.serve.worker import DetectResult, ModelWorker
 
 
 def router(service: Service) -> APIRouter:
@@ -52,6 +52,7 @@ def router(service: Service) -> APIRouter:
         kinds = parse_heatmap(heatmap)
         key = None
         if references:
+            service.require_references()
             ref = service.store.get(references)  # 400 bad name / 404 unknown, before reading the body
             key = (ref.name, ref.version)
         worker = service.require_worker()
@@ -132,7 +133,8 @@ async def _detect(
         "total": ms(t_end - t0),
     }
     body = detect_body(service, result, key, up, filename, stamp)
-    body.update(decide(service.config, result.info, ref_fp, result.score))
+    running = partial(worker.model.fingerprint, result.info, service.config.class_name, ref_fp)
+    body.update(decide(service.config, running, result.score))
     body.update(timing_ms=timing, heatmap=hm, request_id=request_id_of(request))
     return JSONResponse(body)  # built here, not re-validated by the response model (which documents it)
 

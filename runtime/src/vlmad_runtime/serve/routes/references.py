@@ -10,13 +10,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from vlmad.serve.bodies import extract_reference_images, read_body
-from vlmad.serve.errors import with_timeout
-from vlmad.serve.imaging import decode_references
-from vlmad.serve.limits import ApiError, validate_set_name
-from vlmad.serve.references import ReferenceSetNotFoundError
-from vlmad.serve.schemas import ERRORS, REFERENCE_BODY, ReferenceSetList, ReferenceSetResponse
-from vlmad.serve.service import Service, ms
+from vlmad_runtime.serve.bodies import extract_reference_images, read_body
+from vlmad_runtime.serve.errors import with_timeout
+from vlmad_runtime.serve.imaging import decode_references
+from vlmad_runtime.serve.limits import ApiError, validate_set_name
+from vlmad_runtime.serve.references import ReferenceSetNotFoundError
+from vlmad_runtime.serve.schemas import ERRORS, REFERENCE_BODY, ReferenceSetList, ReferenceSetResponse
+from vlmad_runtime.serve.service import Service, ms
 
 
 def router(service: Service) -> APIRouter:
@@ -58,6 +58,7 @@ def router(service: Service) -> APIRouter:
         replace: bool = Query(False, description="Overwrite an existing set of this name."),
     ):
         validate_set_name(name)
+        service.require_references()
         if not replace and name in service.store.names():
             raise ApiError(
                 409,

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from vlmad.serve.limits import (
+from vlmad_runtime.serve.limits import (
     ApiError,
     BodyHold,
     Limits,
@@ -152,53 +152,13 @@ def extract_detect_image(content_type: str, body: bytes, limits: Limits) -> tupl
 
 
 def extract_reference_images(content_type: str, body: bytes, limits: Limits) -> list[tuple[bytes, str | None]]:
+    """The (encoded bytes, client file name) of each reference image of an upload, multipart or JSON."""
     ctype = media_type(content_type)
     n_max = limits.max_reference_images
     if ctype == "multipart/form-data":
-        parts: list[Part] = parse_multipart(body, content_type, max_parts=n_max + 8)
-        files = [p for p in parts if p.name in REFERENCE_FIELDS]
-        if not files:
-            got = ", ".join(repr(p.name) for p in parts) or "none"
-            raise ApiError(
-                400,
-                "missing_field",
-                f"multipart body has no 'images' field (fields sent: {got})",
-                "send each normal image as a form field 'images', e.g. -F images=@good1.png -F images=@good2.png",
-            )
-        for p in files:
-            check_file_part(p)
-        items = [(p.data, p.filename) for p in files]
+        items = _multipart_references(body, content_type, n_max)
     elif ctype == "application/json":
-        data = json_body(body)
-        unknown = sorted(set(data) - {"images_b64", "images", "filenames"})
-        if unknown:
-            raise ApiError(
-                400,
-                "unknown_field",
-                f"unknown JSON field(s): {', '.join(unknown)}",
-                'send {"images_b64": ["<base64>", ...]}',
-            )
-        key = "images_b64" if "images_b64" in data else "images" if "images" in data else None
-        if key is None:
-            raise ApiError(
-                400,
-                "missing_field",
-                "JSON body has no 'images_b64' field",
-                'send {"images_b64": ["<base64 of image 1>", ...]}',
-            )
-        values = data[key]
-        if not isinstance(values, list):
-            raise ApiError(400, "invalid_field", f"field {key!r} must be a list of base64 strings")
-        if len(values) > n_max:
-            raise ApiError(400, "too_many_images", f"got {len(values)} images; a reference set holds at most {n_max}")
-        names = data.get("filenames") if isinstance(data.get("filenames"), list) else []
-        items = [
-            (
-                decode_base64(v, f"{key}[{i}]", limits),
-                names[i] if i < len(names) and isinstance(names[i], str) else None,
-            )
-            for i, v in enumerate(values)
-        ]
+        items = _json_references(body, limits)
     else:
         raise _unsupported_content_type(
             ctype,
@@ -214,3 +174,53 @@ def extract_reference_images(content_type: str, body: bytes, limits: Limits) -> 
             "K-shot references are a handful of normal images (typically 1-8)",
         )
     return items
+
+
+def _multipart_references(body: bytes, content_type: str, n_max: int) -> list[tuple[bytes, str | None]]:
+    parts: list[Part] = parse_multipart(body, content_type, max_parts=n_max + 8)
+    files = [p for p in parts if p.name in REFERENCE_FIELDS]
+    if not files:
+        got = ", ".join(repr(p.name) for p in parts) or "none"
+        raise ApiError(
+            400,
+            "missing_field",
+            f"multipart body has no 'images' field (fields sent: {got})",
+            "send each normal image as a form field 'images', e.g. -F images=@good1.png -F images=@good2.png",
+        )
+    for p in files:
+        check_file_part(p)
+    return [(p.data, p.filename) for p in files]
+
+
+def _json_references(body: bytes, limits: Limits) -> list[tuple[bytes, str | None]]:
+    n_max = limits.max_reference_images
+    data = json_body(body)
+    unknown = sorted(set(data) - {"images_b64", "images", "filenames"})
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_field",
+            f"unknown JSON field(s): {', '.join(unknown)}",
+            'send {"images_b64": ["<base64>", ...]}',
+        )
+    key = "images_b64" if "images_b64" in data else "images" if "images" in data else None
+    if key is None:
+        raise ApiError(
+            400,
+            "missing_field",
+            "JSON body has no 'images_b64' field",
+            'send {"images_b64": ["<base64 of image 1>", ...]}',
+        )
+    values = data[key]
+    if not isinstance(values, list):
+        raise ApiError(400, "invalid_field", f"field {key!r} must be a list of base64 strings")
+    if len(values) > n_max:
+        raise ApiError(400, "too_many_images", f"got {len(values)} images; a reference set holds at most {n_max}")
+    names = data.get("filenames") if isinstance(data.get("filenames"), list) else []
+    return [
+        (
+            decode_base64(v, f"{key}[{i}]", limits),
+            names[i] if i < len(names) and isinstance(names[i], str) else None,
+        )
+        for i, v in enumerate(values)
+    ]

@@ -10,11 +10,11 @@ from typing import Any
 
 from starlette.datastructures import MutableHeaders
 
-from vlmad.serve.errors import error_response
-from vlmad.serve.limits import ApiError
-from vlmad.serve.service import Service
+from vlmad_runtime.serve.errors import error_response
+from vlmad_runtime.serve.limits import ApiError
+from vlmad_runtime.serve.service import Service
 
-log = logging.getLogger("vlmad.serve")
+log = logging.getLogger("vlmad_runtime.serve")
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"

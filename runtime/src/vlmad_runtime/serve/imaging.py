@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlmad.serve.limits import ApiError, Limits, decode_image
-from vlmad.serve.worker import DetectResult
 from vlmad_runtime.drawing import MapScale, colorize, defect_mask, draw_contour, mask_contour, overlay_heatmap
+from vlmad_runtime.serve.limits import ApiError, Limits, decode_image
+from vlmad_runtime.serve.worker import DetectResult
 
 
 @dataclass
@@ -124,7 +124,7 @@ def render_heatmap(
     want_mask: bool = False,
 ) -> dict[str, Any]:
     """Heatmap PNGs on a fixed ``scale`` (never min-max per image); mask and contour at the pixel threshold."""
-    from vlmad.serve.config import UNCALIBRATED_SCALE
+    from vlmad_runtime.serve.config import UNCALIBRATED_SCALE
 
     scale = scale or UNCALIBRATED_SCALE
     amap = result.anomaly_map

@@ -9,8 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vlmad.serve.limits import ApiError, Limits
-from vlmad.serve.metrics import ServiceMetrics
+from vlmad_runtime.serve.limits import ApiError, Limits
+from vlmad_runtime.serve.metrics import ServiceMetrics
 
 
 def error_response(err: ApiError, request_id: str | None) -> JSONResponse:

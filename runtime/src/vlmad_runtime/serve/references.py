@@ -7,11 +7,9 @@ crash leaves either the old or the new set, never half of one; a restart sees ev
 checked against ``^[A-Za-z0-9_-]{1,64}$`` and the resolved path must lie inside the directory, so no request can
 name a file anywhere else.
 
-In memory, a detector holds one few-shot memory at a time (``fit``/``reset_references``). The model worker fits a
-set once and keeps the resulting memory in a byte-bounded LRU (:class:`MemoryCache`): switching sets is then a few
-attribute assignments. :func:`capture_memory` / :func:`restore_memory` go through the detector's own state
-protocol, ``export_references()`` / ``load_references(state)`` (vlmad.methods.base.Detector), never through its
-attributes.
+In memory, a model holds one few-shot memory at a time. The model worker fits a set once (through the served
+model's ``fit_references``, :mod:`vlmad_runtime.serve.model`) and keeps the resulting memory in a byte-bounded LRU
+(:class:`MemoryCache`): switching sets is then ``use_references``, a few attribute assignments.
 """
 
 from __future__ import annotations
@@ -31,11 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
-from vlmad.serve.limits import SET_NAME_RE, ApiError, validate_set_name
 from vlmad_runtime.fileio import fsync_dir
+from vlmad_runtime.serve.limits import SET_NAME_RE, ApiError, validate_set_name
+from vlmad_runtime.serve.model import ReferenceMemory
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -256,49 +254,6 @@ class ReferenceStore:
                 pass
         fsync_dir(self.root)
         return info
-
-
-@dataclass
-class ReferenceMemory:
-    """One reference set's few-shot memory as ``fit`` left it in the detector, ready to be re-activated.
-
-    ``state``: the detector's ``export_references()``; ``shots``: K; ``nbytes``: tensor bytes held (for the cache
-    budget).
-    """
-
-    state: dict[str, Any]
-    shots: int
-    nbytes: int
-
-
-def _nbytes(obj: Any) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.element_size() * obj.nelement()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
-
-
-def capture_memory(detector: Any, images: Sequence[Image.Image]) -> ReferenceMemory:
-    """``fit`` the detector on ``images`` (it keeps that memory active) and return the memory for later reuse."""
-    detector.reset_references()
-    detector.fit(list(images))
-    state = detector.export_references()
-    return ReferenceMemory(state, int(detector.shots), _nbytes(state))
-
-
-def restore_memory(detector: Any, memory: ReferenceMemory | None) -> None:
-    """Make ``memory`` the detector's active few-shot memory (``None``: zero-shot)."""
-    detector.reset_references()
-    if memory is None:
-        return
-    detector.load_references(memory.state)
-    if int(detector.shots) != memory.shots:
-        raise RuntimeError(
-            f"restoring a {memory.shots}-shot reference memory left the detector at {detector.shots} shots"
-        )
 
 
 class MemoryCache:

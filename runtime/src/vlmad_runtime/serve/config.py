@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlmad.serve.guard import LOOPBACK_HOSTS
-from vlmad.serve.limits import Limits
 from vlmad_runtime.deploy import NOT_CALIBRATED_NOTE, Deployment
 from vlmad_runtime.drawing import MapScale
+from vlmad_runtime.serve.guard import LOOPBACK_HOSTS
+from vlmad_runtime.serve.limits import Limits
 
 
 @dataclass
@@ -28,10 +29,12 @@ class ServeConfig:
     max_wait_ms: float = 10.0
     limits: Limits = field(default_factory=Limits)
     memory_cache_bytes: int = 1 << 30
-    #: Host header names served (``*``: any); see vlmad.serve.guard
+    #: Host header names served (``*``: any); see vlmad_runtime.serve.guard
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS
     #: browser origins (``scheme://host[:port]``) allowed to POST/DELETE besides the service's own page
     allowed_origins: tuple[str, ...] = ()
+    #: set when the served model cannot take reference sets (a bundle): uploads and ?references= get this 409
+    references_refusal: str | None = None
 
 
 def deploy_warnings(deploy: dict[str, Any] | None, info: dict[str, Any], class_name: str) -> list[str]:
@@ -81,17 +84,16 @@ def map_scale(config: ServeConfig) -> tuple[MapScale, float | None]:
     return UNCALIBRATED_SCALE, None
 
 
-def decide(config: ServeConfig, info: dict[str, Any], reference_fp: str | None, score: float) -> dict[str, Any]:
-    """Decision fields of a response: the deploy file's fingerprint must match the detector as used by this
-    request (its reference set included); otherwise no decision, or a labelled one under --force-deploy."""
-    from vlmad.fingerprint import detector_fingerprint
-
+def decide(config: ServeConfig, running: Callable[[], dict[str, Any]], score: float) -> dict[str, Any]:
+    """Decision fields of a response: the deploy file's fingerprint must match ``running()``, the fingerprint of
+    the model as used by this request (its reference set included); otherwise no decision, or a labelled one
+    under --force-deploy."""
     dep = config.deployment
     if dep is None:
         threshold = config.threshold
         decision = None if threshold is None else ("anomalous" if score >= threshold else "normal")
         return {"decision": decision, "threshold": threshold, "calibrated": None, "decision_note": None}
-    diffs = dep.mismatches(detector_fingerprint(info, config.class_name, reference_fp))
+    diffs = dep.mismatches(running())
     if not diffs:
         return {"decision": dep.decide(score), "threshold": dep.threshold, "calibrated": True, "decision_note": None}
     fields = ", ".join(d[0] for d in diffs)

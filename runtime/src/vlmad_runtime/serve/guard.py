@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlsplit
 
-from vlmad.serve.limits import ApiError
+from vlmad_runtime.serve.limits import ApiError
 
 #: names under which a loopback-bound service is reached legitimately
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
