@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlmad.report.figures import pareto_front
+from vlmad.report.zero_shot import ZERO_SHOT_ONLY, zero_shot_only
 
 TIE_POINTS = 0.5
 METRIC_NAMES = {
@@ -137,6 +138,17 @@ def _zero_shot(ds: str, zero: Sequence[Entry], classification: str) -> list[Reco
     return out
 
 
+def _zero_only_text(mine: Sequence[Entry], metric: str) -> str:
+    """Methods without a few-shot mode are not in a K-shot ranking; name them with their zero-shot number, so the
+    K-shot winner is read against what needs no reference image at all."""
+    only = zero_shot_only((e.method, e.shots) for e in mine)
+    named = [e for e in mine if e.method in only and e.value(metric) is not None]
+    if not named:
+        return ""
+    items = ", ".join(f"{e.label} {_fmt(e.value(metric))} %" for e in named)
+    return f" Not in this comparison, {ZERO_SHOT_ONLY} (no few-shot mode): {items}."
+
+
 def _few_shot(ds: str, mine: Sequence[Entry], zero: Sequence[Entry], classification: str) -> list[Recommendation]:
     """Per K > 0: the best configuration, what the K images change over its zero-shot, the best for maps."""
     out: list[Recommendation] = []
@@ -168,7 +180,8 @@ def _few_shot(ds: str, mine: Sequence[Entry], zero: Sequence[Entry], classificat
                 f"{k}-shot",
                 ds,
                 f"With {k} normal reference image(s) per product: {best.label} — {METRIC_NAMES[classification]} "
-                f"{_fmt(best.value(classification))} %, {lead}{gain}.{seg_text}",
+                f"{_fmt(best.value(classification))} %, {lead}{gain}.{seg_text}"
+                + _zero_only_text(mine, classification),
                 {"best": best.label, "value": best.value(classification), "shots": k, "tie": tie, "margin": margin},
             )
         )

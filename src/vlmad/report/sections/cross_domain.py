@@ -1,5 +1,6 @@
-"""Cross-domain matrix: APRIL-GAN-style artefacts (heads) trained on one dataset, evaluated zero-shot on another;
-diagonal cells are refused by the leakage guard unless forced."""
+"""Cross-domain matrix: trained artefacts (APRIL-GAN heads, AnomalyCLIP prompts: any ``*_training_data`` record)
+trained on one dataset, evaluated zero-shot on another, one row per configuration and training dataset; diagonal
+cells are refused by the leakage guard unless forced."""
 
 from __future__ import annotations
 
@@ -12,15 +13,12 @@ from vlmad.bench.tables import fmt, group_configs, macro_stat
 from vlmad.report import figures as F
 from vlmad.report.context import ReportContext, is_main, pct
 from vlmad.report.html import Cell, Doc
+from vlmad.report.zero_shot import training_origin
 
 
 def _heads_origin(row: Mapping[str, Any]) -> str | None:
     """The dataset a row's artefact was trained on (from the detector info), or None."""
-    data = (row.get("detector") or {}).get("heads_training_data") or {}
-    if not data or not data.get("kind"):
-        return None
-    regime = data.get("regime") or "cross-dataset"
-    return str(data["kind"]) + (" (synthetic anomalies)" if regime == "synthetic" else "")
+    return training_origin(row)  # heads, learned prompts, ... (vlmad.report.zero_shot)
 
 
 def _cross_domain_cells(ctx: ReportContext) -> dict[tuple[str, str], dict[str, Any]]:
@@ -37,7 +35,7 @@ def _cross_domain_cells(ctx: ReportContext) -> dict[tuple[str, str], dict[str, A
         if r.get("shots") != 0 or not is_main(r) or r["method_label"] not in origin_by_label:
             continue
         evald = kinds.get((r["dataset"]["kind"], r["dataset"]["root"]), r["dataset"]["kind"])
-        key = (origin_by_label[r["method_label"]], evald)
+        key = (f"{r['method_label']}: {origin_by_label[r['method_label']]}", evald)  # one matrix row per method
         cells.setdefault(key, {"rows": [], "refused": [], "forced": False})
         if r.get("status") == "ok":
             cells[key]["rows"].append(r)
@@ -51,6 +49,7 @@ def _measured_cell(
     t: str, e: str, cell: Mapping[str, Any], values: dict[str, np.ndarray], ij: tuple[int, int]
 ) -> tuple[Cell, dict[str, Any]]:
     """The table cell and JSON record of one (trained on, evaluated on) pair with ok rows; fills ``values``."""
+    label, t = t.rsplit(": ", 1)
     c = group_configs(cell["rows"])[0]
     p, im = macro_stat(c, "pixel_auroc"), macro_stat(c, "image_auroc")
     values["pixel_auroc"][ij] = pct(p.mean) if p.mean is not None else np.nan
@@ -59,11 +58,13 @@ def _measured_cell(
     attrs = {
         "data-trained": t,
         "data-evaluated": e,
+        "data-trained-config": label,
         "data-pixel-auroc": repr(p.mean),
         "data-image-auroc": repr(im.mean),
     }
     record = {
         "trained_on": t,
+        "method_label": label,
         "evaluated_on": e,
         "pixel_auroc": p.mean,
         "image_auroc": im.mean,
@@ -76,8 +77,9 @@ def section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
     """The trained-on x evaluated-on table and figure; an empty note when no artefact was trained on a dataset."""
     sec = doc.section("cross-domain", "Cross-domain matrix (trained on x evaluated on)")
     sec.para(
-        "APRIL-GAN's projection heads are trained on one dataset and evaluated on another (the paper's "
-        "zero-shot protocol). Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
+        "Trained artefacts (APRIL-GAN's projection heads, AnomalyCLIP's learned prompts) are trained on one "
+        "dataset and evaluated on another (the papers' zero-shot protocol); one row per configuration and "
+        "training dataset. Cells: zero-shot macro pixel AUROC / image AUROC; a diagonal cell is refused by "
         "the leakage guard unless forced (then labelled not zero-shot)."
     )
     cells = _cross_domain_cells(ctx)
@@ -97,7 +99,7 @@ def section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
     body = []
     data = []
     for i, t in enumerate(trained):
-        line = [Cell(f"trained on {t}")]
+        line = [Cell("{}, trained on {}".format(*t.rsplit(": ", 1)))]
         for j, e in enumerate(evaluated):
             cell = cells.get((t, e))
             if cell is None:
@@ -111,14 +113,14 @@ def section_cross_domain(doc: Doc, ctx: ReportContext) -> None:
                 line.append(Cell("refused: leakage (same dataset)"))
                 notes[i][j] = "refused\n(leakage)"
         body.append(line)
-    sec.table(["heads"] + [f"evaluated on {e}" for e in evaluated], body)
+    sec.table(["trained configuration"] + [f"evaluated on {e}" for e in evaluated], body)
     png = F.matrix_plot(
-        trained,
+        ["{1}\n({0})".format(*t.rsplit(": ", 1)) for t in trained],  # "trained on visa" over "(its configuration)"
         evaluated,
         values["pixel_auroc"],
         notes,
         "pixel AUROC",
-        "APRIL-GAN zero-shot pixel AUROC: trained on x evaluated on",
+        "Zero-shot pixel AUROC: trained on x evaluated on",
         ctx.random,
     )
     sec.figure("cross-domain", png, "Cross-domain matrix (zero-shot macro pixel AUROC).")

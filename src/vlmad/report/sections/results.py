@@ -8,6 +8,7 @@ from vlmad.bench.tables import IMAGE_METRICS, METRIC_NAMES, PIXEL_METRICS, Confi
 from vlmad.report import figures as F
 from vlmad.report.context import CURVE_METRICS, DatasetBlock, ReportContext, pct, value_cell
 from vlmad.report.html import Cell, Doc
+from vlmad.report.zero_shot import ZERO_SHOT_ONLY, zero_shot_only
 
 
 def _config_record(c: Config, ds: DatasetBlock) -> dict[str, Any]:
@@ -109,6 +110,7 @@ def section_curves(doc: Doc, ctx: ReportContext) -> None:
         for c in ds.configs:
             by_method.setdefault(c.first["method_label"], []).append(c)
         panels = []
+        only = zero_shot_only((c.first["method_label"], c.shots) for c in ds.configs)
         for m in [x for x in CURVE_METRICS if x in ds.metrics]:
             series = []
             for label, cs in by_method.items():
@@ -116,7 +118,7 @@ def section_curves(doc: Doc, ctx: ReportContext) -> None:
                 stats = [macro_stat(c, m) for c in cs]
                 series.append(
                     F.Series(
-                        label + (" †" if cs[0].random else ""),
+                        label + (f" ({ZERO_SHOT_ONLY})" if label in only else "") + (" †" if cs[0].random else ""),
                         [pct(s.mean) for s in stats],
                         [pct(s.std) for s in stats],
                         [c.shots for c in cs],
@@ -132,6 +134,8 @@ def section_curves(doc: Doc, ctx: ReportContext) -> None:
                 f"{ds.title}: macro metric vs K (K = {', '.join(map(str, shots))}); "
                 "error bars: std over reference seeds.",
             )
+            if only:
+                sec.para(f"{', '.join(sorted(only))}: {ZERO_SHOT_ONLY} (no few-shot mode), a single point at K = 0.")
             any_fig = True
     if not any_fig:
         sec.note("No main-grid configuration: no curves.", "empty")
