@@ -49,6 +49,7 @@ LAYERS: dict[str, int] = {
     "vlmad.cli": 5,
     "vlmad.__main__": 5,
     "vlmad": 5,
+    "vlmad.cli_options": 5,  # the shared option aliases, outside vlmad.cli so training.cli imports them cycle-free
     "vlmad.training.cli": 5,  # the `vlmad train aprilgan` command, kept next to its training code
     "vlmad.export.trunk": 1,  # torch modules over a backbone, shared by the methods' export graphs
 }

@@ -1,4 +1,4 @@
-"""Each command-line option shared by several commands is declared once, in ``vlmad/cli/common.py`` (or
+"""Each command-line option shared by several commands is declared once, in ``vlmad/cli_options.py`` (or
 ``cli/executor_opts.py``), as an ``Annotated`` alias: a command module that spells such a flag again in its own
 ``typer.Option`` would drift (help text, default, short form) from the others. Checked on the source files."""
 
@@ -7,8 +7,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-CLI = Path(__file__).resolve().parents[2] / "src" / "vlmad" / "cli"
-SHARED_MODULES = ("common.py", "executor_opts.py")
+SRC = Path(__file__).resolve().parents[2] / "src" / "vlmad"
+CLI = SRC / "cli"
+SHARED_MODULES = (SRC / "cli_options.py", CLI / "executor_opts.py")
+#: command modules outside vlmad/cli (the `vlmad train` commands live next to their training code)
+OTHER_COMMAND_MODULES = (SRC / "training" / "cli.py",)
 
 #: (module, flag) a command still declares itself, and why (same flag, another meaning or type there)
 OWN_MEANING = {
@@ -22,6 +25,7 @@ OWN_MEANING = {
     ("detect_cmd.py", "--executor"): "detect's Ray executor is a Ray Data pipeline over detector actors",
     ("export_cmd.py", "--precision"): "the bundle's precision (fp16/int8 through OpenVINO), not the torch one",
     ("export_cmd.py", "--deploy"): "stored in the bundle, not used for decisions here",
+    ("cli.py", "--categories"): "training takes a plain subset of one dataset's categories (no kind:name)",
 }
 
 
@@ -37,7 +41,7 @@ def _option_flags(path: Path) -> list[tuple[str, int]]:
 
 
 def _shared_flags() -> set[str]:
-    return {flag for name in SHARED_MODULES for flag, _ in _option_flags(CLI / name)}
+    return {flag for path in SHARED_MODULES for flag, _ in _option_flags(path)}
 
 
 def test_shared_options_are_declared_once():
@@ -45,12 +49,12 @@ def test_shared_options_are_declared_once():
     assert {"--model", "--pretrained", "--device", "--precision", "--prompt-set", "--artefact"} <= shared
     again = [
         f"{path.name}:{line}: {flag}"
-        for path in sorted(CLI.glob("*.py"))
-        if path.name not in SHARED_MODULES
+        for path in [*sorted(CLI.glob("*.py")), *OTHER_COMMAND_MODULES]
+        if path not in SHARED_MODULES
         for flag, line in _option_flags(path)
         if flag in shared and (path.name, flag) not in OWN_MEANING and ("*", flag) not in OWN_MEANING
     ]
-    assert not again, "declared again instead of using the alias in vlmad/cli/common.py:\n" + "\n".join(again)
+    assert not again, "declared again instead of using the alias in vlmad/cli_options.py:\n" + "\n".join(again)
     assert all(reason.strip() for reason in OWN_MEANING.values())
 
 

@@ -107,7 +107,9 @@ def test_glocal_loss_matches_the_reference_formula(lam):
 
 
 # --------------------------------------------------------------------------------------------------- training
-def test_training_reduces_loss_changes_only_the_prompts_and_the_artefact_loads(dataset_root, bb, tmp_path):
+def test_training_reduces_loss_changes_only_the_prompts_and_the_artefact_loads(
+    dataset_root, bb, tmp_path, same_predictions
+):
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
     flags = [p.requires_grad for p in bb.model.parameters()]
     seen = []
@@ -149,13 +151,7 @@ def test_training_reduces_loss_changes_only_the_prompts_and_the_artefact_loads(d
     assert train["metrics"]["val_pixel_auroc"] == hist[-1]["val_pixel_auroc"]
 
     # the file predicts what the in-memory prompts predict; the leakage guard refuses the training data
-    x = bb.preprocess_tensor(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
-    preds = []
-    for det in (AnomalyClip(bb, prompts=result.checkpoints[-1]), AnomalyClip(bb, prompts=result.prompts)):
-        det.setup("demo_object")
-        preds.append(det.predict(x))
-    assert torch.equal(preds[0].anomaly_maps, preds[1].anomaly_maps)
-    assert torch.equal(preds[0].image_scores, preds[1].image_scores)
+    same_predictions(bb, (AnomalyClip(bb, prompts=result.checkpoints[-1]), AnomalyClip(bb, prompts=result.prompts)))
     det = AnomalyClip(bb, prompts=result.checkpoints[-1])
     with pytest.raises(DataLeakageError, match="AnomalyCLIP prompts"):
         det.check_protocol("mvtec", str(dataset_root), "demo_object")
@@ -163,18 +159,9 @@ def test_training_reduces_loss_changes_only_the_prompts_and_the_artefact_loads(d
     assert "not-zero-shot" in det.check_protocol("mvtec", str(dataset_root), "demo_texture", force=True)["leakage"]
 
 
-def test_runs_are_deterministic_and_the_cache_changes_nothing(dataset_root, bb, tmp_path):
-    reader = load_dataset("mvtec", dataset_root)
-    runs = [
-        train_anomalyclip(reader, tmp_path / name, backbone=bb, config=small(epochs=2, cache_gb=gb))
-        for name, gb in (("a", 4.0), ("b", 4.0), ("nocache", 0.0))
-    ]
-    a, b, nocache = runs
-    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+def test_runs_are_deterministic_and_the_cache_changes_nothing(bb, deterministic_runs):
+    a, b = deterministic_runs(train_anomalyclip, bb, small)
     assert a.prompts.digest() == b.prompts.digest()
-    assert nocache.history[-1]["backbone_images"] > a.history[-1]["backbone_images"]
-    for ha, hn in zip(a.history, nocache.history, strict=True):
-        assert ha["train_loss"] == pytest.approx(hn["train_loss"], rel=1e-5)
 
 
 def test_bad_inputs(dataset_root, bb, tmp_path):

@@ -186,6 +186,26 @@ def _check_artefacts(spec: StudySpec, methods: list[dict[str, Any]]) -> None:
             )
 
 
+#: the study's run-time options every phase's grid takes as they are (the same field of BenchmarkConfig)
+_PASSED_TO_PHASES = (
+    "out",
+    "device",
+    "batch_size",
+    "num_workers",
+    "force_protocol",
+    "retry_failed",
+    "use_cache",
+    "flops",
+    "progress",
+    "argv",
+    "executor",
+    "ray_address",
+    "cpus_per_row",
+    "gpus_per_row",
+    "row_retries",
+)
+
+
 def _phase_config(
     spec: StudySpec,
     options: StudyOptions,
@@ -197,29 +217,15 @@ def _phase_config(
 ) -> BenchmarkConfig:
     """One phase's grid with the study's run-time options."""
     return BenchmarkConfig(
-        out=options.out,
         datasets=ds,
         methods=specs,
         shots=k,
         seeds=s,
-        device=options.device,
-        batch_size=options.batch_size,
-        num_workers=options.num_workers,
         limit=options.limit if options.limit is not None else spec.limit,
         eval_resolution=spec.eval_resolution,
         aupro=spec.aupro,
-        force_protocol=options.force_protocol,
-        retry_failed=options.retry_failed,
-        use_cache=options.use_cache,
-        flops=options.flops,
-        progress=options.progress,
         tags=tags,
-        argv=options.argv,
-        executor=options.executor,
-        ray_address=options.ray_address,
-        cpus_per_row=options.cpus_per_row,
-        gpus_per_row=options.gpus_per_row,
-        row_retries=options.row_retries,
+        **{name: getattr(options, name) for name in _PASSED_TO_PHASES},
     )
 
 

@@ -42,6 +42,7 @@ from vlmad.methods.anomalyclip import (
 )
 from vlmad.methods.prompt_learner import DEPTH, N_CTX, T_N_CTX, ObjectAgnosticPrompts
 from vlmad.training.common import (
+    BaseTrainConfig,
     EpochLoop,
     FeatureStore,
     ImageSource,
@@ -65,19 +66,12 @@ LOSS_DESCRIPTION = (
 
 
 @dataclass
-class PromptTrainConfig:
+class PromptTrainConfig(BaseTrainConfig):
     """Hyper-parameters; the defaults are the reference's ``train.py`` (Adam 1e-3, betas (0.5, 0.999), batch 8,
-    15 epochs, seed 111, n_ctx 12, depth 9, t_n_ctx 4, local weight 4, stages 6/12/18/24 of 24 blocks)."""
+    15 epochs, seed 111, n_ctx 12, depth 9, t_n_ctx 4, local weight 4, stages 6/12/18/24 of 24 blocks); the shared
+    ones and their checks are :class:`~vlmad.training.common.BaseTrainConfig`'s. ``stages``: the detector's by
+    default, 6/12/18/24 on 24 blocks; train.sh passes 24."""
 
-    epochs: int = 15
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.5, 0.999)
-    batch_size: int = 8
-    seed: int = 111
-    val_fraction: float = 0.1
-    synthetic_per_image: int = 1
-    #: blocks whose maps enter the loss (default: the detector's, 6/12/18/24 on 24 blocks); train.sh passes 24
-    stages: tuple[int, ...] | None = None
     #: first DPAM block (default: the first default stage, block 6 of 24: the reference's DPAM_layer=20)
     dpam_start: int | None = None
     n_ctx: int = N_CTX
@@ -85,29 +79,19 @@ class PromptTrainConfig:
     t_n_ctx: int = T_N_CTX
     #: weight of the local (map) losses: 4 in train.py since April 2025; 1 is the paper's plain sum
     local_weight: float = 4.0
-    focal_gamma: float = 2.0
     #: ln_post on the global [CLS] embedding (the reference does not apply it; the detector's option)
     global_ln_post: bool = False
     #: Gaussian smoothing of the held-out maps (the detector's default)
     sigma: float = SIGMA
-    cache_gb: float = 4.0
-    cache_half: bool = False
-    feature_batch_size: int = 8
 
-    def validate(self) -> None:
-        checks = (
-            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
-            (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
-            (self.synthetic_per_image >= 1, "synthetic_per_image must be >= 1"),
+    validation_hint = "see `vlmad train anomalyclip --help` for the reference's values"
+
+    def checks(self) -> tuple[tuple[bool, str], ...]:
+        return (
+            *super().checks(),
             (self.local_weight >= 0, f"local_weight must be >= 0, got {self.local_weight}"),
             (self.dpam_start is None or self.dpam_start >= 1, f"dpam_start must be >= 1, got {self.dpam_start}"),
-            (self.cache_gb >= 0, "cache_gb must be >= 0"),
         )
-        for ok, message in checks:
-            if not ok:
-                raise VlmadError(message, "see `vlmad train anomalyclip --help` for the reference's values")
 
 
 @dataclass

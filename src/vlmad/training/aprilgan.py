@@ -39,6 +39,7 @@ from vlmad.methods.aprilgan import (
 )
 from vlmad.training.common import (
     REGIMES,
+    BaseTrainConfig,
     EpochLoop,
     FeatureStore,
     ImageSource,
@@ -52,7 +53,6 @@ from vlmad.training.common import (
 )
 from vlmad.training.heads_io import backbone_meta, save_heads
 from vlmad.training.losses import aprilgan_loss
-from vlmad_runtime.errors import VlmadError
 
 __all__ = [
     "REGIMES",
@@ -69,45 +69,24 @@ LOSS_DESCRIPTION = "sum over stages of focal(gamma=2, softmax probabilities) + d
 
 
 @dataclass
-class TrainConfig:
-    """Hyper-parameters (defaults = the reference's: Adam 1e-3, betas (0.5, 0.999), batch 8, seed 111)."""
+class TrainConfig(BaseTrainConfig):
+    """Hyper-parameters (defaults = the reference's: Adam 1e-3, betas (0.5, 0.999), batch 8, seed 111); the shared
+    ones and their checks are :class:`~vlmad.training.common.BaseTrainConfig`'s."""
 
-    epochs: int = 15
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.5, 0.999)
-    batch_size: int = 8
-    seed: int = 111
     #: None: 0.2 when training cross-dataset on MVTec AD (as the reference), else 0
     mosaic_rate: float | None = None
-    val_fraction: float = 0.1
-    synthetic_per_image: int = 1
-    stages: tuple[int, ...] | None = None
     prompt_set: str = "aprilgan"
     #: the reference's: raw folder names ("metal_nut") in the prompts
     class_name_style: str = "raw"
-    focal_gamma: float = 2.0
-    #: memory for cached backbone features of unaugmented images (GiB, on the backbone's device); 0: no cache
-    cache_gb: float = 4.0
-    #: keep cached features in fp16 (half the memory, ~1e-3 relative rounding of the heads' inputs)
-    cache_half: bool = False
-    #: images per backbone forward
-    feature_batch_size: int = 8
 
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise VlmadError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise VlmadError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise VlmadError(f"learning rate must be > 0, got {self.lr}")
-        if self.mosaic_rate is not None and not 0.0 <= self.mosaic_rate <= 1.0:
-            raise VlmadError(f"mosaic rate must be in [0, 1], got {self.mosaic_rate}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise VlmadError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.synthetic_per_image < 1:
-            raise VlmadError("synthetic_per_image must be >= 1")
-        if self.cache_gb < 0:
-            raise VlmadError("cache_gb must be >= 0")
+    validation_hint = "see `vlmad train aprilgan --help` for the reference's values"
+
+    def checks(self) -> tuple[tuple[bool, str], ...]:
+        rate = self.mosaic_rate
+        return (
+            *super().checks(),
+            (rate is None or 0.0 <= rate <= 1.0, f"mosaic rate must be in [0, 1], got {rate}"),
+        )
 
 
 @dataclass

@@ -3,7 +3,8 @@ the method specs' ``train_cli``): train APRIL-GAN's projection heads or AnomalyC
 masks or on synthetic anomalies.
 
 A CLI module that lives next to its training code (layer 5 in docs/architecture.md); it imports torch only
-inside the commands. The options both commands take are declared once below.
+inside the commands. The options both commands take are declared once below; those other commands take too
+come from :mod:`vlmad.cli_options`.
 
 Each writes one artefact per epoch (``epoch_NNN.safetensors`` + ``.json`` sidecar with the held-out metrics) and
 ``train_log.json``; pass the chosen epoch's file to detectors with ``--artefact PATH``.
@@ -14,6 +15,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
+from vlmad.cli_options import (
+    BatchOpt,
+    CheckpointOpt,
+    DatasetKindOpt,
+    DeviceOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    PromptOpt,
+    RandomOpt,
+)
 
 
 def _parse_stages(text: str | None) -> tuple[int, ...] | None:
@@ -31,7 +44,6 @@ def _parse_stages(text: str | None) -> tuple[int, ...] | None:
 ROOT_ARG = typer.Argument(None, help="Dataset folder (same as --root).", show_default=False)
 OUT = typer.Option(..., "--out", "-o", help="Folder for the per-epoch artefacts (new or empty).")
 ROOT = typer.Option(None, "--root", help="Dataset folder to train on.")
-KIND = typer.Option("mvtec", "--dataset", "-d", help="Dataset kind: mvtec, visa or folder.")
 KIND_ALIAS = typer.Option(None, "--kind", hidden=True, help="Old name of --dataset.")
 CATEGORIES = typer.Option(None, "--categories", help="Comma-separated subset (default: all).")
 REGIME = typer.Option(
@@ -41,18 +53,12 @@ REGIME = typer.Option(
     "synthetic: normal train images with pasted anomalies.",
 )
 SEED = typer.Option(111, "--seed", help="Init, shuffling, held-out split, synthetic defects (reference: 111).")
-BATCH_SIZE = typer.Option(8, "--batch-size")
 LR = typer.Option(1e-3, "--lr", help="Adam learning rate (betas 0.5, 0.999).")
 VAL_FRACTION = typer.Option(0.1, "--val-fraction", help="Held-out source images per category.")
 SYNTHETIC_PER_IMAGE = typer.Option(1, "--synthetic-per-image", help="Defect variants per normal image.")
 CACHE_GB = typer.Option(4.0, "--cache-gb", help="Memory for cached frozen-backbone features.")
 CACHE_HALF = typer.Option(False, "--cache-half", help="Cache features in fp16 (half the memory).")
-MODEL = typer.Option(None, "--model", help="open_clip architecture (default ViT-L-14-336).")
-PRETRAINED = typer.Option(None, "--pretrained", help="Hub tag (default openai for ViT-L-14-336).")
-CHECKPOINT = typer.Option(None, "--checkpoint", help="Local backbone weights instead of a tag.")
-RANDOM_WEIGHTS = typer.Option(False, "--random-weights", help="Random backbone (smoke tests only).")
 IMAGE_SIZE = typer.Option(None, "--image-size", help="Model input side (default 518).")
-DEVICE = typer.Option("cpu", "--device")
 OVERWRITE = typer.Option(False, "--overwrite", help="Allow a non-empty --out folder.")
 
 
@@ -117,13 +123,13 @@ def train_aprilgan_command(
     root_arg: Path | None = ROOT_ARG,
     out: Path = OUT,
     root: Path | None = ROOT,
-    kind: str = KIND,
+    kind: DatasetKindOpt = "mvtec",
     kind_alias: str | None = KIND_ALIAS,
     categories: str | None = CATEGORIES,
     regime: str = REGIME,
     epochs: int = typer.Option(15, "--epochs", help="Paper: 15 on VisA (-> MVTec AD), 3 on MVTec AD (-> VisA)."),
     seed: int = SEED,
-    batch_size: int = BATCH_SIZE,
+    batch_size: BatchOpt = 8,
     lr: float = LR,
     mosaic_rate: float | None = typer.Option(
         None,
@@ -135,14 +141,14 @@ def train_aprilgan_command(
     stages: str | None = typer.Option(None, "--stages", help="Blocks to tap, e.g. 6,12,18,24 (default: n/4..n)."),
     cache_gb: float = CACHE_GB,
     cache_half: bool = CACHE_HALF,
-    prompt_set: str = typer.Option("aprilgan", "--prompt-set", help="Prompt set name or YAML/JSON file."),
+    prompt_set: PromptOpt = "aprilgan",
     class_names: str = typer.Option(
         "raw", "--class-names", help="raw ('metal_nut', the reference's, default) or display ('metal nut')."
     ),
-    model: str | None = MODEL,
-    pretrained: str | None = PRETRAINED,
-    checkpoint: Path | None = CHECKPOINT,
-    random_weights: bool = RANDOM_WEIGHTS,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    checkpoint: CheckpointOpt = None,
+    random_weights: RandomOpt = False,
     image_size: int | None = IMAGE_SIZE,
     quick_gelu: bool | None = typer.Option(
         None,
@@ -150,8 +156,8 @@ def train_aprilgan_command(
         help="Default off for APRIL-GAN's ViT-L-14-336 at 518 px, as the reference (which builds the model "
         "without QuickGELU); --quick-gelu is the named alternative.",
     ),
-    device: str = DEVICE,
-    precision: str = typer.Option("fp32", "--precision"),
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Train APRIL-GAN projection heads (frozen backbone; focal + dice; one checkpoint per epoch)."""
@@ -188,13 +194,13 @@ def train_anomalyclip_command(
     root_arg: Path | None = ROOT_ARG,
     out: Path = OUT,
     root: Path | None = ROOT,
-    kind: str = KIND,
+    kind: DatasetKindOpt = "mvtec",
     kind_alias: str | None = KIND_ALIAS,
     categories: str | None = CATEGORIES,
     regime: str = REGIME,
     epochs: int = typer.Option(15, "--epochs", help="The reference: 15 (on VisA -> MVTec AD, and back)."),
     seed: int = SEED,
-    batch_size: int = BATCH_SIZE,
+    batch_size: BatchOpt = 8,
     lr: float = LR,
     val_fraction: float = VAL_FRACTION,
     synthetic_per_image: int = SYNTHETIC_PER_IMAGE,
@@ -213,15 +219,15 @@ def train_anomalyclip_command(
     ),
     cache_gb: float = CACHE_GB,
     cache_half: bool = CACHE_HALF,
-    model: str | None = MODEL,
-    pretrained: str | None = PRETRAINED,
-    checkpoint: Path | None = CHECKPOINT,
-    random_weights: bool = RANDOM_WEIGHTS,
+    model: ModelOpt = None,
+    pretrained: PretrainedOpt = None,
+    checkpoint: CheckpointOpt = None,
+    random_weights: RandomOpt = False,
     image_size: int | None = IMAGE_SIZE,
     quick_gelu: bool | None = typer.Option(
         None, "--quick-gelu/--no-quick-gelu", help="Default on for ViT-L-14-336, as the reference's OpenAI model."
     ),
-    device: str = DEVICE,
+    device: DeviceOpt = "cpu",
     overwrite: bool = OVERWRITE,
 ) -> None:
     """Train AnomalyCLIP's object-agnostic prompts (frozen CLIP; glocal loss; one prompts file per epoch)."""

@@ -39,6 +39,48 @@ REGIMES = ("cross-dataset", "synthetic")
 Spec = int | tuple[int, ...]
 
 
+@dataclass
+class BaseTrainConfig:
+    """The hyper-parameters every trainer takes (the defaults are both references': Adam 1e-3, betas (0.5, 0.999),
+    batch 8, 15 epochs, seed 111); a method's config adds its own fields and checks."""
+
+    epochs: int = 15
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.999)
+    batch_size: int = 8
+    seed: int = 111
+    val_fraction: float = 0.1
+    synthetic_per_image: int = 1
+    #: blocks whose maps enter the loss (None: the method's default stages)
+    stages: tuple[int, ...] | None = None
+    focal_gamma: float = 2.0
+    #: memory for cached backbone features of unaugmented images (GiB, on the backbone's device); 0: no cache
+    cache_gb: float = 4.0
+    #: keep cached features in fp16 (half the memory, ~1e-3 relative rounding of the trained part's inputs)
+    cache_half: bool = False
+    #: images per backbone forward
+    feature_batch_size: int = 8
+
+    #: what a VlmadError for a bad value tells the user to do
+    validation_hint = "see `vlmad train --help` for the defaults"
+
+    def checks(self) -> tuple[tuple[bool, str], ...]:
+        """(holds, message) of each value check; a method's config extends these."""
+        return (
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"learning rate must be > 0, got {self.lr}"),
+            (0.0 <= self.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {self.val_fraction}"),
+            (self.synthetic_per_image >= 1, "synthetic_per_image must be >= 1"),
+            (self.cache_gb >= 0, "cache_gb must be >= 0"),
+        )
+
+    def validate(self) -> None:
+        for ok, message in self.checks():
+            if not ok:
+                raise VlmadError(message, self.validation_hint)
+
+
 @dataclass(frozen=True)
 class TrainItem:
     """One training image: as on disk, or (synthetic regime) with pasted defect number ``synthetic``."""

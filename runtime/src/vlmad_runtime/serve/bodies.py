@@ -100,6 +100,31 @@ def _unsupported_content_type(ctype: str, accepted: str) -> ApiError:
     return ApiError(415, "unsupported_media_type", f"Content-Type {ctype!r} is not accepted here", f"send {accepted}")
 
 
+def _file_parts(parts: list[Part], fields: tuple[str, ...], field: str, hint: str) -> list[Part]:
+    """The multipart parts named one of ``fields``; none is a 400 naming what was sent."""
+    files = [p for p in parts if p.name in fields]
+    if not files:
+        got = ", ".join(repr(p.name) for p in parts) or "none"
+        raise ApiError(400, "missing_field", f"multipart body has no {field!r} field (fields sent: {got})", hint)
+    return files
+
+
+def _json_image_field(
+    body: bytes, allowed: set[str], field: str, unknown_hint: str, missing_hint: str
+) -> tuple[dict[str, Any], str]:
+    """The JSON object and the key holding the image data: ``field`` or its short alias (``field`` without
+    ``_b64``); an unknown field or neither key is a 400."""
+    data = json_body(body)
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown JSON field(s): {', '.join(unknown)}", unknown_hint)
+    alias = field.removesuffix("_b64")
+    key = field if field in data else alias if alias in data else None
+    if key is None:
+        raise ApiError(400, "missing_field", f"JSON body has no {field!r} field", missing_hint)
+    return data, key
+
+
 def extract_detect_image(content_type: str, body: bytes, limits: Limits) -> tuple[bytes, str | None]:
     """The one image of a detect request (bytes, client file name)."""
     ctype = media_type(content_type)
@@ -108,15 +133,8 @@ def extract_detect_image(content_type: str, body: bytes, limits: Limits) -> tupl
     )
     if ctype == "multipart/form-data":
         parts = parse_multipart(body, content_type, max_parts=16)
-        files = [p for p in parts if p.name in DETECT_FIELDS]
-        if not files:
-            got = ", ".join(repr(p.name) for p in parts) or "none"
-            raise ApiError(
-                400,
-                "missing_field",
-                f"multipart body has no 'image' field (fields sent: {got})",
-                "send the image as form field 'image', e.g. curl -F image=@part.png",
-            )
+        hint = "send the image as form field 'image', e.g. curl -F image=@part.png"
+        files = _file_parts(parts, DETECT_FIELDS, "image", hint)
         if len(files) > 1:
             raise ApiError(
                 400,
@@ -127,23 +145,13 @@ def extract_detect_image(content_type: str, body: bytes, limits: Limits) -> tupl
         check_file_part(files[0])
         return files[0].data, files[0].filename
     if ctype == "application/json":
-        data = json_body(body)
-        unknown = sorted(set(data) - {"image_b64", "image", "filename"})
-        if unknown:
-            raise ApiError(
-                400,
-                "unknown_field",
-                f"unknown JSON field(s): {', '.join(unknown)}",
-                'send {"image_b64": "<base64>", "filename": optional}; references and heatmap are query parameters',
-            )
-        key = "image_b64" if "image_b64" in data else "image" if "image" in data else None
-        if key is None:
-            raise ApiError(
-                400,
-                "missing_field",
-                "JSON body has no 'image_b64' field",
-                'send {"image_b64": "<base64 of the image file>"}',
-            )
+        data, key = _json_image_field(
+            body,
+            {"image_b64", "image", "filename"},
+            "image_b64",
+            'send {"image_b64": "<base64>", "filename": optional}; references and heatmap are query parameters',
+            'send {"image_b64": "<base64 of the image file>"}',
+        )
         filename = data.get("filename")
         return decode_base64(data[key], key, limits), filename if isinstance(filename, str) else None
     if ctype.startswith("image/") or ctype == "application/octet-stream":
@@ -178,15 +186,8 @@ def extract_reference_images(content_type: str, body: bytes, limits: Limits) -> 
 
 def _multipart_references(body: bytes, content_type: str, n_max: int) -> list[tuple[bytes, str | None]]:
     parts: list[Part] = parse_multipart(body, content_type, max_parts=n_max + 8)
-    files = [p for p in parts if p.name in REFERENCE_FIELDS]
-    if not files:
-        got = ", ".join(repr(p.name) for p in parts) or "none"
-        raise ApiError(
-            400,
-            "missing_field",
-            f"multipart body has no 'images' field (fields sent: {got})",
-            "send each normal image as a form field 'images', e.g. -F images=@good1.png -F images=@good2.png",
-        )
+    hint = "send each normal image as a form field 'images', e.g. -F images=@good1.png -F images=@good2.png"
+    files = _file_parts(parts, REFERENCE_FIELDS, "images", hint)
     for p in files:
         check_file_part(p)
     return [(p.data, p.filename) for p in files]
@@ -194,23 +195,13 @@ def _multipart_references(body: bytes, content_type: str, n_max: int) -> list[tu
 
 def _json_references(body: bytes, limits: Limits) -> list[tuple[bytes, str | None]]:
     n_max = limits.max_reference_images
-    data = json_body(body)
-    unknown = sorted(set(data) - {"images_b64", "images", "filenames"})
-    if unknown:
-        raise ApiError(
-            400,
-            "unknown_field",
-            f"unknown JSON field(s): {', '.join(unknown)}",
-            'send {"images_b64": ["<base64>", ...]}',
-        )
-    key = "images_b64" if "images_b64" in data else "images" if "images" in data else None
-    if key is None:
-        raise ApiError(
-            400,
-            "missing_field",
-            "JSON body has no 'images_b64' field",
-            'send {"images_b64": ["<base64 of image 1>", ...]}',
-        )
+    data, key = _json_image_field(
+        body,
+        {"images_b64", "images", "filenames"},
+        "images_b64",
+        'send {"images_b64": ["<base64>", ...]}',
+        'send {"images_b64": ["<base64 of image 1>", ...]}',
+    )
     values = data[key]
     if not isinstance(values, list):
         raise ApiError(400, "invalid_field", f"field {key!r} must be a list of base64 strings")

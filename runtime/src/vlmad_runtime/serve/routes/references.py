@@ -20,14 +20,12 @@ from vlmad_runtime.serve.service import Service, ms
 
 
 def router(service: Service) -> APIRouter:
-    r = APIRouter()
+    r = APIRouter(tags=["references"], responses=ERRORS)
     limits = service.config.limits
 
     @r.get(
         "/v1/references",
-        tags=["references"],
         response_model=ReferenceSetList,
-        responses=ERRORS,
         summary="List reference sets.",
     )
     async def list_references():
@@ -35,9 +33,7 @@ def router(service: Service) -> APIRouter:
 
     @r.get(
         "/v1/references/{name}",
-        tags=["references"],
         response_model=ReferenceSetResponse,
-        responses=ERRORS,
         summary="One reference set.",
     )
     async def get_reference(name: str):
@@ -45,9 +41,7 @@ def router(service: Service) -> APIRouter:
 
     @r.post(
         "/v1/references/{name}",
-        tags=["references"],
         response_model=ReferenceSetResponse,
-        responses=ERRORS,
         openapi_extra=REFERENCE_BODY,
         status_code=201,
         summary="Create (or with replace=true overwrite) a reference set from K normal images.",
@@ -68,7 +62,7 @@ def router(service: Service) -> APIRouter:
             )
         return await with_timeout(_upload(service, request, name, replace), limits.request_timeout_s * 4)
 
-    @r.delete("/v1/references/{name}", tags=["references"], responses=ERRORS, summary="Delete a reference set.")
+    @r.delete("/v1/references/{name}", summary="Delete a reference set.")
     async def delete_reference(name: str):
         info = await run_in_threadpool(service.store.delete, name)
         if service.worker is not None:
