@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml runtime/pyproject.toml
 	@echo "[setup 3/5] installing torch + torchvision (the big download: progress below)"
 	$(PY) -m pip install --progress-bar on torch torchvision
 	@echo "[setup 4/5] installing vlmad-runtime"
-	$(PY) -m pip install --progress-bar on -e './runtime[onnx,openvino]'
+	$(PY) -m pip install --progress-bar on -e './runtime[onnx,openvino,serve]'
 	@echo "[setup 5/5] installing vlmad with its test, serve, ray and export extras"
 	$(PY) -m pip install --progress-bar on -e '.[test,serve,ray,export]'
 	@echo "[setup] done: $(VENV)"

@@ -262,7 +262,7 @@ def main() -> int:
     except ImportError:
         print("needs httpx (pip install 'vlmad[serve]')", file=sys.stderr)
         return 2
-    from vlmad.serve.client import free_port, wait_until_ready
+    from vlmad_runtime.serve.client import free_port, wait_until_ready
 
     images = [png(i, size) for i, size in enumerate([(64, 64), (120, 90), (200, 150), (96, 128)])]
     port = free_port(HOST)

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,10 +17,37 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+#: test packages of the harness, study and report: many tiny-model runs that embed the same prompts again and again;
+#: they share one text-embedding cache (cache behaviour itself is tested in tests/backbones) and run one torch thread
+HARNESS_PACKAGES = {"bench", "study", "report"}
+
+
+def _in_harness_package(request: pytest.FixtureRequest) -> bool:
+    rel = Path(str(request.node.path)).resolve().relative_to(Path(__file__).resolve().parent)
+    return len(rel.parts) > 1 and rel.parts[0] in HARNESS_PACKAGES
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own text-embedding cache so results never depend on test order."""
+def _isolated_cache(request, tmp_path_factory, monkeypatch):
+    """Every test gets its own text-embedding cache so results never depend on test order (the harness packages
+    share one instead, see HARNESS_PACKAGES)."""
+    if _in_harness_package(request):
+        request.getfixturevalue("shared_text_cache")
+        return
     monkeypatch.setenv("VLMAD_CACHE_DIR", str(tmp_path_factory.mktemp("vlmad-cache")))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread(request):
+    """2 shared cores: one intra-op thread for the harness packages' tiny models; restored after each module, so
+    the real-architecture tests elsewhere keep all threads."""
+    if not _in_harness_package(request):
+        yield
+        return
+    from vlmad.testing import single_torch_thread
+
+    with single_torch_thread():
+        yield
 
 
 _SHARED_CACHE: Path | None = None
@@ -28,7 +56,7 @@ _SHARED_CACHE: Path | None = None
 @pytest.fixture
 def shared_text_cache(tmp_path_factory, monkeypatch) -> Path:
     """One text-embedding cache for every test that asks (the tiny models embed the same prompts again and again);
-    harness/study/report packages make it their default by overriding ``_isolated_cache``."""
+    the default of the harness packages (HARNESS_PACKAGES)."""
     global _SHARED_CACHE
     if _SHARED_CACHE is None:
         _SHARED_CACHE = tmp_path_factory.mktemp("vlmad-cache-shared")
@@ -68,35 +96,59 @@ def crash_run() -> CrashRun:
 
 
 @pytest.fixture(scope="session")
-def mvtec_root(tmp_path_factory) -> Path:
-    """A small generated MVTec-layout dataset (2 categories, masks)."""
+def small_dataset(tmp_path_factory):
+    """Factory: a generated dataset per (layout, categories, counts, size), written once per session (read-only
+    for the tests; a test that damages files copies it first)."""
     from vlmad.data import make_dataset
 
-    return make_dataset(
-        tmp_path_factory.mktemp("data") / "mvtec",
-        layout="mvtec",
-        categories="demo_texture,demo_object",
-        n_train=4,
-        n_test_good=3,
-        n_test_bad=3,
-        size=64,
-    )
+    made: dict[tuple, Path] = {}
+
+    def make(
+        layout: str, categories: str, n_train: int = 4, n_test_good: int = 3, n_test_bad: int = 3, size: int = 64
+    ) -> Path:
+        key = (layout, categories, n_train, n_test_good, n_test_bad, size)
+        if key not in made:
+            folder = tmp_path_factory.mktemp("data") / layout
+            made[key] = make_dataset(folder, layout, categories, n_train, n_test_good, n_test_bad, size=size)
+        return made[key]
+
+    return make
 
 
 @pytest.fixture(scope="session")
-def visa_root(tmp_path_factory) -> Path:
-    """A small generated VisA-layout dataset (raw layout with split_csv, 2 categories, masks)."""
-    from vlmad.data import make_dataset
+def mvtec_root(small_dataset) -> Path:
+    """A small generated MVTec-layout dataset (2 categories, masks)."""
+    return small_dataset("mvtec", "demo_texture,demo_object")
 
-    return make_dataset(
-        tmp_path_factory.mktemp("data") / "visa",
-        layout="visa",
-        categories="demo_grid,demo_object",
-        n_train=4,
-        n_test_good=3,
-        n_test_bad=3,
-        size=64,
-    )
+
+@pytest.fixture(scope="session")
+def visa_root(small_dataset) -> Path:
+    """A small generated VisA-layout dataset (raw layout with split_csv, 2 categories, masks)."""
+    return small_dataset("visa", "demo_grid,demo_object")
+
+
+#: `python -m vlmad` in a child process (crash and resume tests kill it; pass an env with HF_HUB_OFFLINE)
+VLMAD_PROCESS = [sys.executable, "-m", "vlmad"]
+
+
+@pytest.fixture(scope="session")
+def vlmad_process() -> list[str]:
+    return list(VLMAD_PROCESS)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    """``cli([args])``: run the `vlmad` app in-process (every command registered; arguments str()-ed), returning
+    the click Result (exit_code, output, exception)."""
+    from typer.testing import CliRunner
+
+    import vlmad.cli.commands  # noqa: F401  (registers every command)
+    from vlmad.cli import app
+
+    def invoke(args: list[object]):
+        return CliRunner().invoke(app, [str(a) for a in args])
+
+    return invoke
 
 
 @pytest.fixture(scope="session")

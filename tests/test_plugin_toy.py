@@ -276,7 +276,7 @@ def _serve(tmp_path: Path, deploy: Path, offset_file: Path, refs: list[Path]) ->
     """`vlmad serve --method toy-diff` as a real process (the plugin registered the way a plugin package does)."""
     import httpx
 
-    from vlmad.serve.client import free_port, wait_until_ready
+    from vlmad_runtime.serve.client import free_port, wait_until_ready
 
     pytest.importorskip("fastapi")
     launch = (

@@ -39,16 +39,55 @@ WEIGHT_OPTS = {"--model": 1, "--checkpoint": 1, "--pretrained": 1, "--random-wei
 WITH_WEIGHTS = {"detect", "calibrate", "benchmark", "study", "train", "export"}
 
 
-def readme_commands() -> list[str]:
-    """`vlmad ...` lines of the bash blocks (continuations joined, trailing comments dropped)."""
+def readme_commands(programs: tuple[str, ...] = ("vlmad",)) -> list[str]:
+    """`vlmad ...` (or other ``programs``') lines of the bash blocks, in README order (continuations joined,
+    trailing comments dropped)."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
     commands = []
     for block in blocks:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.strip()
-            if line.startswith("vlmad"):
+            if line.split(" ", 1)[0] in programs:
                 commands.append(shlex.join(shlex.split(line, comments=True)))
     return commands
+
+
+def test_every_runtime_command_parses_as_written():
+    """The `vlmad-runtime` lines (the line-PC half of "Deploy on a line PC") take these arguments."""
+    from vlmad_runtime.cli import _parser
+
+    commands = readme_commands(("vlmad-runtime",))
+    assert any(c.startswith("vlmad-runtime serve ") for c in commands)
+    for command in commands:
+        _parser().parse_args(shlex.split(command)[1:])
+
+
+def run_runtime_serve(command: str, cwd: Path) -> None:
+    """`vlmad-runtime serve ...` as written (on a free port): ready, one image scored, then stopped."""
+    import httpx
+
+    from vlmad_runtime.serve.client import free_port, wait_until_ready
+
+    args = shlex.split(command)[1:]
+    port = free_port()
+    if "--port" in args:
+        args[args.index("--port") + 1] = str(port)
+    log = cwd / "runtime-serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vlmad_runtime.cli", *args, "--data-dir", str(cwd / "serve-data")],
+            cwd=cwd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_until_ready(url, 120, alive=lambda: proc.poll() is None), f"README: {command}\n{log.read_text()}"
+        res = httpx.post(url + "/v1/detect", files={"image": ("img.png", (cwd / "img.png").read_bytes())}, timeout=60)
+        assert res.status_code == 200 and res.json()["decision"] in ("normal", "anomalous"), res.text
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def rewrite(command: str, roots: dict[str, Path], checkpoint: Path) -> list[str]:
@@ -129,8 +168,12 @@ def test_readme_commands_run(tmp_path, weights_file):
     checkpoint = weights_file(TINY)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     ran = []
-    for command in readme_commands():
+    for command in readme_commands(("vlmad", "vlmad-runtime")):
         if any(command.startswith(prefix) for prefix in EXCLUDED):
+            continue
+        if command.startswith("vlmad-runtime serve "):
+            run_runtime_serve(command, tmp_path)
+            ran.append(command)
             continue
         args = rewrite(command, roots, checkpoint)
         res = subprocess.run(
@@ -139,5 +182,6 @@ def test_readme_commands_run(tmp_path, weights_file):
         assert res.returncode == 0, f"README: {command}\nran: vlmad {shlex.join(args)}\n{res.stdout}\n{res.stderr}"
         ran.append(command)
     assert any(c.startswith("vlmad study") for c in ran) and any(c.startswith("vlmad calibrate") for c in ran)
+    assert any(c.startswith("vlmad-runtime serve") for c in ran)
     assert (tmp_path / "runs" / "quick" / "report.html").is_file()
     assert "decision" in (tmp_path / "results" / "scores.csv").read_text().splitlines()[0]

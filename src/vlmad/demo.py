@@ -14,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,37 +58,47 @@ def run_demo(
     device: str = "cpu",
     seed: int = 0,
 ) -> DemoResult:
-    from vlmad.data import load_dataset
-    from vlmad.data.synthetic import make_dataset
-    from vlmad.jobs import DetectionOptions, run_detection
-    from vlmad.methods.registry import create_detector, default_method
-    from vlmad.metrics import image_auroc, pixel_auroc
-
     out_dir = Path(out_dir)
     data_root = out_dir / "dataset"
     if not data_root.exists():
-        make_dataset(
-            data_root,
-            layout="mvtec",
-            categories=[DEMO_CATEGORY],
-            n_train=shots + N_CALIBRATION,
-            n_test_good=n_test_good,
-            n_test_bad=n_test_bad,
-            size=240,
-            seed=seed,
-        )
+        from vlmad.data.synthetic import make_dataset
+
+        n_train = shots + N_CALIBRATION
+        make_dataset(data_root, "mvtec", [DEMO_CATEGORY], n_train, n_test_good, n_test_bad, size=240, seed=seed)
     _say(f"demo dataset: {data_root} ({n_test_good} normal + {n_test_bad} defective test images, masks)")
 
+    t0 = time.perf_counter()
+    detector, random_weights = _load_detector(model, pretrained, checkpoint, fallback_random_weights, device)
+    load_s = time.perf_counter() - t0
+    data = _DemoData.load(data_root, shots, detector.image_size)
+
+    t0 = time.perf_counter()
+    _say(f"text embeddings for {DEMO_CATEGORY!r} ...")
+    detector.setup(DEMO_CATEGORY)
+    setup_s = time.perf_counter() - t0
+    runs: dict[str, dict[str, float]] = {}
+    overlays: dict[str, dict[str, str]] = {}  # run -> image path -> overlay file (relative to the run folder)
+    for k in (0, shots) if shots else (0,):
+        name = "zero-shot" if k == 0 else f"{k}-shot"
+        runs[name], overlays[name] = _run_setting(detector, data, k, out_dir / name)
+    md, page = _write_summary(out_dir, runs, overlays, data.test, random_weights, model, detector, load_s, setup_s)
+    return DemoResult(out_dir, random_weights, md, page, runs)
+
+
+def _load_detector(
+    model: str, pretrained: str, checkpoint: Path | None, fallback_random_weights: bool, device: str
+) -> tuple[Any, bool]:
+    """The demo's detector and whether it runs on random weights (only when the fallback was asked for)."""
+    from vlmad.methods.registry import create_detector, default_method
+
     kwargs = {"model": model, "device": device}
-    random_weights = False
     if checkpoint is not None:
         kwargs["checkpoint"] = str(checkpoint)
     else:
         kwargs["pretrained"] = pretrained
-    t0 = time.perf_counter()
     _say(f"loading WinCLIP ({model}) ...")
     try:
-        detector = create_detector(default_method(), **kwargs)
+        return create_detector(default_method(), **kwargs), False
     except WeightsUnavailableError as err:
         _say(f"[bold yellow]Pretrained weights {model}/{pretrained} could not be loaded:[/] {err.message}")
         _say(
@@ -105,59 +116,74 @@ def run_demo(
             f"[bold red]Falling back to RANDOM WEIGHTS as asked (--fallback-random-weights): {RANDOM_WEIGHTS_STAMP}.[/]"
         )
         kwargs.pop("pretrained", None)
-        detector = create_detector(default_method(), random_weights=True, **kwargs)
-        random_weights = True
-    load_s = time.perf_counter() - t0
+        return create_detector(default_method(), random_weights=True, **kwargs), True
 
-    ds = load_dataset("mvtec", data_root)
-    test = ds.samples(DEMO_CATEGORY, "test")
-    train = [s.image_path for s in ds.samples(DEMO_CATEGORY, "train")]
-    refs, held_out = train[:shots], train[shots:]
-    gt_masks = {str(s.image_path): s.mask_path for s in test if s.mask_path}
-    paths = [s.image_path for s in test]
-    labels = np.array([s.is_anomalous for s in test])
-    from vlmad_runtime.images import load_mask
 
-    size = detector.image_size
-    masks = np.stack(
-        [load_mask(s.mask_path, (size, size)) if s.mask_path else np.zeros((size, size), bool) for s in test]
-    )
+@dataclass
+class _DemoData:
+    """The demo category's test set with its labels and masks, and its normal train images split into the
+    references and the held-out calibration images."""
 
-    t0 = time.perf_counter()
-    _say(f"text embeddings for {DEMO_CATEGORY!r} ...")
-    detector.setup(DEMO_CATEGORY)
-    setup_s = time.perf_counter() - t0
-    runs: dict[str, dict[str, float]] = {}
-    overlays: dict[str, dict[str, str]] = {}  # run -> image path -> overlay file (relative to the run folder)
-    for k in (0, shots) if shots else (0,):
-        name = "zero-shot" if k == 0 else f"{k}-shot"
-        if k:
-            detector.fit(refs[:k])
-        else:
-            detector.reset_references()
-        deployment = _calibrate(detector, DEMO_CATEGORY, refs[:k], held_out, out_dir / name / "deploy.json")
-        t0 = time.perf_counter()
-        _say(f"running WinCLIP {name} on {len(paths)} images (threshold {deployment.threshold:.4g}) ...")
-        from vlmad.cli.common import progress
+    test: list[Any]
+    paths: list[Path]
+    labels: np.ndarray
+    masks: np.ndarray
+    gt_masks: dict[str, Path]
+    refs: list[Path]
+    held_out: list[Path]
 
-        opts = DetectionOptions(
-            save_maps=True, overlay=True, save_masks=True, deployment=deployment, gt_masks=gt_masks, batch_size=1
+    @classmethod
+    def load(cls, root: Path, shots: int, size: int) -> _DemoData:
+        from vlmad.data import load_dataset
+        from vlmad_runtime.images import load_mask
+
+        ds = load_dataset("mvtec", root)
+        test = ds.samples(DEMO_CATEGORY, "test")
+        train = [s.image_path for s in ds.samples(DEMO_CATEGORY, "train")]
+        masks = np.stack(
+            [load_mask(s.mask_path, (size, size)) if s.mask_path else np.zeros((size, size), bool) for s in test]
         )
-        with progress(len(paths), f"demo {name}") as advance:
-            rows = run_detection(detector, paths, out_dir / name, opts, progress=advance)
-        elapsed = time.perf_counter() - t0
-        overlays[name] = {r.path: r.overlay_file for r in rows}
-        scores = np.array([r.score for r in rows])
-        maps = np.stack([np.load(out_dir / name / r.map_file) for r in rows])
-        runs[name] = {
-            "image_auroc": image_auroc(labels, scores),
-            "pixel_auroc": pixel_auroc(masks, maps),
-            "s_per_image": elapsed / len(paths),
-            "threshold": deployment.threshold,
-            "n_flagged": sum(r.decision == "anomalous" for r in rows),
-        }
-    md, page = _write_summary(out_dir, runs, overlays, test, random_weights, model, detector, load_s, setup_s)
-    return DemoResult(out_dir, random_weights, md, page, runs)
+        return cls(
+            test=test,
+            paths=[s.image_path for s in test],
+            labels=np.array([s.is_anomalous for s in test]),
+            masks=masks,
+            gt_masks={str(s.image_path): s.mask_path for s in test if s.mask_path},
+            refs=train[:shots],
+            held_out=train[shots:],
+        )
+
+
+def _run_setting(detector: Any, data: _DemoData, k: int, out: Path) -> tuple[dict[str, float], dict[str, str]]:
+    """One demo run (zero-shot or K-shot): calibrate, detect into ``out``; its metrics and overlay files."""
+    from vlmad.cli.common import progress
+    from vlmad.jobs import DetectionOptions, run_detection
+    from vlmad.metrics import image_auroc, pixel_auroc
+
+    if k:
+        detector.fit(data.refs[:k])
+    else:
+        detector.reset_references()
+    deployment = _calibrate(detector, DEMO_CATEGORY, data.refs[:k], data.held_out, out / "deploy.json")
+    t0 = time.perf_counter()
+    paths = data.paths
+    _say(f"running WinCLIP {out.name} on {len(paths)} images (threshold {deployment.threshold:.4g}) ...")
+    opts = DetectionOptions(
+        save_maps=True, overlay=True, save_masks=True, deployment=deployment, gt_masks=data.gt_masks, batch_size=1
+    )
+    with progress(len(paths), f"demo {out.name}") as advance:
+        rows = run_detection(detector, paths, out, opts, progress=advance)
+    elapsed = time.perf_counter() - t0
+    scores = np.array([r.score for r in rows])
+    maps = np.stack([np.load(out / r.map_file) for r in rows])
+    metrics = {
+        "image_auroc": image_auroc(data.labels, scores),
+        "pixel_auroc": pixel_auroc(data.masks, maps),
+        "s_per_image": elapsed / len(paths),
+        "threshold": deployment.threshold,
+        "n_flagged": sum(r.decision == "anomalous" for r in rows),
+    }
+    return metrics, {r.path: r.overlay_file for r in rows}
 
 
 def _calibrate(detector, class_name: str, refs: list[Path], held_out: list[Path], path: Path):

@@ -1,4 +1,5 @@
-"""Small generated datasets and a tiny random-weights WinCLIP for the harness tests."""
+"""Harness tests: small generated datasets (3 normal train images: a 4-shot row is refused) and a tiny
+random-weights WinCLIP. The shared text cache and the one torch thread come from tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -6,35 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from vlmad.data import make_dataset
-
 TINY = {"model": "vlmad-tiny-vit", "random_weights": True}
 
 
 @pytest.fixture(scope="session")
-def mvtec_root(tmp_path_factory) -> Path:
-    return make_dataset(
-        tmp_path_factory.mktemp("data") / "mvtec",
-        layout="mvtec",
-        categories="demo_texture,demo_object",
-        n_train=3,
-        n_test_good=3,
-        n_test_bad=3,
-        size=64,
-    )
+def mvtec_root(small_dataset) -> Path:
+    return small_dataset("mvtec", "demo_texture,demo_object", n_train=3)
 
 
 @pytest.fixture(scope="session")
-def visa_root(tmp_path_factory) -> Path:
-    return make_dataset(
-        tmp_path_factory.mktemp("data") / "visa",
-        layout="visa",
-        categories="demo_texture,demo_object",
-        n_train=3,
-        n_test_good=3,
-        n_test_bad=3,
-        size=64,
-    )
+def visa_root(small_dataset) -> Path:
+    return small_dataset("visa", "demo_texture,demo_object", n_train=3)
 
 
 @pytest.fixture
@@ -58,20 +41,3 @@ def make_config(tmp_path, tiny_spec):
         )
 
     return make
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(shared_text_cache):
-    """The harness tests share one text cache (the tiny random model embeds the same prompts every time) to keep
-    the suite fast; cache behaviour itself is tested in tests/backbones."""
-    return shared_text_cache
-
-
-@pytest.fixture(autouse=True, scope="package")
-def _one_torch_thread():
-    """2 shared cores: one intra-op thread for this package's tiny models; restored after it, so the
-    real-architecture tests elsewhere keep all threads."""
-    from vlmad.testing import single_torch_thread
-
-    with single_torch_thread():
-        yield

@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import json
 
-from typer.testing import CliRunner
-
-from vlmad.cli import app
-from vlmad.data import make_dataset
-
 ARCH = "vlmad-tiny-vit-4l"
 
 
@@ -18,17 +13,11 @@ def _rows(run):
     return [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines() if line.strip()]
 
 
-def test_train_then_benchmark_both_methods_with_leakage_guard(tmp_path, weights_file):
+def test_train_then_benchmark_both_methods_with_leakage_guard(tmp_path, weights_file, cli, small_dataset):
     weights = str(weights_file(ARCH))
-    visa = make_dataset(
-        tmp_path / "visa", layout="visa", categories="candle,pcb1", n_train=3, n_test_good=3, n_test_bad=3, size=56
-    )
-    mvtec = make_dataset(
-        tmp_path / "mvtec", layout="mvtec", categories="bottle", n_train=3, n_test_good=3, n_test_bad=3, size=56
-    )
-    runner = CliRunner()
-    trained = runner.invoke(
-        app,
+    visa = small_dataset("visa", "candle,pcb1", n_train=3, size=56)
+    mvtec = small_dataset("mvtec", "bottle", n_train=3, size=56)
+    trained = cli(
         [
             "train",
             "aprilgan",
@@ -51,8 +40,7 @@ def test_train_then_benchmark_both_methods_with_leakage_guard(tmp_path, weights_
 
     common = ["--model", ARCH, "--checkpoint", weights, "--set", f"aprilgan.heads={heads}", "--batch-size", "4"]
     run = tmp_path / "cross"
-    res = runner.invoke(
-        app,
+    res = cli(
         [
             "benchmark",
             "--dataset",
@@ -79,15 +67,13 @@ def test_train_then_benchmark_both_methods_with_leakage_guard(tmp_path, weights_
 
     # evaluating the heads on the categories they were trained on is refused ...
     leak = tmp_path / "leak"
-    res = runner.invoke(
-        app,
+    res = cli(
         ["benchmark", "--dataset", "visa", "--root", str(visa), "--methods", "aprilgan", "--out", str(leak), *common],
     )
     assert res.exit_code == 0, res.output
     assert {r["status"] for r in _rows(leak)} == {"refused"}
     # ... unless forced, and then every row carries the label
-    res = runner.invoke(
-        app,
+    res = cli(
         [
             "benchmark",
             "--dataset",

@@ -6,17 +6,15 @@ import shutil
 import sys
 
 import pytest
-from typer.testing import CliRunner
 
-import vlmad.cli.bench_cmd  # noqa: F401  (registers `benchmark` until vlmad.cli.commands imports it)
 from vlmad.bench import build_method_specs, load_results
-from vlmad.cli import app, main
+from vlmad.cli import main
 from vlmad_runtime.errors import UnknownNameError, VlmadError
 
 TINY = ["--model", "vlmad-tiny-vit", "--random-weights"]
 
 
-def test_benchmark_command_end_to_end(mvtec_root, tmp_path):
+def test_benchmark_command_end_to_end(mvtec_root, tmp_path, cli):
     out = tmp_path / "run"
     args = [
         "benchmark",
@@ -43,7 +41,7 @@ def test_benchmark_command_end_to_end(mvtec_root, tmp_path):
         "both",
         "--no-flops",
     ]
-    result = CliRunner().invoke(app, args)
+    result = cli(args)
     assert result.exit_code == 0, result.output
     rows = load_results(out)
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows)
@@ -56,7 +54,7 @@ def test_benchmark_command_end_to_end(mvtec_root, tmp_path):
     summary = (out / "summary.md").read_text()
     assert "random weights - scores are meaningless" in summary and "Efficiency" in summary
     assert "--random-weights" in summary  # the command is recorded
-    again = CliRunner().invoke(app, args)
+    again = cli(args)
     assert again.exit_code == 0 and len(load_results(out)) == 4
 
 
@@ -92,9 +90,8 @@ def test_stop_on_unreadable_image_exits_with_the_message(tmp_path, mvtec_root, m
     assert "cannot read image" in err and "000.png" in err and "--on-error skip" in err
 
 
-def test_dataset_and_root_must_pair(tmp_path, mvtec_root):
-    result = CliRunner().invoke(
-        app,
+def test_dataset_and_root_must_pair(tmp_path, mvtec_root, cli):
+    result = cli(
         [
             "benchmark",
             "--dataset",

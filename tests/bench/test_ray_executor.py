@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,8 +16,6 @@ import pytest
 
 from vlmad.bench import load_results, run_benchmark
 from vlmad_runtime.errors import VlmadError
-
-CLI = "import vlmad.cli.bench_cmd; from vlmad.cli import main; main()"
 
 
 def _rows(out: Path) -> dict[str, dict]:
@@ -144,13 +141,11 @@ def test_killed_worker_loses_and_duplicates_no_row(ray_cluster, mvtec_root, make
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_driver_sigkill_then_rerun_resumes(ray_cluster, mvtec_root, tmp_path, crash_run):
+def test_driver_sigkill_then_rerun_resumes(ray_cluster, mvtec_root, tmp_path, crash_run, vlmad_process):
     out = tmp_path / "run"
     results = out / "results.jsonl"
     cmd = [
-        sys.executable,
-        "-c",
-        CLI,
+        *vlmad_process,
         "benchmark",
         "--dataset",
         "mvtec",

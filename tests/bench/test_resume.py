@@ -6,23 +6,18 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from vlmad.bench import load_results
 
-CLI = "import vlmad.cli.bench_cmd; from vlmad.cli import main; main()"
-
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, mvtec_root, crash_run):
+def test_sigkill_then_resume_loses_and_duplicates_nothing(tmp_path, mvtec_root, crash_run, vlmad_process):
     out = tmp_path / "run"
     results = out / "results.jsonl"
     cmd = [
-        sys.executable,
-        "-c",
-        CLI,
+        *vlmad_process,
         "benchmark",
         "--dataset",
         "mvtec",

@@ -101,6 +101,8 @@ def test_ctrl_c_says_what_was_kept(tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        # a shell that starts the suite in the background hands SIGINT down as ignored: give it back to the child
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

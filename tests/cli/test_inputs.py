@@ -50,7 +50,7 @@ def test_glob_patterns_and_list_files(tmp_path, monkeypatch):
 
 
 def test_detect_accepts_every_format_the_service_accepts():
-    from vlmad.serve.limits import DEFAULT_FORMATS
+    from vlmad_runtime.serve.limits import DEFAULT_FORMATS
 
     registered = Image.registered_extensions()
     for fmt in DEFAULT_FORMATS:

@@ -13,8 +13,8 @@ from PIL import Image, ImageFile
 
 from vlmad.bench.loading import LoadFailure, TestSetCache, load_one
 from vlmad.data import MVTecAD, load_image, load_mask
-from vlmad.serve.limits import ApiError, Limits, decode_image
 from vlmad_runtime.errors import ImageLoadError
+from vlmad_runtime.serve.limits import ApiError, Limits, decode_image
 
 EOI = b"\xff\xd9"
 

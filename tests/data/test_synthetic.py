@@ -154,23 +154,13 @@ def test_mvtec_file_names(tmp_path):
     assert MVTecAD(root).categories == ["c"]
 
 
-def _cli_app():
-    """The shared Typer app; every command module registers on import of ``vlmad.cli``."""
-    from vlmad.cli import app
-
-    return app
-
-
-def test_make_dataset_command(tmp_path):
-    from typer.testing import CliRunner
-
-    app = _cli_app()
+def test_make_dataset_command(tmp_path, cli):
     out = tmp_path / "cli"
     args = ["make-dataset", str(out), "--layout", "visa", "--categories", "x,y_object", "--n-train", "2"]
-    result = CliRunner().invoke(app, [*args, "--n-test-good", "1", "--n-test-bad", "3", "--size", "48"])
+    result = cli([*args, "--n-test-good", "1", "--n-test-bad", "3", "--size", "48"])
     assert result.exit_code == 0, result.output
     assert str(out) in result.output and "x: 2 train, 1 test good, 3 test anomalous" in result.output
     ds = load_dataset("visa", out)
     assert ds.categories == ["x", "y_object"] and ds.layout == "raw"
-    bad = CliRunner().invoke(app, ["make-dataset", str(tmp_path / "z"), "--layout", "nope"])
+    bad = cli(["make-dataset", str(tmp_path / "z"), "--layout", "nope"])
     assert bad.exit_code != 0 and isinstance(bad.exception, UnknownNameError)

@@ -29,12 +29,12 @@ from vlmad_runtime.errors import VlmadError
 from vlmad_runtime.jobs import CSV_FIELDS
 
 TOL = 1e-4
-CASES = {"winclip": "vlmad-tiny-vit", "aprilgan": "vlmad-tiny-vit-4l"}
+CASES = {"winclip": "vlmad-tiny-vit", "aprilgan": "vlmad-tiny-vit-4l", "anomalyclip": "vlmad-tiny-vit-4l"}
 
 
 def make_detector(method: str, weights_file, shots: int, arch: str | None = None, image_size: int | None = None):
     arch = arch or CASES[method]
-    kwargs = {"allow_untrained": True} if method == "aprilgan" else {}
+    kwargs = {"allow_untrained": True} if method in ("aprilgan", "anomalyclip") else {}
     if image_size:
         kwargs["image_size"] = image_size
     if weights_file is None:
@@ -76,6 +76,32 @@ def test_fp32_bundle_matches_torch(method, shots, fmt, tmp_path, weights_file):
     assert np.abs(load_bundle(tmp_path / "b").run(one.numpy())[1] - det.predict(one).numpy()[1]).max() <= TOL
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_anomalyclip_fp32_bundle_matches_torch(fmt, tmp_path, weights_file):
+    """Zero-shot AnomalyCLIP (seeded prompts, DPAM from block 2, the reference's sigma 4): learned text baked in,
+    DPAM and the Gaussian filter in the graph."""
+    det = make_detector("anomalyclip", weights_file, 0)
+    det.dpam_start = 2
+    manifest = assert_parity(det, tmp_path / "b", fmt, batch_for(det))
+    assert manifest["detector"]["method"] == "anomalyclip" and manifest["detector"]["sigma"] == 4.0
+    one = batch_for(det, 1, seed=9)
+    assert np.abs(load_bundle(tmp_path / "b").run(one.numpy())[1] - det.predict(one).numpy()[1]).max() <= TOL
+
+
+def test_bundle_preprocesses_files_as_the_method_does(tmp_path, weights_file):
+    """AnomalyCLIP (like APRIL-GAN) resizes the uint8 image with PIL; its bundle records that and the runtime
+    follows it on image files, so file -> score equals the torch detector's (float resizing differs up to ~0.1)."""
+    det = make_detector("anomalyclip", weights_file, 0)
+    manifest = export_bundle(det, ExportRequest(out=tmp_path / "b", verify=batch_for(det), class_name="bottle"))
+    assert manifest["preprocessing"]["resize"] == "pil-bicubic-uint8"
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (70 + 9 * i, 90, 3), dtype=np.uint8)) for i in range(2)]
+    bundle = load_bundle(tmp_path / "b")
+    got = bundle.predict(images).numpy()
+    ref = det.predict(images).numpy()
+    assert max(float(np.abs(g - r).max()) for g, r in zip(got, ref, strict=True)) <= TOL
+
+
 REAL = {"winclip": ("ViT-B-16-plus-240", None), "aprilgan": ("ViT-L-14-336", 518)}
 
 
@@ -113,6 +139,7 @@ def test_manifest_records_what_the_runtime_needs(onnx_bundle):
     m = json.loads((onnx_bundle / MANIFEST).read_text())
     assert set(m["files"]) == {"model.onnx"}
     assert m["preprocessing"]["image_size"] == 64 and len(m["preprocessing"]["mean"]) == 3
+    assert m["preprocessing"]["resize"] == "bicubic-antialias"  # WinCLIP's float resize
     assert m["decision"] == {} and load_bundle(onnx_bundle).deployment() is None
     assert [o["name"] for o in m["outputs"]] == ["scores", "maps"]
     assert m["detector"]["shots"] == 2 and m["class_name"] == "bottle"
@@ -342,7 +369,7 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
     py = env_dir / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     pip = subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", f"{RUNTIME}[onnx]"],
+        [str(py), "-m", "pip", "install", "-q", f"{RUNTIME}[onnx,serve]"],
         capture_output=True,
         text=True,
         env=env,
@@ -406,6 +433,35 @@ def test_fresh_venv_without_torch_runs_a_bundle_like_vlmad_detect(tmp_path, weig
         assert abs(got[name][0] - ref[name][0]) <= TOL
         assert got[name][1:] == ref[name][1:]  # decision from the bundle's deploy.json, original size
     assert {v[1] for v in got.values()} <= {"normal", "anomalous"} and all(v[1] for v in got.values())
+    serve_one_image(env_dir / "bin" / "vlmad-runtime", tmp_path, env, imgs[0], ref[imgs[0].name])
+
+
+def serve_one_image(exe: Path, tmp_path: Path, env: dict, image: Path, expected: tuple) -> None:
+    """`vlmad-runtime serve` from the torch-free venv on a loopback port: one POST scores like `vlmad detect`."""
+    import httpx
+
+    from vlmad_runtime.serve.client import free_port, wait_until_ready
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [str(exe), "serve", str(tmp_path / "bundle"), "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_until_ready(url, 120, alive=lambda: proc.poll() is None), log.read_text()
+        body = httpx.post(url + "/v1/detect", files={"image": (image.name, image.read_bytes())}, timeout=60).json()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    print(f"{image.name}: vlmad detect {expected[0]:.7f}  vlmad-runtime serve {body['score']:.7f}")
+    assert abs(body["score"] - expected[0]) <= TOL
+    assert body["decision"] == expected[1] and body["calibrated"] is True  # the bundle's deploy.json, checked
+    assert "Traceback" not in log.read_text()
 
 
 def test_runtime_refuses_a_deploy_file_calibrated_for_another_detector(cli_export, weights_file, tmp_path):

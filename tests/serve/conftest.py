@@ -115,7 +115,7 @@ def serve_helpers():
 def make_app(tmp_path, make_detector):
     """``make_app(detector=None, data_dir=None, **config_fields)`` -> app (default: a fresh tiny WinCLIP)."""
     from vlmad.serve import ServeConfig, create_app
-    from vlmad.serve.limits import Limits
+    from vlmad_runtime.serve.limits import Limits
 
     def make(detector=None, data_dir=None, limits: Limits | None = None, loader=None, **fields):
         config = ServeConfig(
@@ -127,5 +127,44 @@ def make_app(tmp_path, make_detector):
         if loader is not None:
             return create_app(config, loader=loader)
         return create_app(config, detector=detector if detector is not None else make_detector())
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(make_detector, tmp_path_factory):
+    """A 2-shot tiny WinCLIP (discriminative checkpoint) exported to an ONNX bundle for class "bottle":
+    ``(bundle folder, the torch detector it was exported from)``."""
+    from vlmad.export.build import ExportRequest, export_bundle
+    from vlmad.fingerprint import image_digest, reference_fingerprint
+
+    det = make_detector()
+    det.setup("bottle")
+    refs = [Image.open(io.BytesIO(png_bytes(70 + i, (64, 64)))).convert("RGB") for i in range(2)]
+    det.fit(refs)
+    folder = tmp_path_factory.mktemp("bundle") / "bottle"
+    verify = det.preprocess([Image.open(io.BytesIO(png_bytes(3, (80, 60)))).convert("RGB")])
+    ref_fp = reference_fingerprint(image_digest(im) for im in refs)
+    export_bundle(
+        det, ExportRequest(out=folder, format="onnx", verify=verify, class_name="bottle", reference_fingerprint=ref_fp)
+    )
+    return folder, det
+
+
+@pytest.fixture
+def make_bundle_app(tiny_bundle, tmp_path):
+    """``make_bundle_app(**config_fields)`` -> the service app on :func:`tiny_bundle`, as `vlmad-runtime serve`
+    builds it (references refused)."""
+    from vlmad_runtime.bundle import load_bundle
+    from vlmad_runtime.serve import ServeConfig, create_app
+    from vlmad_runtime.serve.bundle_model import BundleModel
+    from vlmad_runtime.serve.launch import BAKED_IN
+
+    def make(**fields):
+        model = BundleModel(load_bundle(tiny_bundle[0]), BAKED_IN)
+        config = ServeConfig(
+            class_name=model.class_name, data_dir=tmp_path / "data", references_refusal=BAKED_IN, **fields
+        )
+        return create_app(config, model=model)
 
     return make

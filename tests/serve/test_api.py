@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmad.serve.limits import Limits
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.serve.limits import Limits
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is not installed")
 
@@ -72,7 +72,7 @@ def test_detect_heatmaps_overlay_raw_color(make_app, make_detector, serve_helper
         body = detect(c, png, "?heatmap=all&alpha=0.3").json()
         both = detect(c, png, "?heatmap=both").json()
         listed = detect(c, png, "?heatmap=color,raw").json()
-    from vlmad.serve.app import DetectResponse, Heatmap
+    from vlmad_runtime.serve.app import DetectResponse, Heatmap
 
     for b in (body, both, listed):  # responses are built by hand: they must match the documented schema
         DetectResponse.model_validate(b)
@@ -100,7 +100,7 @@ def test_large_image_overlay_is_capped(make_app, serve_helpers):
 
 
 def test_threshold_gives_decisions_and_deploy_mismatch_warns(make_app, serve_helpers, tmp_path):
-    from vlmad.serve.app import load_deploy
+    from vlmad_runtime.serve.app import load_deploy
 
     deploy = tmp_path / "deploy.json"
     deploy.write_text(
@@ -135,8 +135,8 @@ def test_threshold_gives_decisions_and_deploy_mismatch_warns(make_app, serve_hel
 
 
 def test_load_deploy_errors(tmp_path):
-    from vlmad.serve.app import load_deploy
     from vlmad_runtime.errors import VlmadError
+    from vlmad_runtime.serve.app import load_deploy
 
     cases = {
         "missing.json": None,
@@ -608,7 +608,7 @@ def test_preprocessing_matches_the_file_loader(make_app, serve_helpers, tmp_path
     Image.open(io.BytesIO(serve_helpers.png(15, (60, 30)))).save(jpg, exif=exif.tobytes())
     app = make_app()
     with serve_helpers.client(app) as c:
-        det = app.state.service.worker.detector
+        det = app.state.service.worker.model.detector
         for path in (p16, jpg):
             body = detect(c, path.read_bytes(), "?heatmap=raw").json()
             img = load_image(path)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmad.serve.client import free_port, wait_until_ready
 from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+from vlmad_runtime.serve.client import free_port, wait_until_ready
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is not installed")
 
@@ -297,3 +297,51 @@ def test_page_draws_colour_bar_contour_and_not_calibrated_note(browser_exe, make
     if artefacts:
         Path(artefacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(artefacts) / shot.name)
+
+
+def test_page_on_a_bundle_served_by_vlmad_runtime_serve(browser_exe, tiny_bundle, tmp_path):
+    """The same page, served by `vlmad-runtime serve BUNDLE` (a real process, no torch in the service's code):
+    model line, a scored upload with heatmap, the bundle's built-in shots, and reference uploads switched off."""
+    import subprocess
+    import sys
+
+    import httpx
+    from playwright.sync_api import expect, sync_playwright
+
+    folder, _ = tiny_bundle
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vlmad_runtime.cli", "serve", str(folder), "--port", str(port)]
+            + ["--data-dir", str(tmp_path / "data")],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    (tmp_path / "scratched.png").write_bytes(part_image(True))
+    try:
+        assert wait_until_ready(url, 120, alive=lambda: proc.poll() is None), log.read_text()
+        expected = httpx.post(
+            url + "/v1/detect", files={"image": ("s.png", part_image(True), "image/png")}, timeout=30
+        ).json()["score"]
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=browser_exe, args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 1100})
+                page.goto(url + "/")
+                expect(page.locator("#status")).to_contain_text("ready", timeout=20_000)
+                expect(page.locator("#model-info")).to_contain_text("vlmad-tiny-vit")
+                expect(page.locator("#manage-status")).to_contain_text("baked in")
+                assert page.eval_on_selector("#new-set-upload", "e => e.disabled")
+                page.set_input_files("#file", str(tmp_path / "scratched.png"))
+                expect(page.locator("#score")).to_have_text(f"{expected:.4f}", timeout=20_000)
+                expect(page.locator("#result-meta")).to_contain_text("2-shot memory built in")
+                page.wait_for_function("document.getElementById('heat').naturalWidth > 0", timeout=10_000)
+                page.screenshot(path=str(tmp_path / "serve-page-bundle.png"), full_page=True)
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert "Traceback" not in log.read_text()

@@ -12,7 +12,7 @@ import sys
 import pytest
 from PIL import Image
 
-from vlmad.serve.client import free_port, wait_until_ready
+from vlmad_runtime.serve.client import free_port, wait_until_ready
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is not installed")
 

@@ -1,4 +1,4 @@
-"""vlmad.serve.client: the readiness poll gives up at once when the server died, and at the deadline otherwise."""
+"""vlmad_runtime.serve.client: the readiness poll gives up at once when the server died, and at the deadline else."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("httpx", reason="the serve extra (httpx) is not installed")
 
-from vlmad.serve.client import free_port, wait_until_ready  # noqa: E402
+from vlmad_runtime.serve.client import free_port, wait_until_ready  # noqa: E402
 
 
 def test_dead_server_is_reported_without_waiting_out_the_timeout():

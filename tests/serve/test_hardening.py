@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmad.serve.guard import default_allowed_hosts, normalise_origin, split_list
-from vlmad.serve.limits import Limits
+from vlmad_runtime.serve.guard import default_allowed_hosts, normalise_origin, split_list
+from vlmad_runtime.serve.limits import Limits
 
 pytest.importorskip("fastapi", reason="the serve extra (fastapi, uvicorn, python-multipart, httpx) is not installed")
 
@@ -120,7 +120,7 @@ def live_server(app):
     """``app`` behind a real uvicorn on a free loopback port (in a thread); yields the base URL."""
     import uvicorn
 
-    from vlmad.serve.client import free_port, wait_until_ready
+    from vlmad_runtime.serve.client import free_port, wait_until_ready
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -196,7 +196,7 @@ def test_full_resolution_image_is_not_alive_while_the_model_runs(make_app, make_
 
 # ---------------------------------------------------------------------------------------------- 4. reference uploads
 def test_reference_uploads_decode_one_at_a_time_within_a_pixel_budget(make_app, serve_helpers, monkeypatch):
-    import vlmad.serve.imaging as imaging
+    import vlmad_runtime.serve.imaging as imaging
 
     limits = Limits(max_reference_pixels=3_000_000, reference_max_side=256)
     real_decode = imaging.decode_image
@@ -290,7 +290,7 @@ def test_upload_racing_a_delete_still_reports_its_success(make_app, serve_helper
 
 
 def test_disk_full_on_upload_is_507_and_keeps_the_old_set(make_app, serve_helpers, monkeypatch, tmp_path):
-    import vlmad.serve.references as references
+    import vlmad_runtime.serve.references as references
 
     with serve_helpers.client(make_app()) as c:
         first = _ref_post(c, serve_helpers.png(5))

@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vlmad.serve.batching import BatcherClosedError, DynamicBatcher, QueueFullError
-from vlmad.serve.limits import ApiError, Limits, decode_image, validate_set_name
-from vlmad.serve.metrics import ServiceMetrics
-from vlmad.serve.references import MemoryCache, ReferenceStore, capture_memory, restore_memory
+from vlmad.serve.detector_model import capture_memory, restore_memory
 from vlmad_runtime.errors import VlmadError
+from vlmad_runtime.serve.batching import BatcherClosedError, DynamicBatcher, QueueFullError
+from vlmad_runtime.serve.limits import ApiError, Limits, decode_image, validate_set_name
+from vlmad_runtime.serve.metrics import ServiceMetrics
+from vlmad_runtime.serve.references import MemoryCache, ReferenceStore
 
 
 # ---------------------------------------------------------------------------------------------- batcher
@@ -139,7 +140,7 @@ def test_store_round_trip_atomic_replace_and_restart(tmp_path):
 def test_store_failed_write_keeps_the_old_set(tmp_path, monkeypatch):
     store = ReferenceStore(tmp_path)
     old, _ = store.put("s", [rgb(0)])
-    import vlmad.serve.references as refs
+    import vlmad_runtime.serve.references as refs
 
     def crash(src, dst):
         raise OSError("disk full")
@@ -228,7 +229,7 @@ def test_memory_goes_through_the_detector_state_protocol(make_detector, method):
 
 
 def test_memory_cache_is_lru_bounded_in_bytes_and_drops_old_versions():
-    from vlmad.serve.references import ReferenceMemory
+    from vlmad_runtime.serve.model import ReferenceMemory
 
     def mem(n):
         return ReferenceMemory({"t": torch.zeros(n)}, 1, n * 4)

@@ -7,13 +7,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from vlmad.bench import load_results
 
-CLI = "import vlmad.cli.study_cmd; from vlmad.cli import main; main()"
 SPEC = """
 name: resume-test
 datasets: [mvtec]
@@ -28,15 +26,13 @@ report: {gallery: false}
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_sigkill_then_resume_loses_nothing_and_rerun_computes_nothing(tmp_path, mvtec_root, crash_run):
+def test_sigkill_then_resume_loses_nothing_and_rerun_computes_nothing(tmp_path, mvtec_root, crash_run, vlmad_process):
     spec = tmp_path / "resume.yaml"
     spec.write_text(SPEC)
     out = tmp_path / "run"
     results = out / "results.jsonl"
     cmd = [
-        sys.executable,
-        "-c",
-        CLI,
+        *vlmad_process,
         "study",
         str(spec),
         "--root",

@@ -217,7 +217,7 @@ def test_rerun_recomputes_nothing(quick_run, monkeypatch):
     calib = {p: p.stat().st_mtime_ns for p in (out / "calibration").glob("*.csv")}
     run_json = (out / "run.json").read_bytes()
 
-    from vlmad.study.runner import StudyDetectorFactory
+    from vlmad.study.factory import StudyDetectorFactory
 
     def refuse(self, spec):
         raise AssertionError(f"a finished study must not build a detector ({spec['label']})")

@@ -8,23 +8,10 @@ import json
 import pytest
 import torch
 
-from vlmad.data import load_dataset, make_dataset
+from vlmad.data import load_dataset
 from vlmad.methods.aprilgan import AprilGan
 from vlmad.training import DataLeakageError, TrainConfig, check_leakage, load_heads, train_aprilgan
 from vlmad_runtime.errors import VlmadError
-
-
-@pytest.fixture(scope="module")
-def dataset_root(tmp_path_factory):
-    return make_dataset(
-        tmp_path_factory.mktemp("gen") / "mvtec_like",
-        layout="mvtec",
-        categories="demo_texture,demo_object",
-        n_train=4,
-        n_test_good=3,
-        n_test_bad=6,
-        size=64,
-    )
 
 
 def quiet(**kw) -> TrainConfig:
@@ -34,7 +21,9 @@ def quiet(**kw) -> TrainConfig:
     return TrainConfig(**kw)
 
 
-def test_training_reduces_loss_and_checkpoints_reload_bit_exactly(dataset_root, tiny_backbone, tmp_path):
+def test_training_reduces_loss_and_checkpoints_reload_bit_exactly(
+    dataset_root, tiny_backbone, tmp_path, same_predictions
+):
     seen = []
     result = train_aprilgan(
         load_dataset("mvtec", dataset_root),
@@ -63,7 +52,7 @@ def test_training_reduces_loss_and_checkpoints_reload_bit_exactly(dataset_root, 
         assert torch.equal(state[k], v.cpu())
     train = meta["training"]
     assert train["data"] == result.data
-    assert train["data"]["kind"] == "mvtec" and train["data"]["root_name"] == "mvtec_like"
+    assert train["data"]["kind"] == "mvtec" and train["data"]["root_name"] == dataset_root.name
     assert train["data"]["categories"] == ["demo_object", "demo_texture"] and train["data"]["split"] == "test"
     assert (train["epoch"], train["epochs"], train["seed"], train["batch_size"]) == (6, 6, 0, 8)
     assert train["lr"] == 1e-3 and train["betas"] == [0.5, 0.999] and train["mosaic_rate"] == 0.0
@@ -71,14 +60,7 @@ def test_training_reduces_loss_and_checkpoints_reload_bit_exactly(dataset_root, 
 
     # the saved file predicts exactly what the in-memory heads predict
     from_file = AprilGan(tiny_backbone, heads=result.checkpoints[-1])
-    in_memory = AprilGan(tiny_backbone, heads=result.heads)
-    x = tiny_backbone.preprocess_tensor(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
-    preds = []
-    for det in (from_file, in_memory):
-        det.setup("demo_object")
-        preds.append(det.predict(x))
-    assert torch.equal(preds[0].anomaly_maps, preds[1].anomaly_maps)
-    assert torch.equal(preds[0].image_scores, preds[1].image_scores)
+    same_predictions(tiny_backbone, (from_file, AprilGan(tiny_backbone, heads=result.heads)))
     assert from_file.info().extra["heads_epoch"] == 6
 
     # the guard knows what these heads saw
@@ -87,19 +69,10 @@ def test_training_reduces_loss_and_checkpoints_reload_bit_exactly(dataset_root, 
     assert check_leakage(from_file.heads_meta, "visa", "demo_object") is None
 
 
-def test_runs_are_deterministic_and_the_cache_changes_nothing(dataset_root, tiny_backbone, tmp_path):
-    reader = load_dataset("mvtec", dataset_root)
-    runs = [
-        train_aprilgan(reader, tmp_path / name, backbone=tiny_backbone, config=quiet(epochs=2, cache_gb=gb))
-        for name, gb in (("a", 4.0), ("b", 4.0), ("nocache", 0.0))
-    ]
-    a, b, nocache = runs
-    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+def test_runs_are_deterministic_and_the_cache_changes_nothing(tiny_backbone, deterministic_runs):
+    a, b = deterministic_runs(train_aprilgan, tiny_backbone, quiet)
     for k, v in a.heads.state_dict().items():
         assert torch.equal(v, b.heads.state_dict()[k])
-    assert nocache.history[-1]["backbone_images"] > a.history[-1]["backbone_images"]
-    for ha, hn in zip(a.history, nocache.history, strict=True):
-        assert ha["train_loss"] == pytest.approx(hn["train_loss"], rel=1e-5)
 
 
 def test_synthetic_regime_with_mosaics(dataset_root, tiny_backbone, tmp_path):

@@ -101,14 +101,24 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
             )
 
 
+#: manifest ``preprocessing.resize`` of bundles whose method resizes the uint8 image with PIL (see preprocess)
+RESIZE_PIL_UINT8 = "pil-bicubic-uint8"
+
+
 def preprocess(images: Sequence[Image.Image], spec: dict[str, Any]) -> np.ndarray:
     """RGB images -> the graph input (B, 3, S, S) float32: bicubic antialiased resize of the [0, 1] image per
-    channel (PIL's float resampling, what the exporting model's antialiased bicubic also computes), then mean/std."""
+    channel (PIL's float resampling, what the exporting model's antialiased bicubic also computes), then mean/std.
+    ``resize`` = :data:`RESIZE_PIL_UINT8` (methods whose reference resizes the uint8 image with PIL, e.g. APRIL-GAN,
+    AnomalyCLIP): PIL bicubic on the uint8 RGB image, then ``/ 255`` — the two differ by up to ~0.1 after mean/std."""
     size = int(spec["image_size"])
     mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
     std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
     out = np.empty((len(images), 3, size, size), dtype=np.float32)
     for i, img in enumerate(images):
+        if spec.get("resize") == RESIZE_PIL_UINT8:
+            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+            out[i] = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+            continue
         arr = np.asarray(img.convert("RGB"), dtype=np.float32) / np.float32(255.0)
         for c in range(3):
             chan = arr[..., c]
@@ -174,6 +184,19 @@ class Bundle:
 
         path = self.folder / "deploy.json"
         return load_deploy(path) if "deploy.json" in self.manifest["files"] else None
+
+    def check_deployment(self, deployment, force: bool = False) -> list[tuple[str, Any, Any]]:
+        """A deploy file given on the line PC must have been calibrated for the detector inside the bundle: its
+        fingerprint is compared with the one the bundle recorded at export (every differing field named; with
+        ``force`` the differences are returned instead of raised)."""
+        protocol = self.manifest.get("protocol")
+        if not protocol:
+            raise BundleError(
+                f"{self.folder}: the bundle records no detector fingerprint, so {deployment.where} cannot "
+                "be checked against it",
+                "re-export the bundle with this vlmad version",
+            )
+        return deployment.check(protocol, force=force)
 
     def info(self) -> BundleInfo:
         fields = dict(self.manifest["detector"])

@@ -3,6 +3,8 @@
 ``vlmad-runtime detect BUNDLE IMAGES... --out DIR`` writes the same scores.csv / maps / overlays as
 ``vlmad detect`` (one job implementation, :mod:`vlmad_runtime.jobs`); decisions use the threshold recorded in
 the bundle at export (``vlmad export --deploy``) unless ``--deploy`` names another deploy.json.
+``vlmad-runtime serve BUNDLE`` runs the HTTP service of ``vlmad serve`` (one implementation,
+:mod:`vlmad_runtime.serve`; needs the ``serve`` extra) on the bundle.
 argparse, not typer: the runtime keeps its dependencies to numpy, Pillow and the inference engine.
 """
 
@@ -32,7 +34,27 @@ def _parser() -> argparse.ArgumentParser:
     det.add_argument(
         "--on-error", choices=("skip", "stop"), default="skip", help="skip (record) or stop on unreadable images."
     )
+    srv = sub.add_parser("serve", help="Serve a bundle over HTTP: the same API and web page as `vlmad serve`.")
+    srv.add_argument("bundle", type=Path, help="Bundle folder written by `vlmad export`.")
+    srv.add_argument("--deploy", type=Path, help="deploy.json whose threshold replaces the bundle's (checked).")
+    srv.add_argument(
+        "--force-deploy", action="store_true", help="Use --deploy even when calibrated for another detector."
+    )
+    srv.add_argument("--threads", type=int, default=None, help="Inference threads (default: the engine's).")
+    from vlmad_runtime.serve.launch import add_serve_arguments
+
+    add_serve_arguments(srv)
     return parser
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The `serve` command: runs until Ctrl-C / SIGTERM."""
+    from vlmad_runtime.serve.launch import options_from_args, serve_bundle
+
+    opts = options_from_args(args)
+    echo = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    serve_bundle(args.bundle, opts, args.deploy, args.force_deploy, args.threads, echo=echo)
+    return 0
 
 
 def detect(args: argparse.Namespace) -> int:
@@ -46,7 +68,9 @@ def detect(args: argparse.Namespace) -> int:
         raise VlmadError("--batch-size must be at least 1")
     bundle = load_bundle(args.bundle, threads=args.threads, batch_size=args.batch_size)
     paths = expand_images(args.images)
-    deployment = _checked_deploy(load_deploy(args.deploy), bundle) if args.deploy else bundle.deployment()
+    deployment = load_deploy(args.deploy) if args.deploy else bundle.deployment()
+    if args.deploy:
+        bundle.check_deployment(deployment)
     opts = DetectionOptions(
         save_maps=args.save_maps,
         overlay=args.overlay,
@@ -71,25 +95,11 @@ def detect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checked_deploy(deployment, bundle):
-    """A deploy file given on the line PC must have been calibrated for the detector inside the bundle: its
-    fingerprint is compared with the one the bundle recorded at export (every differing field named)."""
-    protocol = bundle.manifest.get("protocol")
-    if not protocol:
-        raise VlmadError(
-            f"{bundle.folder}: the bundle records no detector fingerprint, so {deployment.where} cannot "
-            "be checked against it",
-            "re-export the bundle with this vlmad version",
-        )
-    deployment.check(protocol)
-    return deployment
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user errors are printed as message + hint (exit 2), never as a traceback."""
     args = _parser().parse_args(argv)
     try:
-        sys.exit(detect(args))
+        sys.exit(serve(args) if args.command == "serve" else detect(args))
     except VlmadError as err:
         print(f"error: {err.message}", file=sys.stderr)
         if err.hint:

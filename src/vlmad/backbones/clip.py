@@ -18,6 +18,7 @@ from torch import nn
 from vlmad.backbones.cpu import tune_cpu_allocator
 from vlmad.backbones.fast import FastBlock, is_standard_block
 from vlmad.backbones.loading import WeightsSource, resolve_model
+from vlmad.backbones.preprocessing import normalize, resize_tensor_bicubic
 from vlmad_runtime.errors import VlmadError
 
 PRECISIONS = ("fp32", "int8", "fp16", "bf16")
@@ -306,10 +307,8 @@ class ClipBackbone:
         """[0,1] RGB tensors (B,3,H,W) -> model input: bicubic antialiased resize (not clamped), CLIP mean/std.
 
         For tensors already in memory (tests, benchmarks). Image *files* go through their method's declared
-        pipeline (:mod:`vlmad.methods.inputs`): APRIL-GAN's resizes the uint8 image with PIL instead.
+        pipeline (:mod:`vlmad.backbones.preprocessing`): APRIL-GAN's resizes the uint8 image with PIL instead.
         """
-        from vlmad.methods.inputs import normalize, resize_tensor_bicubic
-
         return normalize(resize_tensor_bicubic(images, size or self.image_size), self.mean, self.std)
 
 

@@ -31,6 +31,8 @@ from vlmad_runtime.errors import VlmadError
 
 EXECUTORS = ("local", "ray")
 RAY_HINT = "install the extra: pip install 'vlmad[ray]'"
+#: the module whose ``row_actor`` / ``row_task`` compute rows on a Ray worker (see :func:`_remote`)
+WORKER_MODULE = "vlmad.bench.ray_remote"
 # environment forwarded to the Ray workers (model caches, offline switches, thread counts)
 FORWARD_ENV_PREFIXES = ("VLMAD_", "HF_", "TRANSFORMERS_", "TORCH_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -155,7 +157,7 @@ class _Sink:
 
     def write(self, row: dict[str, Any], scores: str | None) -> None:
         from vlmad.bench.results import SCORES_DIR
-        from vlmad.bench.runner import _row_line
+        from vlmad.bench.row_status import row_line
         from vlmad_runtime.fileio import atomic_write_text
 
         r = self.runner
@@ -167,7 +169,7 @@ class _Sink:
         r.store.append(row)
         if row.get("status") == "ok":
             r.computed += 1
-            r.ui.log(_row_line(row))
+            r.ui.log(row_line(row))
         else:
             seed = "" if row.get("seed") is None else f" seed {row['seed']}"
             r.ui.log(
@@ -176,10 +178,10 @@ class _Sink:
             )
 
     def failed(self, plan: Any, reason: str, hint: str) -> None:
-        from vlmad.bench.runner import _RowFailed
+        from vlmad.bench.row_status import RowFailed
 
         r = self.runner
-        r._write_failed(plan, plan.spec, _RowFailed("error", VlmadError(reason, hint)))
+        r._write_failed(plan, plan.spec, RowFailed("error", VlmadError(reason, hint)))
         r.ui.log(
             f"[red]error[/] {plan.spec['label']} · {plan.dataset.kind}/{plan.category} {plan.shots}-shot: {reason}"
         )
@@ -245,10 +247,9 @@ class RayExecutor:
     def _new_handle(self) -> Any:
         if self.mode == "tasks":
             return None
-        from vlmad.bench.ray_remote import row_actor
-
         return (
-            row_actor(self.ray)
+            _remote()
+            .row_actor(self.ray)
             .options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, max_task_retries=0)
             .remote()
         )
@@ -256,10 +257,11 @@ class RayExecutor:
     def _submit(self, slot: _Slot, cfg_ref: Any, plan: Any) -> Any:
         slot.label = plan.spec["label"]
         if self.mode == "tasks":
-            from vlmad.bench.ray_remote import row_task
-
             return (
-                row_task(self.ray).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0).remote(cfg_ref, plan)
+                _remote()
+                .row_task(self.ray)
+                .options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0)
+                .remote(cfg_ref, plan)
             )
         return slot.handle.compute.remote(cfg_ref, plan)
 
@@ -342,6 +344,15 @@ class RayExecutor:
                 "check the Ray logs of the lost workers (out of memory?); --retry-failed recomputes the row",
             )
             return []
+
+
+def _remote() -> Any:
+    """The worker side, :mod:`vlmad.bench.ray_remote`, named by its module path: the worker runs a runner (it sits
+    above it) while the runner hands its rows to this module, so importing the worker here would close a loop. The
+    driver only needs the remote handles; Ray ships the worker's code to the other process by module path anyway."""
+    import importlib
+
+    return importlib.import_module(WORKER_MODULE)
 
 
 def _take(queue: deque, label: str | None) -> Any:

@@ -9,12 +9,23 @@ import typer
 
 from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
+    CategoriesOpt,
+    ForceProtocolOpt,
+    GridBatchOpt,
     GridCheckpointOpt,
+    GridDeviceOpt,
     GridModelOpt,
     GridPrecisionOpt,
     GridPretrainedOpt,
     GridRandomOpt,
     GridSetOpt,
+    NoCacheOpt,
+    NoFlopsOpt,
+    NumWorkersOpt,
+    OnErrorOpt,
+    QuietOpt,
+    RetryFailedOpt,
+    RunFolderOpt,
 )
 from vlmad.cli.executor_opts import (
     CpusPerRowOpt,
@@ -50,28 +61,23 @@ def benchmark(
         ),
     ],
     root: Annotated[list[Path], typer.Option("--root", help="Dataset folder (one per --dataset, same order).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; reused to resume).")],
+    out: RunFolderOpt,
     methods: Annotated[
         str | None,
         typer.Option("--methods", "-m", help="Comma-separated methods (see `vlmad models`; default: the first one)."),
     ] = None,
     shots: Annotated[str, typer.Option("--shots", help="Comma-separated shot counts; 0 = zero-shot.")] = "0",
     seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated reference-draw seeds (few-shot only).")] = "0",
-    categories: Annotated[
-        str | None,
-        typer.Option(
-            "--categories", help="Comma-separated categories (all by default); 'kind:name' to target one dataset."
-        ),
-    ] = None,
+    categories: CategoriesOpt = None,
     model: GridModelOpt = None,
     pretrained: GridPretrainedOpt = None,
     checkpoint: GridCheckpointOpt = None,
     random_weights: GridRandomOpt = False,
     sets: GridSetOpt = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
+    device: GridDeviceOpt = "cpu",
     precision: GridPrecisionOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per predict call.")] = 8,
-    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")] = 2,
+    batch_size: GridBatchOpt = 8,
+    num_workers: NumWorkersOpt = 2,
     limit: Annotated[
         int | None,
         typer.Option(
@@ -86,18 +92,12 @@ def benchmark(
         str,
         typer.Option("--aupro", help="exact (MVTec definition), legacy200 (research repos' approximation) or both."),
     ] = "exact",
-    on_error: Annotated[
-        str, typer.Option("--on-error", help="Unreadable image: skip (recorded in the row) or stop.")
-    ] = "skip",
-    force_protocol: Annotated[
-        bool, typer.Option("--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")
-    ] = False,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Recompute rows recorded as refused or failed.")
-    ] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
-    no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
+    on_error: OnErrorOpt = "skip",
+    force_protocol: ForceProtocolOpt = False,
+    retry_failed: RetryFailedOpt = False,
+    no_cache: NoCacheOpt = False,
+    no_flops: NoFlopsOpt = False,
+    quiet: QuietOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
     cpus_per_row: CpusPerRowOpt = 1.0,

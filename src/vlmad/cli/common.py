@@ -6,80 +6,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
 from rich.console import Console
 
+# the option aliases, re-exported: declared in vlmad/cli_options.py (importable without loading this package)
+from vlmad.cli_options import *  # noqa: F403
+
 console = Console(stderr=True, soft_wrap=True)
-
-# one vocabulary for every command (issue 16): -c is always the object class; --categories (no short form) picks
-# dataset categories in benchmark/study/train; --dataset/-d + --root name a dataset; --out/-o is the output
-ClassNameOpt = Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")]
-OptionalClassNameOpt = Annotated[
-    str | None, typer.Option("--class-name", "-c", help="Object class used in the prompts, e.g. bottle or metal_nut.")
-]
-CategoriesOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--categories", help="Comma-separated categories (all by default); 'kind:name' to target one dataset."
-    ),
-]
-MethodOpt = Annotated[
-    str | None,
-    typer.Option("--method", "-m", help="Detection method (see `vlmad models`; default: the first one listed)."),
-]
-ModelOpt = Annotated[str | None, typer.Option("--model", help="open_clip architecture; default per method.")]
-ReferenceOpt = Annotated[
-    list[Path] | None, typer.Option("--reference", "-r", help="Normal reference image (repeat for K-shot).")
-]
-ReferenceDirOpt = Annotated[
-    Path | None, typer.Option("--reference-dir", help="Directory of normal reference images (K-shot).")
-]
-PretrainedOpt = Annotated[
-    str | None, typer.Option("--pretrained", help="Pretrained tag (downloaded via open_clip on first use).")
-]
-CheckpointOpt = Annotated[
-    Path | None, typer.Option("--checkpoint", help="Local weights: a .safetensors state dict of the architecture.")
-]
-RandomOpt = Annotated[
-    bool, typer.Option("--random-weights", help="Smoke test with random init; scores are meaningless.")
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="fp32 (default), int8 (CPU), fp16/bf16 (GPU).")]
-PromptOpt = Annotated[str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the text-embedding cache.")]
-ArtefactOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--artefact", "--heads", help="The method's artefact file, e.g. APRIL-GAN's trained heads (.safetensors)."
-    ),
-]
-HeadsOpt = ArtefactOpt  # the option's old name
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
-
-
-# options of the grid commands (benchmark, study): a value for all methods, or method=VALUE for one
-GridModelOpt = Annotated[
-    list[str] | None, typer.Option("--model", help="open_clip architecture, for all methods or as method=ARCH.")
-]
-GridPretrainedOpt = Annotated[
-    list[str] | None, typer.Option("--pretrained", help="Pretrained tag, for all methods or as method=TAG.")
-]
-GridCheckpointOpt = Annotated[
-    list[str] | None,
-    typer.Option("--checkpoint", help="Local .safetensors weights, for all methods or as method=PATH."),
-]
-GridRandomOpt = Annotated[
-    bool, typer.Option("--random-weights", help="Random init for every method: a smoke test, scores are meaningless.")
-]
-GridSetOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set", help="Method option method.key=value (or key=value for all), e.g. winclip.prompt_set=winclip-paper."
-    ),
-]
-GridPrecisionOpt = Annotated[str | None, typer.Option("--precision", help="fp32 (default), int8, fp16, bf16.")]
 
 
 def artefact_kwargs(method: str | None, path: Path | str | None, skip: bool = False) -> dict[str, Any]:

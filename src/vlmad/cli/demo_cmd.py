@@ -8,14 +8,14 @@ from typing import Annotated
 import typer
 
 from vlmad.cli import app, on_interrupt
-from vlmad.cli.common import CheckpointOpt, DeviceOpt, console
+from vlmad.cli.common import ArchOpt, CheckpointOpt, DeviceOpt, PretrainedTagOpt, console
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("demo-out"),
-    model: Annotated[str, typer.Option("--model")] = "ViT-B-16-plus-240",
-    pretrained: Annotated[str, typer.Option("--pretrained")] = "laion400m_e31",
+    model: ArchOpt = "ViT-B-16-plus-240",
+    pretrained: PretrainedTagOpt = "laion400m_e31",
     checkpoint: CheckpointOpt = None,
     fallback_random_weights: Annotated[
         bool,

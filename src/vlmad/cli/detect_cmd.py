@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
+    AllowUntrainedOpt,
     ArtefactOpt,
     BatchOpt,
     CheckpointOpt,
     ClassNameOpt,
+    DeployOpt,
     DeviceOpt,
+    ForceDeployOpt,
     MethodOpt,
     ModelOpt,
     NoCacheOpt,
+    OnErrorOpt,
     PrecisionOpt,
     PretrainedOpt,
     PromptOpt,
@@ -28,6 +32,7 @@ from vlmad.cli.common import (
     console,
     progress,
 )
+from vlmad.cli.executor_opts import RayAddressOpt
 from vlmad_runtime.deploy import NOT_CALIBRATED_NOTE
 from vlmad_runtime.errors import VlmadError
 
@@ -81,30 +86,10 @@ def detect(
             "scores.csv gets defect_area.",
         ),
     ] = False,
-    deploy: Annotated[
-        Path | None,
-        typer.Option(
-            "--deploy",
-            help="deploy.json from `vlmad calibrate` -> decisions; refused when "
-            "it was calibrated for another detector.",
-        ),
-    ] = None,
-    force_deploy: Annotated[
-        bool,
-        typer.Option(
-            "--force-deploy",
-            help="Use --deploy even when it was calibrated for another detector; every row is "
-            "labelled 'threshold not calibrated for this detector'.",
-        ),
-    ] = False,
-    on_error: Annotated[str, typer.Option("--on-error", help="skip (record) or stop on unreadable images.")] = "skip",
-    allow_untrained: Annotated[
-        bool,
-        typer.Option(
-            "--allow-untrained",
-            help="Run without the method's required artefact, e.g. random APRIL-GAN heads (smoke test only).",
-        ),
-    ] = False,
+    deploy: DeployOpt = None,
+    force_deploy: ForceDeployOpt = False,
+    on_error: OnErrorOpt = "skip",
+    allow_untrained: AllowUntrainedOpt = False,
     executor: Annotated[
         str,
         typer.Option(
@@ -117,55 +102,22 @@ def detect(
     gpus_per_worker: Annotated[
         float, typer.Option("--gpus-per-worker", min=0, help="With --executor ray: GPUs per detector actor.")
     ] = 0.0,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray-address", help="With --executor ray: 'auto' or host:port joins a cluster; default: a local one."
-        ),
-    ] = None,
+    ray_address: RayAddressOpt = None,
     bundle: Annotated[
         Path | None,
         typer.Option("--bundle", help="Run an exported bundle (`vlmad export`; its class must be --class-name)."),
     ] = None,
 ) -> None:
     """Score IMAGES for anomalies; writes OUT/scores.csv (path,score,...) and optional maps and overlays."""
-    from vlmad.cli.inputs import collect_images
-    from vlmad.jobs import DetectionOptions, run_detection
-    from vlmad_runtime.deploy import load_deploy
-
+    options = dict(locals())  # the parsed options by name, forwarded to the Ray path and the detector builder
     if executor != "local":
         from vlmad.cli.ray_detect import detect_on_ray_cli
 
-        return detect_on_ray_cli(
-            images,
-            class_name,
-            out,
-            method,
-            reference,
-            reference_dir,
-            model,
-            pretrained,
-            checkpoint,
-            random_weights,
-            device,
-            precision,
-            batch_size,
-            prompt_set,
-            no_cache,
-            heads,
-            save_maps,
-            overlay,
-            deploy,
-            on_error,
-            allow_untrained,
-            executor,
-            workers,
-            gpus_per_worker,
-            ray_address,
-            recursive,
-            force_deploy,
-            save_masks,
-        )
+        options.pop("bundle")
+        return detect_on_ray_cli(**options)
+    from vlmad.cli.inputs import collect_images
+    from vlmad.jobs import DetectionOptions, run_detection
+    from vlmad_runtime.deploy import load_deploy
 
     paths = collect_images(images, recursive=recursive)
     refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
@@ -173,38 +125,13 @@ def detect(
     if bundle is not None:
         from vlmad.export.run import detect_with_bundle
 
-        return detect_with_bundle(
-            bundle,
-            class_name,
-            paths,
-            out,
-            save_maps,
-            overlay,
-            batch_size,
-            on_error,
-            deployment,
-            given=[refs, model, pretrained, checkpoint, heads],
+        job = dict(
+            save_maps=save_maps, overlay=overlay, batch_size=batch_size, on_error=on_error, deployment=deployment
         )
-    detector = build_detector(
-        method,
-        model,
-        pretrained,
-        checkpoint,
-        random_weights,
-        device,
-        precision,
-        prompt_set,
-        no_cache,
-        heads,
-        batch_size,
-        extra=artefact_kwargs(method, None, skip=True) if allow_untrained else None,
-    )
-    with console.status(f"text embeddings for {class_name!r}"):
-        detector.setup(class_name)
-    if refs:
-        with console.status(f"{len(refs)}-shot reference memory"):
-            detector.fit(refs)
-    forced = check_deploy(deployment, detector, class_name, refs, force_deploy)
+        return detect_with_bundle(
+            bundle, class_name, paths, out, given=[refs, model, pretrained, checkpoint, heads], **job
+        )
+    detector = ready_detector(options, refs)
     opts = DetectionOptions(
         save_maps=save_maps,
         overlay=overlay,
@@ -212,15 +139,49 @@ def detect(
         batch_size=batch_size,
         on_error=on_error,
         deployment=deployment,
-        forced=forced,
+        forced=check_deploy(deployment, detector, class_name, refs, force_deploy),
     )
     on_interrupt(
         f"the images scored so far are kept in {out / 'scores.csv'}; rerunning the same command scores them all again"
     )
     with progress(len(paths), "detect") as advance:
         rows = run_detection(detector, paths, out, opts, progress=advance)
+    finish_detection(rows, out, detector.info().random_weights)
+
+
+#: the `vlmad detect` options that choose and build the detector (the arguments of ``build_detector``)
+DETECTOR_OPTIONS = (
+    "method",
+    "model",
+    "pretrained",
+    "checkpoint",
+    "random_weights",
+    "device",
+    "precision",
+    "prompt_set",
+    "no_cache",
+    "heads",
+    "batch_size",
+)
+
+
+def ready_detector(options: dict[str, Any], refs: list[Path]) -> Detector:
+    """The detector of the parsed options, set up for the class and fitted on the references (if any)."""
+    extra = artefact_kwargs(options["method"], None, skip=True) if options["allow_untrained"] else None
+    detector = build_detector(**{k: options[k] for k in DETECTOR_OPTIONS}, extra=extra)
+    class_name = options["class_name"]
+    with console.status(f"text embeddings for {class_name!r}"):
+        detector.setup(class_name)
+    if refs:
+        with console.status(f"{len(refs)}-shot reference memory"):
+            detector.fit(refs)
+    return detector
+
+
+def finish_detection(rows: list[DetectionRow], out: Path, random_weights: bool) -> None:
+    """Print the summary (and the random-weights stamp); a run where no image got a usable score fails."""
     failed = report_rows(rows, out)
-    if detector.info().random_weights:
+    if random_weights:
         from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
 
         console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/]")

@@ -9,7 +9,9 @@ import typer
 
 from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
+    AllowUntrainedOpt,
     CheckpointOpt,
+    ClassNameOpt,
     HeadsOpt,
     MethodOpt,
     ModelOpt,
@@ -29,7 +31,7 @@ DEFAULT_VERIFY_IMAGES = 4
 
 @app.command("export")
 def export(
-    class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
+    class_name: ClassNameOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to create (must not exist or be empty).")],
     method: MethodOpt = None,
     reference: ReferenceOpt = None,
@@ -51,9 +53,7 @@ def export(
     deploy: Annotated[
         Path | None, typer.Option("--deploy", help="deploy.json: threshold (and map scale) stored in the bundle.")
     ] = None,
-    allow_untrained: Annotated[
-        bool, typer.Option("--allow-untrained", help="APRIL-GAN without --heads: random heads (smoke test only).")
-    ] = False,
+    allow_untrained: AllowUntrainedOpt = False,
 ) -> None:
     """Export a ready detector (text and few-shot memory baked in) to OUT, checked against torch at export."""
     from vlmad.cli.detect_cmd import check_deploy

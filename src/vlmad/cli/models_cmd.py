@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vlmad.cli import app
-from vlmad.cli.common import console
+from vlmad.cli.common import ArchOpt, PretrainedTagOpt, console
 
 
 @app.command()
@@ -62,8 +62,8 @@ def _print_architectures(out) -> None:
 
 @app.command("fetch-weights")
 def fetch_weights(
-    model: Annotated[str, typer.Option("--model", help="open_clip architecture.")] = "ViT-B-16-plus-240",
-    pretrained: Annotated[str, typer.Option("--pretrained", help="Pretrained tag.")] = "laion400m_e31",
+    model: ArchOpt = "ViT-B-16-plus-240",
+    pretrained: PretrainedTagOpt = "laion400m_e31",
     out: Annotated[Path | None, typer.Option("--out", help="Target .safetensors file.")] = None,
 ) -> None:
     """Download pretrained weights (needs network) and save them as a safetensors checkpoint for --checkpoint."""

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
-import socket
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +10,14 @@ import typer
 from vlmad.cli import app
 from vlmad.cli.common import (
     CheckpointOpt,
+    DeployOpt,
     DeviceOpt,
+    ForceDeployOpt,
     HeadsOpt,
     MethodOpt,
     ModelOpt,
     NoCacheOpt,
+    OptionalClassNameOpt,
     PrecisionOpt,
     PretrainedOpt,
     PromptOpt,
@@ -28,18 +28,19 @@ from vlmad.cli.common import (
 from vlmad_runtime.deploy import Deployment, DeployMismatchError, fingerprint_differences
 from vlmad_runtime.errors import VlmadError
 
-API_KEY_ENV = "VLMAD_API_KEY"
-
-
-def default_data_dir() -> Path:
-    from platformdirs import user_data_path
-
-    return user_data_path("vlmad") / "serve"
+API_KEY_ENV = "VLMAD_API_KEY"  # the same variable as vlmad_runtime.serve.launch.API_KEY_ENV
 
 
 @app.command()
 def serve(
-    class_name: Annotated[str, typer.Option("--class-name", "-c", help="Object class, e.g. bottle or metal_nut.")],
+    class_name: OptionalClassNameOpt = None,  # a bundle knows its own class
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            help="Serve a bundle folder from `vlmad export` instead of a detector (the code of `vlmad-runtime serve`).",
+        ),
+    ] = None,
     method: MethodOpt = None,
     model: ModelOpt = None,
     pretrained: PretrainedOpt = None,
@@ -50,23 +51,8 @@ def serve(
     precision: PrecisionOpt = "fp32",
     prompt_set: PromptOpt = None,
     no_cache: NoCacheOpt = False,
-    deploy: Annotated[
-        Path | None,
-        typer.Option(
-            "--deploy",
-            help="deploy.json from `vlmad calibrate` -> decisions; refused when "
-            "it was calibrated for another detector.",
-        ),
-    ] = None,
-    force_deploy: Annotated[
-        bool,
-        typer.Option(
-            "--force-deploy",
-            help="Serve --deploy even when it was calibrated for another detector or reference "
-            "set; every such response is labelled 'threshold not calibrated for this "
-            "detector'.",
-        ),
-    ] = False,
+    deploy: DeployOpt = None,
+    force_deploy: ForceDeployOpt = False,
     host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0 exposes the service).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
     data_dir: Annotated[
@@ -127,164 +113,78 @@ def serve(
     ] = 256,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve a detector over HTTP: POST /v1/detect, reference sets, /metrics, and a web page at /."""
-    try:
-        import uvicorn
+    """Serve a detector (or with --bundle an exported bundle) over HTTP: POST /v1/detect, reference sets,
+    /metrics, and a web page at /."""
+    from vlmad_runtime.serve.launch import ServeOptions, import_service
 
-        from vlmad.serve.app import ServeConfig, create_app, deploy_warnings, load_deploy
-        from vlmad.serve.guard import default_allowed_hosts, normalise_origin, split_list
-        from vlmad.serve.limits import Limits, MiB
-    except ImportError as err:
-        raise VlmadError(
-            f"vlmad serve needs the 'serve' extra ({err.name} is missing)",
-            "pip install 'vlmad[serve]'  (fastapi, uvicorn, python-multipart)",
-        ) from None
-
-    deployment = load_deploy(deploy) if deploy is not None else None
-    deploy_data = deployment.record if deployment is not None else None
-    data_dir = (data_dir or default_data_dir()).expanduser()
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise VlmadError(
-            f"cannot create the data dir {data_dir}: {err.strerror or err}", "pass a writable --data-dir"
-        ) from None
-    limits = Limits(
-        max_upload_bytes=int(max_upload_mb * MiB),
-        max_pixels=int(max_megapixels * 1_000_000),
-        request_timeout_s=float(request_timeout),
-        max_queue=int(max_queue),
-    )
-    hosts = split_list(allowed_hosts) or default_allowed_hosts(host)
-    try:
-        origins = tuple(o if o == "*" else normalise_origin(o) for o in split_list(allowed_origins))
-    except ValueError as err:
-        raise VlmadError(f"--allowed-origins: {err}", "pass origins like http://localhost:3000") from None
-    config = ServeConfig(
-        class_name=class_name,
+    import_service()
+    opts = ServeOptions(
+        host=host,
+        port=port,
         data_dir=data_dir,
-        threshold=deployment.threshold if deployment else None,
-        deploy=deploy_data,
-        deployment=deployment,
-        force_deploy=force_deploy,
-        deploy_path=str(deploy) if deploy is not None else None,
-        api_key=api_key or None,
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
-        limits=limits,
-        allowed_hosts=hosts,
-        allowed_origins=origins,
+        api_key=api_key,
+        max_upload_mb=max_upload_mb,
+        max_megapixels=max_megapixels,
+        request_timeout=request_timeout,
+        max_queue=max_queue,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=allowed_origins,
+        max_connections=max_connections,
+        log_level=log_level,
     )
+    if bundle is not None:
+        _serve_bundle(bundle, opts, deploy, force_deploy, class_name)
+        return
+    if not class_name:
+        raise VlmadError("vlmad serve needs --class-name (the class to score)", "e.g. --class-name bottle")
+    detector_args = (method, model, pretrained, checkpoint, random_weights, device, precision, prompt_set, no_cache)
+    _serve_detector(opts, class_name, deploy, force_deploy, detector_args, heads)
 
-    sock = bind_port(host, port)  # before the model loads: a busy port fails in a second, not after the load
-    port = int(sock.getsockname()[1])  # the real one for --port 0
-    # load and set up in the foreground: wrong weights or an unknown class fail here, with a hint, not at request time
-    detector = build_detector(
-        method,
-        model,
-        pretrained,
-        checkpoint,
-        random_weights,
-        device,
-        precision,
-        prompt_set,
-        no_cache,
-        heads,
-        batch_size=max_batch_size,
+
+def _serve_bundle(bundle: Path, opts, deploy: Path | None, force_deploy: bool, class_name: str | None) -> None:
+    """`vlmad serve --bundle`: exactly `vlmad-runtime serve` (the class is the bundle's own)."""
+    from vlmad_runtime.bundle import read_manifest
+    from vlmad_runtime.serve.launch import serve_bundle
+
+    exported = read_manifest(bundle).get("class_name")
+    if class_name and exported and class_name != exported:
+        raise VlmadError(
+            f"bundle {bundle} was exported for class {exported!r}, not {class_name!r}",
+            "drop --class-name, or export a bundle for that class",
+        )
+    echo = lambda line: console.print(line, markup=False)  # noqa: E731
+    serve_bundle(bundle, opts, deploy, force_deploy, echo=echo, command="vlmad serve --bundle")
+
+
+def _serve_detector(opts, class_name: str, deploy: Path | None, force_deploy: bool, detector_args, heads) -> None:
+    """Load the detector in the foreground (wrong weights or an unknown class fail here, with a hint, not at
+    request time), after the port is bound (a busy port fails in a second, not after the load)."""
+    from vlmad.serve import create_app
+    from vlmad_runtime.deploy import load_deploy
+    from vlmad_runtime.serve.config import deploy_warnings
+    from vlmad_runtime.serve.launch import banner, bind_port, run_server, service_config
+
+    deployment = load_deploy(deploy) if deploy is not None else None
+    config = service_config(
+        opts,
+        class_name,
+        deployment,
+        force_deploy=force_deploy,
+        deploy_path=str(deploy) if deploy is not None else None,
     )
+    sock = bind_port(opts.host, opts.port)
+    detector = build_detector(*detector_args, heads, batch_size=opts.max_batch_size)
     with console.status(f"text embeddings for {class_name!r}"):
         detector.setup(class_name)
     info = detector.info().as_dict()
     check_served_deploy(deployment, info, class_name, force_deploy)
-    for warning in deploy_warnings(deploy_data, info, class_name):
+    for warning in deploy_warnings(config.deploy, info, class_name):
         console.print(f"[yellow]warning:[/] {warning}")
-    _print_banner(config, info, host, port)
-
-    _log_to_console(log_level)
-    os.environ.pop(API_KEY_ENV, None)  # the key is in the config; keep it out of child processes
-    _run(uvicorn, create_app(config, detector=detector), sock, log_level, max_connections)
-
-
-def _print_banner(config, info: dict, host: str, port: int) -> None:
-    """What is served, where, and the warnings an operator must see before the first request."""
-    if host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:
-        console.print(f"[yellow]warning:[/] listening on {host} without an API key (--api-key or ${API_KEY_ENV})")
-    if "*" in config.allowed_hosts:
-        console.print(
-            "[yellow]warning:[/] any Host header is accepted; name the service's host names with "
-            "--allowed-hosts to refuse DNS-rebinding requests"
-        )
-    shown_host = f"[{host}]" if ":" in host else host
-    console.print(
-        f"vlmad serve: {info['method']} / {info['model']} / {info['weights_id']}, "
-        f"class {config.class_name!r}"
-        + (f", threshold {config.threshold:g}" if config.threshold is not None else ", no threshold")
-    )
-    console.print(
-        f"  reference sets in {config.data_dir / 'references'}; API key "
-        + ("required" if config.api_key else "not required")
-    )
-    console.print(f"  web page http://{shown_host}:{port}/   API schema http://{shown_host}:{port}/openapi.json")
-    if info.get("random_weights"):
-        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
-
-        console.print(f"[bold red]{RANDOM_WEIGHTS_STAMP}[/] (every response carries a warning)")
-
-
-def _run(uvicorn, app, sock: socket.socket, log_level: str, max_connections: int) -> None:
-    """uvicorn on the already bound socket, until Ctrl-C / SIGTERM."""
-    host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_level=log_level,
-            workers=1,
-            server_header=False,
-            proxy_headers=False,
-            limit_concurrency=max_connections,
-        )
-    )
-    try:
-        server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled after a clean shutdown (as uvicorn.run)
-        pass
-    finally:
-        sock.close()
-
-
-def bind_port(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (not yet listening; uvicorn listens on it), or a VlmadError naming the
-    port and ``--port`` when it is taken or not allowed."""
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-            0
-        ]
-    except socket.gaierror as err:
-        raise VlmadError(
-            f"cannot bind to --host {host!r}: {err.strerror}",
-            "pass an address of this machine, e.g. --host 127.0.0.1 (or 0.0.0.0 for all)",
-        ) from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no obstacle
-    try:
-        sock.bind(addr)
-    except OSError as err:
-        sock.close()
-        if err.errno == errno.EADDRINUSE:
-            raise VlmadError(
-                f"port {port} on {host} is already in use",
-                "stop the program listening there, or pick another port with --port "
-                f"(e.g. --port {port + 1 if 0 < port < 65535 else 8001})",
-            ) from None
-        if err.errno == errno.EACCES:
-            raise VlmadError(
-                f"not allowed to listen on port {port} on {host}",
-                "ports below 1024 need privileges: pick another one with --port (e.g. --port 8000)",
-            ) from None
-        raise VlmadError(f"cannot listen on {host}:{port}: {err.strerror or err}", "check --host and --port") from None
-    return sock
+    for line in banner(config, info, opts.host, int(sock.getsockname()[1]), "vlmad serve"):
+        console.print(line, markup=False)
+    run_server(create_app(config, detector=detector), sock, opts)
 
 
 def check_served_deploy(deployment: Deployment | None, info: dict, class_name: str, force: bool) -> None:
@@ -307,17 +207,3 @@ def check_served_deploy(deployment: Deployment | None, info: dict, class_name: s
         return
     for name, recorded, now in deployment.check(running, force=force):
         console.print(f"[bold yellow]--force-deploy:[/] {name} calibrated {recorded!r}, running {now!r}")
-
-
-def _log_to_console(level: str) -> None:
-    """Service messages (reference fits, errors with their request id) next to uvicorn's."""
-    import logging
-
-    logger = logging.getLogger("vlmad.serve")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
-    value = logging.getLevelName(level.upper())
-    logger.setLevel(value if isinstance(value, int) else logging.DEBUG)

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from vlmad.cli import app, on_interrupt
 from vlmad.cli.common import (
     ArtefactOpt,
+    BatchOpt,
+    CategoriesOpt,
+    CheckpointOpt,
+    DatasetKindOpt,
+    DeviceOpt,
+    ForceProtocolOpt,
+    GridBatchOpt,
     GridCheckpointOpt,
+    GridDeviceOpt,
     GridModelOpt,
     GridPrecisionOpt,
     GridPretrainedOpt,
@@ -18,8 +26,18 @@ from vlmad.cli.common import (
     GridSetOpt,
     MethodOpt,
     ModelOpt,
+    NoCacheOpt,
+    NoFlopsOpt,
+    NumWorkersOpt,
+    PrecisionOpt,
+    PretrainedOpt,
+    PromptOpt,
+    QuietOpt,
+    RandomOpt,
     ReferenceDirOpt,
     ReferenceOpt,
+    RetryFailedOpt,
+    RunFolderOpt,
 )
 from vlmad.cli.executor_opts import (
     CpusPerRowOpt,
@@ -75,7 +93,7 @@ def _parse_roots(values: list[str] | None) -> dict[str, Path] | list[Path]:
 def study(
     ctx: typer.Context,
     spec: Annotated[str, typer.Argument(help="Preset name (seed-full, prompt-ablation, quick) or a YAML spec file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder (created; reused to resume).")],
+    out: RunFolderOpt,
     root: Annotated[
         list[str] | None,
         typer.Option(
@@ -86,9 +104,7 @@ def study(
         str | None,
         typer.Option("--datasets", help="Comma-separated subset of the spec's datasets (the others need no --root)."),
     ] = None,
-    categories: Annotated[
-        str | None, typer.Option("--categories", help="Comma-separated categories; 'kind:name' to target one dataset.")
-    ] = None,
+    categories: CategoriesOpt = None,
     model: GridModelOpt = None,
     pretrained: GridPretrainedOpt = None,
     checkpoint: GridCheckpointOpt = None,
@@ -109,19 +125,15 @@ def study(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="Override the spec's test images per category (balanced).")
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")] = "cpu",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per predict call.")] = 8,
-    num_workers: Annotated[int, typer.Option("--num-workers", min=0, help="Image loading threads (0: inline).")] = 2,
-    force_protocol: Annotated[
-        bool, typer.Option("--force-protocol", help="Run rows a method's protocol check refuses (labelled as forced).")
-    ] = False,
-    retry_failed: Annotated[
-        bool, typer.Option("--retry-failed", help="Recompute rows recorded as refused or failed.")
-    ] = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
-    no_flops: Annotated[bool, typer.Option("--no-flops", help="Skip the per-method FLOP count.")] = False,
+    device: GridDeviceOpt = "cpu",
+    batch_size: GridBatchOpt = 8,
+    num_workers: NumWorkersOpt = 2,
+    force_protocol: ForceProtocolOpt = False,
+    retry_failed: RetryFailedOpt = False,
+    no_cache: NoCacheOpt = False,
+    no_flops: NoFlopsOpt = False,
     no_report: Annotated[bool, typer.Option("--no-report", help="Do not write the report at the end.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or per-row lines.")] = False,
+    quiet: QuietOpt = False,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
     cpus_per_row: CpusPerRowOpt = 1.0,
@@ -204,7 +216,7 @@ def report(
             f"no {RESULTS_FILE} in {run_dir}", "pass the --out folder of `vlmad study` or `vlmad benchmark`"
         )
     from vlmad.report.build import compute_gallery_maps
-    from vlmad.study.runner import StudyDetectorFactory
+    from vlmad.study.factory import StudyDetectorFactory
 
     def log(m: str) -> None:
         console.print(m, highlight=False)
@@ -238,7 +250,7 @@ def calibrate(
         typer.Option("--normal-dir", help="Folder of held-out normal images (normal-quantile calibration)."),
     ] = None,
     quantile: Annotated[float, typer.Option("--quantile", help="Share of normal images below the threshold.")] = 0.99,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Dataset kind: mvtec, visa or folder.")] = None,
+    dataset: DatasetKindOpt = None,
     root: Annotated[Path | None, typer.Option("--root", help="Dataset folder (with --dataset).")] = None,
     category: Annotated[str | None, typer.Option("--category", help="Category of the dataset.")] = None,
     split: Annotated[
@@ -260,17 +272,15 @@ def calibrate(
     reference: ReferenceOpt = None,
     reference_dir: ReferenceDirOpt = None,
     model: ModelOpt = None,
-    pretrained: Annotated[str | None, typer.Option("--pretrained", help="Pretrained tag.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Local .safetensors weights.")] = None,
-    random_weights: Annotated[bool, typer.Option("--random-weights", help="Random init (smoke test).")] = False,
+    pretrained: PretrainedOpt = None,
+    checkpoint: CheckpointOpt = None,
+    random_weights: RandomOpt = False,
     heads: ArtefactOpt = None,
-    prompt_set: Annotated[
-        str | None, typer.Option("--prompt-set", help="Named prompt set or a YAML/JSON file.")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-    precision: Annotated[str, typer.Option("--precision", help="fp32, int8 (CPU), fp16/bf16 (GPU).")] = "fp32",
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Do not use the text-embedding cache.")] = False,
+    prompt_set: PromptOpt = None,
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "fp32",
+    batch_size: BatchOpt = 8,
+    no_cache: NoCacheOpt = False,
     pixel_fp_rate: Annotated[
         float,
         typer.Option(
@@ -283,79 +293,33 @@ def calibrate(
     ] = 0.001,
 ) -> None:
     from vlmad.cli.common import build_detector, console
-    from vlmad.fingerprint import detector_fingerprint, references_fingerprint
-    from vlmad.jobs import expand_images
+    from vlmad.cli.inputs import collect_images
     from vlmad.study.calibration import (
-        deploy_record,
-        f1_optimal_threshold,
-        normal_quantile_threshold,
-        pixel_calibration,
-        score_images,
-        write_deploy,
+        CalibrationRequest,
+        calibrate_detector,
+        calibration_set,
+        check_calibration_source,
     )
 
-    if (normal_dir is None) == (dataset is None):
-        raise VlmadError(
-            "give either --normal-dir DIR or --dataset KIND --root PATH --category C",
-            "--normal-dir: held-out normal images; --dataset: a labelled validation split",
-        )
-    from vlmad.cli.inputs import collect_images
-
+    check_calibration_source(normal_dir, dataset)
     # the same expansion as `vlmad detect`, so both see the same reference set (fingerprint)
     refs = collect_images(([reference_dir] if reference_dir else []) + list(reference or []))
-    extra: dict = {}
-    labels: list[bool] | None = None
-    if normal_dir is not None:
-        if mode not in (None, "normal-quantile"):
-            raise VlmadError("--normal-dir only supports --mode normal-quantile", "use --dataset for f1-optimal")
-        if not class_name:
-            raise VlmadError("--class-name is required with --normal-dir", "e.g. --class-name bottle")
-        if shots:
-            raise VlmadError("--shots draws references from a dataset", "with --normal-dir pass --reference-dir")
-        chosen_mode = "normal-quantile"
-        ref_set = {p.resolve() for p in refs}
-        all_images = expand_images([normal_dir])
-        images = [p for p in all_images if p.resolve() not in ref_set]
-        extra.update(
-            source=f"normal images in {normal_dir.resolve()}", excluded_references=len(all_images) - len(images)
-        )
-    else:
-        from vlmad.bench.protocol import limit_samples, select_references
-        from vlmad.data import load_dataset
-
-        if root is None or category is None:
-            raise VlmadError("--dataset needs --root PATH and --category C")
-        chosen_mode = mode or "f1-optimal"
-        if chosen_mode not in ("f1-optimal", "normal-quantile"):
-            raise VlmadError(f"unknown --mode {chosen_mode!r}", "use f1-optimal or normal-quantile")
-        reader = load_dataset(dataset, root, [category])
-        use_split = split or ("test" if chosen_mode == "f1-optimal" else "train")
-        samples = reader.samples(category, use_split)
-        if shots:
-            if refs:
-                raise VlmadError("--shots and --reference both given", "choose one way to pick references")
-            order = select_references(reader.samples(category, "train"), shots, seed)
-            refs = [s.image_path for s in order[:shots]]
-            extra.update(reference_draw={"shots": shots, "seed": seed, "policy": "vlmad.bench reference policy"})
-        ref_set = {p.resolve() for p in refs}
-        samples = [s for s in samples if s.image_path.resolve() not in ref_set]
-        if chosen_mode == "normal-quantile":
-            samples = [s for s in samples if not s.is_anomalous]
-        samples = limit_samples(samples, limit) if chosen_mode == "f1-optimal" else samples[:limit]
-        images = [s.image_path for s in samples]
-        labels = [s.is_anomalous for s in samples]
-        extra.update(
-            source=f"{dataset} {Path(root).resolve()} / {category} / {use_split} split",
-            dataset=dataset,
-            root=str(Path(root).resolve()),
-            category=category,
-            split=use_split,
-        )
-        class_name = class_name or category
-    if limit and normal_dir is not None:
-        images = images[:limit]
-    if not images:
-        raise VlmadError("no calibration image left (after removing the references)", "add held-out images")
+    req = CalibrationRequest(
+        class_name=class_name,
+        normal_dir=normal_dir,
+        quantile=quantile,
+        dataset=dataset,
+        root=root,
+        category=category,
+        split=split,
+        mode=mode,
+        shots=shots,
+        seed=seed,
+        limit=limit,
+        batch_size=batch_size,
+        pixel_fp_rate=pixel_fp_rate,
+    )
+    cset = calibration_set(req, refs)
     detector = build_detector(
         method,
         model,
@@ -369,50 +333,27 @@ def calibrate(
         heads,
         batch_size,
     )
-    with console.status(f"text embeddings for {class_name!r}"):
-        detector.setup(class_name)
-    if refs:
-        with console.status(f"{len(refs)}-shot reference memory"):
-            detector.fit(refs)
-    pixels: list = []
-    normal_images = set(images) if labels is None else {p for p, y in zip(images, labels, strict=True) if not y}
-    with console.status(f"scoring {len(images)} calibration image(s)"):
-        scores, errors = score_images(detector, images, batch_size, pixels)
-    failed = [(str(p), e) for p, e in zip(images, errors, strict=True) if e]
-    keep = [i for i, s in enumerate(scores) if s is not None]
-    read = [p for p, e in zip(images, errors, strict=True) if not e]
-    normal_pixels = [px for p, px in zip(read, pixels, strict=True) if p in normal_images]
-    pixel = pixel_calibration(normal_pixels, pixel_fp_rate) if normal_pixels else None
-    if chosen_mode == "normal-quantile":
-        cal = normal_quantile_threshold([scores[i] for i in keep], quantile)
-    else:
-        cal = f1_optimal_threshold([scores[i] for i in keep], [labels[i] for i in keep])
-    extra.update(references=[str(p.resolve()) for p in refs], unreadable=[{"path": p, "reason": e} for p, e in failed])
+    result = calibrate_detector(detector, cset, req, out, method, status=console.status)
+    _print_calibration(result, cset, out, pixel_fp_rate)
     if detector.info().random_weights:
-        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+        from vlmad.cli.common import warn_random_weights
 
-        extra["warning"] = RANDOM_WEIGHTS_STAMP
-    from vlmad.methods.registry import default_method
+        warn_random_weights()
 
-    info = detector.info().as_dict()
-    record = deploy_record(
-        cal,
-        method or default_method(),
-        class_name,
-        info,
-        extra,
-        pixel=pixel,
-        fingerprint=detector_fingerprint(info, class_name, references_fingerprint(refs)),
-    )
-    write_deploy(out, record)
+
+def _print_calibration(result: Any, cset: Any, out: Path, pixel_fp_rate: float) -> None:
+    """What `vlmad calibrate` chose and what it could not read."""
+    from vlmad.cli.common import console
+
+    record, cal, pixel = result.record, result.calibration, result.pixel
     far = record["expected_false_alarm_rate"]
     n = cal.details["n_images"]
     console.print(
-        f"{n} calibration image(s) after excluding {len(refs)} reference(s); at best they support a "
+        f"{n} calibration image(s) after excluding {len(cset.refs)} reference(s); at best they support a "
         f"false-alarm rate of {100 / (n + 1):.2f} % (1 / (n + 1))"
     )
     console.print(
-        f"threshold {record['threshold']:.6g} ({chosen_mode}, {n} image(s)); expected "
+        f"threshold {record['threshold']:.6g} ({cset.mode}, {n} image(s)); expected "
         f"false-alarm rate {'n/a' if far is None else f'{100 * far:.2f} %'} -> {out}"
     )
     if pixel is None:
@@ -424,9 +365,5 @@ def calibrate(
         )
     if cal.details.get("note"):
         console.print(f"[yellow]note:[/] {cal.details['note']}")
-    for p, e in failed:
+    for p, e in result.failed:
         console.print(f"[yellow]skipped[/] {p}: {e}")
-    if detector.info().random_weights:
-        from vlmad.cli.common import warn_random_weights
-
-        warn_random_weights()

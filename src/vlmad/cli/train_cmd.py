@@ -13,7 +13,7 @@ from vlmad.methods.registry import method_specs
 from vlmad.methods.spec import load_object
 
 train_app = typer.Typer(
-    help="Train the learned parts of methods (e.g. APRIL-GAN projection heads).", no_args_is_help=True
+    help="Train the learned parts of methods (projection heads, learned prompts).", no_args_is_help=True
 )
 app.add_typer(train_app, name="train")
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -253,58 +254,13 @@ def make_dataset(
     counts = {"n_train": n_train, "n_test_good": n_test_good, "n_test_bad": n_test_bad}
     cats = _check_args(out, layout, categories, counts, seed)
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, str, str, str, str]] = []
+    rows: list[tuple[str, str, str, str, str]] = []  # the VisA split csv
     for cat in cats:
-        train = [normal_image(cat, size, seed, i, "train") for i in range(n_train)]
-        good = [normal_image(cat, size, seed, i, "test_good") for i in range(n_test_good)]
-        bad: list[tuple[str, np.ndarray, np.ndarray]] = []
-        for j in range(n_test_bad):
-            base, fg = _render(cat, size, seed, j, "test_bad")
-            kind = ANOMALY_KINDS[j % len(ANOMALY_KINDS)]
-            img, mask = paste_anomaly(base, _rng(seed, cat, _GROUP_CODES["anomaly"], j), kind, fg)
-            bad.append((kind, img, mask))
-        d = out / cat
-        if layout == "mvtec":
-            for i, img in enumerate(train):
-                _save_png(img, d / "train" / "good" / f"{i:03d}.png")
-            for i, img in enumerate(good):
-                _save_png(img, d / "test" / "good" / f"{i:03d}.png")
-            for j, (kind, img, mask) in enumerate(bad):
-                _save_png(img, d / "test" / kind / f"{j:03d}.png")
-                _save_png(mask.astype(np.uint8) * 255, d / "ground_truth" / kind / f"{j:03d}_mask.png")
-        elif layout == "visa":
-            normals = [("train", img) for img in train] + [("test", img) for img in good]
-            for i, (split, img) in enumerate(normals):
-                rel = f"{cat}/Data/Images/Normal/{i:04d}.JPG"
-                _save_jpg(img, out / rel)
-                rows.append((cat, split, "normal", rel, ""))
-            for j, (kind, img, mask) in enumerate(bad):
-                rel, mrel = f"{cat}/Data/Images/Anomaly/{j:03d}.JPG", f"{cat}/Data/Masks/Anomaly/{j:03d}.png"
-                _save_jpg(img, out / rel)
-                _save_png(mask.astype(np.uint8) * (ANOMALY_KINDS.index(kind) + 1), out / mrel)
-                rows.append((cat, "test", "anomaly", rel, mrel))
-        elif layout == "visa-converted":
-            for i, img in enumerate(train):
-                _save_jpg(img, d / "train" / "good" / f"{i:04d}.JPG")
-            for i, img in enumerate(good):
-                _save_jpg(img, d / "test" / "good" / f"{n_train + i:04d}.JPG")
-            for j, (kind, img, mask) in enumerate(bad):
-                _save_jpg(img, d / "test" / "bad" / f"{j:03d}.JPG")
-                _save_png(
-                    mask.astype(np.uint8) * (ANOMALY_KINDS.index(kind) + 1),
-                    d / "ground_truth" / "bad" / f"{j:03d}.png",
-                )
-        else:  # folder
-            for i, img in enumerate(train):
-                _save_png(img, d / "train" / "normal" / f"ref_{i:03d}.png")
-            for i, img in enumerate(good):
-                _save_png(img, d / "normal" / f"good_{i:03d}.png")
-            (d / "anomalous").mkdir(parents=True, exist_ok=True)
-            (d / "masks").mkdir(parents=True, exist_ok=True)
-            for j, (_, img, mask) in enumerate(bad):
-                _save_png(img, d / "anomalous" / f"bad_{j:03d}.png")
-                suffix = "_mask" if j % 2 else ""
-                _save_png(mask.astype(np.uint8) * 255, d / "masks" / f"bad_{j:03d}{suffix}.png")
+        images = _category_images(cat, size, seed, n_train, n_test_good, n_test_bad)
+        if layout == "visa":
+            rows += _write_visa(out, cat, images)
+        else:
+            _LAYOUT_WRITERS[layout](out / cat, images)
     if layout == "visa":
         (out / "split_csv").mkdir(parents=True, exist_ok=True)
         with (out / "split_csv" / "1cls.csv").open("w", newline="", encoding="utf-8") as fh:
@@ -312,3 +268,82 @@ def make_dataset(
             writer.writerow(["object", "split", "label", "image", "mask"])
             writer.writerows(rows)
     return out
+
+
+@dataclass
+class _CategoryImages:
+    """The generated images of one category: normal train and test images, and (kind, image, mask) defects."""
+
+    train: list[np.ndarray]
+    good: list[np.ndarray]
+    bad: list[tuple[str, np.ndarray, np.ndarray]]
+
+
+def _category_images(
+    cat: str, size: int | tuple[int, int], seed: int, n_train: int, n_test_good: int, n_test_bad: int
+) -> _CategoryImages:
+    train = [normal_image(cat, size, seed, i, "train") for i in range(n_train)]
+    good = [normal_image(cat, size, seed, i, "test_good") for i in range(n_test_good)]
+    bad: list[tuple[str, np.ndarray, np.ndarray]] = []
+    for j in range(n_test_bad):
+        base, fg = _render(cat, size, seed, j, "test_bad")
+        kind = ANOMALY_KINDS[j % len(ANOMALY_KINDS)]
+        img, mask = paste_anomaly(base, _rng(seed, cat, _GROUP_CODES["anomaly"], j), kind, fg)
+        bad.append((kind, img, mask))
+    return _CategoryImages(train, good, bad)
+
+
+def _write_mvtec(d: Path, images: _CategoryImages) -> None:
+    for i, img in enumerate(images.train):
+        _save_png(img, d / "train" / "good" / f"{i:03d}.png")
+    for i, img in enumerate(images.good):
+        _save_png(img, d / "test" / "good" / f"{i:03d}.png")
+    for j, (kind, img, mask) in enumerate(images.bad):
+        _save_png(img, d / "test" / kind / f"{j:03d}.png")
+        _save_png(mask.astype(np.uint8) * 255, d / "ground_truth" / kind / f"{j:03d}_mask.png")
+
+
+def _write_visa(out: Path, cat: str, images: _CategoryImages) -> list[tuple[str, str, str, str, str]]:
+    """Raw VisA files of one category; returns its rows of the split csv."""
+    rows = []
+    normals = [("train", img) for img in images.train] + [("test", img) for img in images.good]
+    for i, (split, img) in enumerate(normals):
+        rel = f"{cat}/Data/Images/Normal/{i:04d}.JPG"
+        _save_jpg(img, out / rel)
+        rows.append((cat, split, "normal", rel, ""))
+    for j, (kind, img, mask) in enumerate(images.bad):
+        rel, mrel = f"{cat}/Data/Images/Anomaly/{j:03d}.JPG", f"{cat}/Data/Masks/Anomaly/{j:03d}.png"
+        _save_jpg(img, out / rel)
+        _save_png(mask.astype(np.uint8) * (ANOMALY_KINDS.index(kind) + 1), out / mrel)
+        rows.append((cat, "test", "anomaly", rel, mrel))
+    return rows
+
+
+def _write_visa_converted(d: Path, images: _CategoryImages) -> None:
+    for i, img in enumerate(images.train):
+        _save_jpg(img, d / "train" / "good" / f"{i:04d}.JPG")
+    for i, img in enumerate(images.good):
+        _save_jpg(img, d / "test" / "good" / f"{len(images.train) + i:04d}.JPG")
+    for j, (kind, img, mask) in enumerate(images.bad):
+        _save_jpg(img, d / "test" / "bad" / f"{j:03d}.JPG")
+        _save_png(
+            mask.astype(np.uint8) * (ANOMALY_KINDS.index(kind) + 1),
+            d / "ground_truth" / "bad" / f"{j:03d}.png",
+        )
+
+
+def _write_folder(d: Path, images: _CategoryImages) -> None:
+    for i, img in enumerate(images.train):
+        _save_png(img, d / "train" / "normal" / f"ref_{i:03d}.png")
+    for i, img in enumerate(images.good):
+        _save_png(img, d / "normal" / f"good_{i:03d}.png")
+    (d / "anomalous").mkdir(parents=True, exist_ok=True)
+    (d / "masks").mkdir(parents=True, exist_ok=True)
+    for j, (_, img, mask) in enumerate(images.bad):
+        _save_png(img, d / "anomalous" / f"bad_{j:03d}.png")
+        suffix = "_mask" if j % 2 else ""
+        _save_png(mask.astype(np.uint8) * 255, d / "masks" / f"bad_{j:03d}{suffix}.png")
+
+
+#: the per-category writer of each layout (raw VisA also writes a split csv: see make_dataset)
+_LAYOUT_WRITERS = {"mvtec": _write_mvtec, "visa-converted": _write_visa_converted, "folder": _write_folder}

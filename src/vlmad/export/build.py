@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from vlmad.fingerprint import detector_fingerprint
-from vlmad_runtime.bundle import BUNDLE_FORMAT, FORMATS, MANIFEST, Bundle, sha256_file
+from vlmad_runtime.bundle import BUNDLE_FORMAT, FORMATS, MANIFEST, RESIZE_PIL_UINT8, Bundle, sha256_file
 from vlmad_runtime.errors import VlmadError
 from vlmad_runtime.version import __version__
 
@@ -120,6 +120,13 @@ def measure_gap(bundle: Bundle, detector, batch: torch.Tensor) -> dict[str, Any]
     }
 
 
+def resize_rule(detector) -> str:
+    """The runtime's resize for this detector's files: the method's declared preprocessing (vlmad.backbones.
+    preprocessing) — PIL bicubic on the uint8 image (APRIL-GAN, AnomalyCLIP) or the float antialiased one."""
+    name = getattr(getattr(detector, "preprocessing", None), "name", None)
+    return RESIZE_PIL_UINT8 if name == "pil-bicubic" else "bicubic-antialias"
+
+
 def build_manifest(detector, req: ExportRequest) -> dict[str, Any]:
     """Everything but files and verification: preprocessing, outputs, protocol, decision values."""
     bb = detector.backbone
@@ -144,7 +151,7 @@ def build_manifest(detector, req: ExportRequest) -> dict[str, Any]:
         "protocol": protocol,
         "preprocessing": {
             "image_size": size,
-            "resize": "bicubic-antialias",
+            "resize": resize_rule(detector),
             "value_range": [0.0, 1.0],
             "mean": list(bb.mean),
             "std": list(bb.std),

@@ -23,8 +23,10 @@ Equations (``S`` = model input side, ``G`` = patch grid, ``L`` = vision blocks, 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +132,19 @@ def dpam_forward(
     Blocks before ``dpam_start`` run as usual; from it on the original path and the V-V path run side by side
     (module docstring). ``dpam_start > L`` switches DPAM off (dense tokens are then the plain residual stream).
     """
-    v = backbone.visual
-    x = v.ln_pre(backbone.embed_patches(images).float())
+    return dpam_blocks(backbone.visual, backbone.embed_patches(images).float(), stages, dpam_start)
+
+
+def dpam_blocks(
+    visual: nn.Module, embedded: torch.Tensor, stages: Sequence[int], dpam_start: int
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
+    """:func:`dpam_forward` from the embedded tokens (before ln_pre) on; plain tensor ops, so the exported graph
+    (:mod:`vlmad.methods.anomalyclip_export`) traces this same code."""
+    x = visual.ln_pre(embedded)
     x_vv: torch.Tensor | None = None
     out: dict[int, torch.Tensor] = {}
     wanted = {int(s) for s in stages}
-    for i, blk in enumerate(v.transformer.resblocks, start=1):
+    for i, blk in enumerate(visual.transformer.resblocks, start=1):
         if i < dpam_start:
             x = text_block(blk, x, None)
         else:
@@ -151,7 +160,11 @@ def dpam_forward(
 # --------------------------------------------------------------------------------------------- map and score
 def project_tokens(backbone: ClipBackbone, tokens: torch.Tensor) -> torch.Tensor:
     """ln_post then the visual projection: (B, N, W) -> (B, N, E)."""
-    v = backbone.visual
+    return _project(backbone.visual, tokens)
+
+
+def _project(visual: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    v = visual
     x = v.ln_post(tokens)
     return x @ v.proj.float() if v.proj is not None else x
 
@@ -173,15 +186,39 @@ def anomaly_map(stage_probs: Sequence[torch.Tensor], grid: tuple[int, int], size
     return gaussian_smooth(total, sigma)
 
 
+@functools.lru_cache(maxsize=16)
+def gaussian_operands(sigma: float, side: int, truncate: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel (2r+1,), padded indices (side+2r,)) of scipy.ndimage.gaussian_filter on one axis of length ``side``.
+
+    scipy's kernel: ``exp(-x^2 / 2 sigma^2)`` normalised, radius ``int(truncate * sigma + 0.5)``; its default
+    ``reflect`` border repeats the edge sample (``d c b a | a b c d``), extended periodically when the radius
+    exceeds the side. Gathering rows/columns by these indices then correlating is exactly that filter."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / float(sigma)) ** 2)
+    kernel /= kernel.sum()
+    i = np.arange(-radius, side + radius) % (2 * side)
+    return kernel.astype(np.float32), np.where(i < side, i, 2 * side - 1 - i).astype(np.int64)
+
+
+def separable_filter(maps: torch.Tensor, kernel: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Correlate (B, S, S) maps with ``kernel`` along rows then columns, borders by gathering ``index`` (plain
+    gather + conv ops: the exported graph runs the same code with the operands as constants)."""
+    k = kernel.reshape(1, 1, -1, 1)
+    x = torch.index_select(maps, 1, index).unsqueeze(1)
+    x = F.conv2d(x, k)[:, 0]
+    x = torch.index_select(x, 2, index).unsqueeze(1)
+    return F.conv2d(x, k.reshape(1, 1, 1, -1))[:, 0]
+
+
 def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """scipy.ndimage.gaussian_filter per map (the reference's call: reflect border, truncate 4); sigma 0 = off."""
+    """scipy.ndimage.gaussian_filter per map (the reference's call: reflect border, truncate 4), computed in
+    torch (fp32) so the exported graph contains it; sigma 0 = off. (B, S, S) square maps."""
     if sigma <= 0:
         return maps
-    from scipy.ndimage import gaussian_filter
-
-    arr = maps.detach().float().cpu().numpy()
-    out = np.stack([gaussian_filter(a, sigma=sigma) for a in arr]) if len(arr) else arr
-    return torch.from_numpy(out).to(maps.device)
+    kernel, index = gaussian_operands(float(sigma), int(maps.shape[-1]))
+    dev = maps.device
+    return separable_filter(maps.float(), torch.from_numpy(kernel).to(dev), torch.from_numpy(index).to(dev))
 
 
 def image_score(global_embedding: torch.Tensor, text: torch.Tensor, temperature: float = TEMPERATURE) -> torch.Tensor:
@@ -194,6 +231,33 @@ def default_stages(num_layers: int) -> tuple[int, ...]:
     from vlmad.methods.aprilgan import default_stages as evenly_spaced
 
     return evenly_spaced(num_layers)
+
+
+@dataclass(frozen=True)
+class MapGeometry:
+    """What turns the vision tower's tokens into a map and a score (the detector's settings)."""
+
+    stages: tuple[int, ...]
+    dpam_start: int
+    grid: tuple[int, int]
+    size: int
+    sigma: float
+    global_ln_post: bool
+
+
+def score_and_map(
+    visual: nn.Module, embedded: torch.Tensor, text: torch.Tensor, geo: MapGeometry
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(image scores (B,), maps (B, S, S)) from embedded tokens (before ln_pre) and the (2, E) text embeddings.
+
+    The one implementation of the forward: the detector calls it eagerly, the export graph traces it."""
+    dense, final = dpam_blocks(visual, embedded, geo.stages, geo.dpam_start)
+    probs = [stage_probability(_project(visual, dense[s]), text) for s in geo.stages]
+    cls = final[:, 0]
+    if geo.global_ln_post:
+        cls = visual.ln_post(cls)
+    glob = cls @ visual.proj.float() if visual.proj is not None else cls
+    return image_score(glob, text), anomaly_map(probs, geo.grid, geo.size, geo.sigma)
 
 
 # ---------------------------------------------------------------------------------------------- the detector
@@ -211,6 +275,8 @@ class AnomalyClip(Detector):
     """
 
     name = "anomalyclip"
+    #: the forward from embedded tokens on, handed to the export graph (which does not import this module)
+    forward_tokens = staticmethod(score_and_map)
     #: the reference resizes with PIL bicubic and normalises with the OpenAI mean/std
     preprocessing = PIL_BICUBIC
 
@@ -371,12 +437,20 @@ class AnomalyClip(Detector):
         return Prediction(torch.cat(scores).float().cpu(), torch.cat(maps).float().cpu())
 
     def _predict_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        text = self.text_embeddings
-        dense, final = dpam_forward(self.backbone, batch, self.stages, self.dpam_start)
-        probs = [stage_probability(project_tokens(self.backbone, dense[s]), text) for s in self.stages]
-        cls = final[:, 0]
-        if self.global_ln_post:
-            cls = self.backbone.visual.ln_post(cls)
-        proj = self.backbone.visual.proj
-        glob = cls @ proj.float() if proj is not None else cls
-        return image_score(glob, text), anomaly_map(probs, self.backbone.grid_size, self.image_size, self.sigma)
+        embedded = self.backbone.embed_patches(batch).float()
+        return self.forward_tokens(self.backbone.visual, embedded, self.text_embeddings, self.map_geometry())
+
+    def map_geometry(self) -> MapGeometry:
+        """The detector's map settings, as the torch path and the exported graph both use them."""
+        bb = self.backbone
+        return MapGeometry(
+            tuple(self.stages), self.dpam_start, tuple(bb.grid_size), self.image_size, self.sigma, self.global_ln_post
+        )
+
+    def export_module(self) -> nn.Module:
+        """This detector (learned text embeddings, DPAM, smoothing) as one traceable graph, for `vlmad export`."""
+        if self.text_embeddings is None:
+            raise NotReadyError("export before setup(class_name)", "call setup() with the object class name first")
+        from vlmad.methods.anomalyclip_export import AnomalyClipGraph
+
+        return AnomalyClipGraph(self).eval()

@@ -204,8 +204,6 @@ class AprilGan(Detector):
         assoc_max_elems: int = DEFAULT_ASSOC_ELEMS,
         cache: TextEmbeddingCache | None = None,
     ) -> None:
-        from vlmad.training.heads_io import check_compatible, heads_paths, load_heads
-
         self.backbone = backbone
         self.transductive = bool(transductive)
         self.batch_size = max(1, int(batch_size))
@@ -216,52 +214,11 @@ class AprilGan(Detector):
         self.untrained = False
 
         if isinstance(heads, (str, Path)):
-            state, meta = load_heads(heads)
-            head_stages = tuple(int(s) for s in meta["stages"])
-            if stages is not None and tuple(int(s) for s in stages) != head_stages:
-                raise VlmadError(
-                    f"stages {list(stages)} differ from the stages the heads were trained on {list(head_stages)}",
-                    "omit stages (the heads' own are used) or train heads for these stages",
-                )
-            check_compatible(meta, backbone, check_weights=check_weights)
-            self.stages = check_stages(head_stages, backbone.num_layers, backbone.arch)
-            module = ProjectionHeads(backbone.width, backbone.embed_dim, len(self.stages))
-            module.load_state_dict(state, strict=True)
-            self.heads_meta, self.heads_path = meta, heads_paths(heads)[0]
+            module = self._heads_from_file(heads, stages, check_weights)
         elif isinstance(heads, ProjectionHeads):
-            self.stages = check_stages(
-                stages if stages is not None else default_stages(backbone.num_layers),
-                backbone.num_layers,
-                backbone.arch,
-            )
-            if (heads.width, heads.embed_dim, len(heads)) != (
-                backbone.width,
-                backbone.embed_dim,
-                len(self.stages),
-            ):
-                raise VlmadError(
-                    f"heads map {len(heads)} x ({heads.width} -> {heads.embed_dim}) but {backbone.arch} with "
-                    f"{len(self.stages)} stages needs {len(self.stages)} x "
-                    f"({backbone.width} -> {backbone.embed_dim})",
-                    "build the heads for this backbone and stage list",
-                )
-            module = heads
+            module = self._heads_given(heads, stages)
         elif heads is None:
-            if not allow_untrained:
-                raise NotReadyError(
-                    "APRIL-GAN needs trained projection heads; without them its anomaly maps are random projections",
-                    "train heads with `vlmad train aprilgan ...` and pass heads=PATH (CLI: --heads PATH); "
-                    "allow_untrained=True runs with randomly initialised heads (smoke tests, speed checks, "
-                    "or when only the image score is used)",
-                )
-            self.stages = check_stages(
-                stages if stages is not None else default_stages(backbone.num_layers),
-                backbone.num_layers,
-                backbone.arch,
-            )
-            module = ProjectionHeads.seeded(backbone.width, backbone.embed_dim, len(self.stages), head_seed)
-            self.untrained = True
-            self.head_seed = int(head_seed)
+            module = self._heads_seeded(stages, allow_untrained, head_seed)
         else:
             raise VlmadError(
                 f"cannot use {type(heads).__name__} as APRIL-GAN heads",
@@ -281,6 +238,58 @@ class AprilGan(Detector):
         self.text_embeddings: torch.Tensor | None = None  # (2, E) normalised
         self._banks: list[torch.Tensor] = []
         self._k = 0
+
+    # ------------------------------------------------------------------ heads sources
+    def _heads_from_file(self, path: str | Path, stages: Sequence[int] | None, check_weights: bool) -> nn.Module:
+        """Trained heads from a heads file: their stages (``stages`` must agree) and backbone are checked."""
+        from vlmad.training.heads_io import check_compatible, heads_paths, load_heads
+
+        backbone = self.backbone
+        state, meta = load_heads(path)
+        head_stages = tuple(int(s) for s in meta["stages"])
+        if stages is not None and tuple(int(s) for s in stages) != head_stages:
+            raise VlmadError(
+                f"stages {list(stages)} differ from the stages the heads were trained on {list(head_stages)}",
+                "omit stages (the heads' own are used) or train heads for these stages",
+            )
+        check_compatible(meta, backbone, check_weights=check_weights)
+        self.stages = check_stages(head_stages, backbone.num_layers, backbone.arch)
+        module = ProjectionHeads(backbone.width, backbone.embed_dim, len(self.stages))
+        module.load_state_dict(state, strict=True)
+        self.heads_meta, self.heads_path = meta, heads_paths(path)[0]
+        return module
+
+    def _heads_given(self, heads: ProjectionHeads, stages: Sequence[int] | None) -> nn.Module:
+        """An in-memory heads module (training, tests); its shape must fit the backbone and stage list."""
+        backbone = self.backbone
+        self.stages = check_stages(
+            stages if stages is not None else default_stages(backbone.num_layers), backbone.num_layers, backbone.arch
+        )
+        if (heads.width, heads.embed_dim, len(heads)) != (backbone.width, backbone.embed_dim, len(self.stages)):
+            raise VlmadError(
+                f"heads map {len(heads)} x ({heads.width} -> {heads.embed_dim}) but {backbone.arch} with "
+                f"{len(self.stages)} stages needs {len(self.stages)} x "
+                f"({backbone.width} -> {backbone.embed_dim})",
+                "build the heads for this backbone and stage list",
+            )
+        return heads
+
+    def _heads_seeded(self, stages: Sequence[int] | None, allow_untrained: bool, head_seed: int) -> nn.Module:
+        """Randomly initialised heads (seeded): only when the caller allows untrained heads."""
+        if not allow_untrained:
+            raise NotReadyError(
+                "APRIL-GAN needs trained projection heads; without them its anomaly maps are random projections",
+                "train heads with `vlmad train aprilgan ...` and pass heads=PATH (CLI: --heads PATH); "
+                "allow_untrained=True runs with randomly initialised heads (smoke tests, speed checks, "
+                "or when only the image score is used)",
+            )
+        backbone = self.backbone
+        self.stages = check_stages(
+            stages if stages is not None else default_stages(backbone.num_layers), backbone.num_layers, backbone.arch
+        )
+        self.untrained = True
+        self.head_seed = int(head_seed)
+        return ProjectionHeads.seeded(backbone.width, backbone.embed_dim, len(self.stages), head_seed)
 
     # ------------------------------------------------------------------ contract
     @property

@@ -141,8 +141,11 @@ ANOMALYCLIP = MethodSpec(
         skip_option="allow_untrained",
     ),
     study_axes=("resolution", "backbone", "stages"),
+    few_shot=False,  # object-agnostic prompts, no reference memory (docs/methods.md)
     published_settings={"precision": "fp32", "prompts_untrained": False, "sigma": 4.0, "global_ln_post": False},
     published_neutral=frozenset({"prompts"}),
+    train="vlmad.training.anomalyclip:train_anomalyclip",
+    train_cli="vlmad.training.cli:train_anomalyclip_command",
 )
 
 

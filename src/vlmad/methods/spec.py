@@ -4,7 +4,7 @@ The CLI, the benchmark harness, the study planner, the report and the service ne
 spec (see docs/architecture.md and docs/adding-a-method.md): default backbone and weights, the artefact it loads
 (APRIL-GAN's trained heads) and how that artefact fixes backbone options, its options with types and defaults
 (checked before any weights load), the study axes that apply, the settings published numbers were produced with,
-its training entry point and whether it is transductive.
+its training entry point, whether it is transductive and whether it has a few-shot mode.
 
 This module imports no torch: specs are plain data plus small callables that import their method lazily.
 """
@@ -149,6 +149,8 @@ class MethodSpec:
     train: str | None = None
     train_cli: str | None = None
     transductive: bool = False
+    #: False: the method has no few-shot mode (``fit`` raises); grids run its zero-shot rows only
+    few_shot: bool = True
 
     # -- options -----------------------------------------------------------------------------------------------
     def option_names(self) -> list[str]:

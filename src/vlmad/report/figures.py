@@ -123,6 +123,45 @@ def _nan(values: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
+def _bar_panel(
+    ax, metric: str, series: Sequence[Series], categories: Sequence[str], colors: dict, rotate: bool
+) -> None:
+    """One metric's grouped bars (one group per category, one bar per series) with its axis, ticks and limits."""
+    x = np.arange(len(categories))
+    bar_w = 0.8 / max(1, len(series))
+    lows = []
+    for i, s in enumerate(series):
+        vals = _nan(s.values)
+        errs = _nan(s.errors) if s.errors else None
+        if errs is not None:
+            errs = np.where(np.isnan(errs), 0.0, errs)
+        ax.bar(
+            x - 0.4 + bar_w * (i + 0.5),
+            np.nan_to_num(vals, nan=0.0),
+            bar_w,
+            yerr=errs,
+            label=s.label,
+            color=colors[s.label],
+            capsize=2,
+            error_kw={"elinewidth": 0.8},
+        )
+        if np.isfinite(vals).any():
+            lows.append(float(np.nanmin(vals)))
+    ax.set_xticks(
+        x,
+        list(categories),
+        rotation=30 if rotate else 0,
+        ha="right" if rotate else "center",
+        fontsize=8,
+        rotation_mode="anchor" if rotate else "default",
+    )
+    ax.set_title(metric, fontsize=10)
+    ax.set_ylabel("%")
+    lo = min(lows) if lows else 0.0
+    ax.set_ylim(max(0.0, 10 * math.floor((lo - 5) / 10)), 100.0)
+    ax.grid(axis="y", alpha=0.3)
+
+
 def category_bars(
     categories: Sequence[str], panels: Sequence[tuple[str, Sequence[Series]]], title: str, random_weights: bool = False
 ) -> bytes:
@@ -153,40 +192,8 @@ def category_bars(
     )
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     colors = dict(zip(labels, _colors(len(labels)), strict=True))
-    x = np.arange(n_cat)
     for ax, (metric, series) in zip(axes, panels, strict=False):
-        bar_w = 0.8 / max(1, len(series))
-        lows = []
-        for i, s in enumerate(series):
-            vals = _nan(s.values)
-            errs = _nan(s.errors) if s.errors else None
-            if errs is not None:
-                errs = np.where(np.isnan(errs), 0.0, errs)
-            ax.bar(
-                x - 0.4 + bar_w * (i + 0.5),
-                np.nan_to_num(vals, nan=0.0),
-                bar_w,
-                yerr=errs,
-                label=s.label,
-                color=colors[s.label],
-                capsize=2,
-                error_kw={"elinewidth": 0.8},
-            )
-            if np.isfinite(vals).any():
-                lows.append(float(np.nanmin(vals)))
-        ax.set_xticks(
-            x,
-            list(categories),
-            rotation=30 if rotate else 0,
-            ha="right" if rotate else "center",
-            fontsize=8,
-            rotation_mode="anchor" if rotate else "default",
-        )
-        ax.set_title(metric, fontsize=10)
-        ax.set_ylabel("%")
-        lo = min(lows) if lows else 0.0
-        ax.set_ylim(max(0.0, 10 * math.floor((lo - 5) / 10)), 100.0)
-        ax.grid(axis="y", alpha=0.3)
+        _bar_panel(ax, metric, series, categories, colors, rotate)
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
     _outside_legend(fig, axes[0], 0.75)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vlmad.report.figures import pareto_front
+from vlmad.report.zero_shot import ZERO_SHOT_ONLY, zero_shot_only
 
 TIE_POINTS = 0.5
 METRIC_NAMES = {
@@ -93,136 +94,173 @@ def _seg_metric(entries: Sequence[Entry]) -> str | None:
     return None
 
 
+def _zero_shot(ds: str, zero: Sequence[Entry], classification: str) -> list[Recommendation]:
+    """Without examples: the best configuration for image-level decisions and for anomaly maps."""
+    out: list[Recommendation] = []
+    best, runner = _best(zero, classification)
+    if best is not None:
+        lead, tie, margin = _lead(best, runner, classification)
+        out.append(
+            Recommendation(
+                "zero-shot classification",
+                ds,
+                f"No examples at hand (zero-shot), deciding good/bad per image: {best.label} — "
+                f"{METRIC_NAMES[classification]} {_fmt(best.value(classification))} %, {lead}.",
+                {
+                    "best": best.label,
+                    "value": best.value(classification),
+                    "runner_up": runner and runner.label,
+                    "margin": margin,
+                    "tie": tie,
+                },
+            )
+        )
+    seg = _seg_metric(zero)
+    if seg is not None:
+        best, runner = _best(zero, seg)
+        lead, tie, margin = _lead(best, runner, seg)
+        out.append(
+            Recommendation(
+                "zero-shot segmentation",
+                ds,
+                f"No examples at hand, localising defects (anomaly maps): {best.label} — {METRIC_NAMES[seg]} "
+                f"{_fmt(best.value(seg))} %, {lead}.",
+                {
+                    "best": best.label,
+                    "metric": seg,
+                    "value": best.value(seg),
+                    "runner_up": runner and runner.label,
+                    "margin": margin,
+                    "tie": tie,
+                },
+            )
+        )
+    return out
+
+
+def _zero_only_text(mine: Sequence[Entry], metric: str) -> str:
+    """Methods without a few-shot mode are not in a K-shot ranking; name them with their zero-shot number, so the
+    K-shot winner is read against what needs no reference image at all."""
+    only = zero_shot_only((e.method, e.shots) for e in mine)
+    named = [e for e in mine if e.method in only and e.value(metric) is not None]
+    if not named:
+        return ""
+    items = ", ".join(f"{e.label} {_fmt(e.value(metric))} %" for e in named)
+    return f" Not in this comparison, {ZERO_SHOT_ONLY} (no few-shot mode): {items}."
+
+
+def _few_shot(ds: str, mine: Sequence[Entry], zero: Sequence[Entry], classification: str) -> list[Recommendation]:
+    """Per K > 0: the best configuration, what the K images change over its zero-shot, the best for maps."""
+    out: list[Recommendation] = []
+    for k in sorted({e.shots for e in mine if e.shots > 0}):
+        at_k = [e for e in mine if e.shots == k]
+        best, runner = _best(at_k, classification)
+        if best is None:
+            continue
+        lead, tie, margin = _lead(best, runner, classification)
+        zs = [e for e in zero if e.method == best.method and e.value(classification) is not None]
+        gain = ""
+        if zs:
+            delta = best.value(classification) - zs[0].value(classification)
+            gain = (
+                f"; the {k} image(s) change it by {delta:+.1f} pt over its zero-shot "
+                f"{_fmt(zs[0].value(classification))} %"
+            )
+        seg_k = _seg_metric(at_k)
+        seg_text = ""
+        if seg_k is not None:
+            sbest, _ = _best(at_k, seg_k)
+            seg_text = (
+                f" For maps at K={k}: {sbest.label} ({METRIC_NAMES[seg_k]} {_fmt(sbest.value(seg_k))} %)."
+                if sbest is not None
+                else ""
+            )
+        out.append(
+            Recommendation(
+                f"{k}-shot",
+                ds,
+                f"With {k} normal reference image(s) per product: {best.label} — {METRIC_NAMES[classification]} "
+                f"{_fmt(best.value(classification))} %, {lead}{gain}.{seg_text}"
+                + _zero_only_text(mine, classification),
+                {"best": best.label, "value": best.value(classification), "shots": k, "tie": tie, "margin": margin},
+            )
+        )
+    return out
+
+
+def _latency(ds: str, mine: Sequence[Entry], classification: str) -> list[Recommendation]:
+    """Per hardware: the Pareto front of accuracy vs ms/image, read as budgets."""
+    out: list[Recommendation] = []
+    for hw in sorted({e.hardware for e in mine if e.hardware and e.ms_per_image}):
+        pts = [e for e in mine if e.hardware == hw and e.ms_per_image and e.value(classification) is not None]
+        if not pts:
+            continue
+        flags = pareto_front([(e.ms_per_image, e.value(classification)) for e in pts])
+        front = sorted((e for e, f in zip(pts, flags, strict=True) if f), key=lambda e: e.ms_per_image)
+        steps = "; ".join(
+            f"≤ {e.ms_per_image:.3g} ms/image: {e.label} ({_fmt(e.value(classification))} %)" for e in front
+        )
+        fastest, most = front[0], front[-1]
+        if len(front) == 1:
+            text = (
+                f"Latency budget on {hw}: {fastest.label} is both the fastest ({fastest.ms_per_image:.3g} "
+                f"ms/image) and the most accurate ({_fmt(fastest.value(classification))} %) — no trade-off "
+                "to make."
+            )
+        else:
+            text = f"Latency budget on {hw}: the most accurate configuration under each budget is {steps}."
+            text += (
+                f" Going from the fastest ({fastest.label}) to the most accurate ({most.label}) costs "
+                f"{most.ms_per_image / fastest.ms_per_image:.1f}x the time for "
+                f"{most.value(classification) - fastest.value(classification):+.1f} pt."
+            )
+        out.append(
+            Recommendation(
+                "latency budget",
+                ds,
+                text,
+                {"hardware": hw, "front": [(e.label, e.ms_per_image, e.value(classification)) for e in front]},
+            )
+        )
+    return out
+
+
+def _across(entries: Sequence[Entry], datasets: list[str], classification: str) -> list[Recommendation]:
+    """With several datasets: the ranking of methods averaged over all of them, per K."""
+    out: list[Recommendation] = []
+    by_cfg: dict[tuple[str, int], list[Entry]] = {}
+    for e in entries:
+        if e.value(classification) is not None:
+            by_cfg.setdefault((e.method, e.shots), []).append(e)
+    full = {k: v for k, v in by_cfg.items() if {e.dataset for e in v} == set(datasets)}
+    for k in sorted({s for _, s in full}):
+        cands = [(m, sum(e.value(classification) for e in v) / len(v)) for (m, s), v in full.items() if s == k]
+        if len(cands) < 2:
+            continue
+        cands.sort(key=lambda t: -t[1])
+        (m1, v1), (m2, v2) = cands[0], cands[1]
+        out.append(
+            Recommendation(
+                "across datasets",
+                " + ".join(datasets),
+                f"Averaged over {' and '.join(datasets)} at K={k}: {m1} ({v1:.1f} %) over {m2} ({v2:.1f} %), "
+                f"{v1 - v2:+.1f} pt in {METRIC_NAMES[classification]}.",
+                {"shots": k, "ranking": cands},
+            )
+        )
+    return out
+
+
 def recommend(entries: Sequence[Entry], classification: str = "image_auroc") -> list[Recommendation]:
+    """The recommendations of a run, dataset by dataset (zero-shot, few-shot, latency), then across datasets."""
     out: list[Recommendation] = []
     datasets = list(dict.fromkeys(e.dataset for e in entries))
     for ds in datasets:
         mine = [e for e in entries if e.dataset == ds]
         zero = [e for e in mine if e.shots == 0]
-        # zero-shot
-        best, runner = _best(zero, classification)
-        if best is not None:
-            lead, tie, margin = _lead(best, runner, classification)
-            out.append(
-                Recommendation(
-                    "zero-shot classification",
-                    ds,
-                    f"No examples at hand (zero-shot), deciding good/bad per image: {best.label} — "
-                    f"{METRIC_NAMES[classification]} {_fmt(best.value(classification))} %, {lead}.",
-                    {
-                        "best": best.label,
-                        "value": best.value(classification),
-                        "runner_up": runner and runner.label,
-                        "margin": margin,
-                        "tie": tie,
-                    },
-                )
-            )
-        seg = _seg_metric(zero)
-        if seg is not None:
-            best, runner = _best(zero, seg)
-            lead, tie, margin = _lead(best, runner, seg)
-            out.append(
-                Recommendation(
-                    "zero-shot segmentation",
-                    ds,
-                    f"No examples at hand, localising defects (anomaly maps): {best.label} — {METRIC_NAMES[seg]} "
-                    f"{_fmt(best.value(seg))} %, {lead}.",
-                    {
-                        "best": best.label,
-                        "metric": seg,
-                        "value": best.value(seg),
-                        "runner_up": runner and runner.label,
-                        "margin": margin,
-                        "tie": tie,
-                    },
-                )
-            )
-        # few-shot
-        for k in sorted({e.shots for e in mine if e.shots > 0}):
-            at_k = [e for e in mine if e.shots == k]
-            best, runner = _best(at_k, classification)
-            if best is None:
-                continue
-            lead, tie, margin = _lead(best, runner, classification)
-            zs = [e for e in zero if e.method == best.method and e.value(classification) is not None]
-            gain = ""
-            if zs:
-                delta = best.value(classification) - zs[0].value(classification)
-                gain = (
-                    f"; the {k} image(s) change it by {delta:+.1f} pt over its zero-shot "
-                    f"{_fmt(zs[0].value(classification))} %"
-                )
-            seg_k = _seg_metric(at_k)
-            seg_text = ""
-            if seg_k is not None:
-                sbest, _ = _best(at_k, seg_k)
-                seg_text = (
-                    f" For maps at K={k}: {sbest.label} ({METRIC_NAMES[seg_k]} {_fmt(sbest.value(seg_k))} %)."
-                    if sbest is not None
-                    else ""
-                )
-            out.append(
-                Recommendation(
-                    f"{k}-shot",
-                    ds,
-                    f"With {k} normal reference image(s) per product: {best.label} — {METRIC_NAMES[classification]} "
-                    f"{_fmt(best.value(classification))} %, {lead}{gain}.{seg_text}",
-                    {"best": best.label, "value": best.value(classification), "shots": k, "tie": tie, "margin": margin},
-                )
-            )
-        # latency budgets
-        for hw in sorted({e.hardware for e in mine if e.hardware and e.ms_per_image}):
-            pts = [e for e in mine if e.hardware == hw and e.ms_per_image and e.value(classification) is not None]
-            if not pts:
-                continue
-            flags = pareto_front([(e.ms_per_image, e.value(classification)) for e in pts])
-            front = sorted((e for e, f in zip(pts, flags, strict=True) if f), key=lambda e: e.ms_per_image)
-            steps = "; ".join(
-                f"≤ {e.ms_per_image:.3g} ms/image: {e.label} ({_fmt(e.value(classification))} %)" for e in front
-            )
-            fastest, most = front[0], front[-1]
-            if len(front) == 1:
-                text = (
-                    f"Latency budget on {hw}: {fastest.label} is both the fastest ({fastest.ms_per_image:.3g} "
-                    f"ms/image) and the most accurate ({_fmt(fastest.value(classification))} %) — no trade-off "
-                    "to make."
-                )
-            else:
-                text = f"Latency budget on {hw}: the most accurate configuration under each budget is {steps}."
-                text += (
-                    f" Going from the fastest ({fastest.label}) to the most accurate ({most.label}) costs "
-                    f"{most.ms_per_image / fastest.ms_per_image:.1f}x the time for "
-                    f"{most.value(classification) - fastest.value(classification):+.1f} pt."
-                )
-            out.append(
-                Recommendation(
-                    "latency budget",
-                    ds,
-                    text,
-                    {"hardware": hw, "front": [(e.label, e.ms_per_image, e.value(classification)) for e in front]},
-                )
-            )
-    # across datasets
+        out += _zero_shot(ds, zero, classification)
+        out += _few_shot(ds, mine, zero, classification)
+        out += _latency(ds, mine, classification)
     if len(datasets) > 1:
-        by_cfg: dict[tuple[str, int], list[Entry]] = {}
-        for e in entries:
-            if e.value(classification) is not None:
-                by_cfg.setdefault((e.method, e.shots), []).append(e)
-        full = {k: v for k, v in by_cfg.items() if {e.dataset for e in v} == set(datasets)}
-        for k in sorted({s for _, s in full}):
-            cands = [(m, sum(e.value(classification) for e in v) / len(v)) for (m, s), v in full.items() if s == k]
-            if len(cands) < 2:
-                continue
-            cands.sort(key=lambda t: -t[1])
-            (m1, v1), (m2, v2) = cands[0], cands[1]
-            out.append(
-                Recommendation(
-                    "across datasets",
-                    " + ".join(datasets),
-                    f"Averaged over {' and '.join(datasets)} at K={k}: {m1} ({v1:.1f} %) over {m2} ({v2:.1f} %), "
-                    f"{v1 - v2:+.1f} pt in {METRIC_NAMES[classification]}.",
-                    {"shots": k, "ranking": cands},
-                )
-            )
+        out += _across(entries, datasets, classification)
     return out

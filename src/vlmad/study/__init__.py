@@ -22,14 +22,10 @@ from vlmad.study.calibration import (
     validate_deploy,
     write_deploy,
 )
-from vlmad.study.runner import (
-    StudyDetectorFactory,
-    StudyOptions,
-    calibrate_study,
-    plan_study,
-    restrict_stages,
-    run_study,
-)
+from vlmad.study.factory import StudyDetectorFactory, restrict_stages
+from vlmad.study.grid_calibration import calibrate_study
+from vlmad.study.plan import StudyOptions, plan_study
+from vlmad.study.runner import run_study
 from vlmad.study.spec import StudySpec, list_presets, load_study_spec, parse_study_spec
 
 __all__ = [

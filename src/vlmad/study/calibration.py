@@ -27,7 +27,8 @@ quantile the pixel threshold of defect masks (:func:`pixel_calibration`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,7 +51,13 @@ from vlmad_runtime.errors import ImageLoadError, VlmadError
 __all__ = [
     "MODES",
     "Calibration",
+    "CalibrationRequest",
+    "CalibrationResult",
+    "CalibrationSet",
     "Deployment",
+    "calibrate_detector",
+    "calibration_set",
+    "check_calibration_source",
     "deploy_record",
     "f1_optimal_threshold",
     "load_deploy",
@@ -260,3 +267,171 @@ def score_images(
                     flat = amap.ravel()
                     pixel_samples.append(flat[:: max(1, flat.size // PIXEL_SAMPLES_PER_IMAGE)].copy())
     return scores, errors
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one detector's deploy file (`vlmad calibrate`)
+
+
+@dataclass
+class CalibrationRequest:
+    """What ``vlmad calibrate`` asks for: where the calibration images come from and how to pick the threshold."""
+
+    class_name: str | None = None
+    normal_dir: Path | None = None
+    quantile: float = 0.99
+    dataset: str | None = None
+    root: Path | None = None
+    category: str | None = None
+    split: str | None = None
+    mode: str | None = None
+    shots: int = 0
+    seed: int = 0
+    limit: int | None = None
+    batch_size: int = 8
+    pixel_fp_rate: float = 0.001
+
+
+@dataclass
+class CalibrationSet:
+    """The calibration images (labels for a labelled split, None for normals only), the references the
+    deployment will use (never calibration images) and what the deploy file records about them."""
+
+    mode: str
+    class_name: str
+    images: list[Path]
+    labels: list[bool] | None
+    refs: list[Path]
+    extra: dict[str, Any]
+
+
+def check_calibration_source(normal_dir: Path | None, dataset: str | None) -> None:
+    """Exactly one source of calibration images."""
+    if (normal_dir is None) == (dataset is None):
+        raise VlmadError(
+            "give either --normal-dir DIR or --dataset KIND --root PATH --category C",
+            "--normal-dir: held-out normal images; --dataset: a labelled validation split",
+        )
+
+
+def _from_normal_dir(req: CalibrationRequest, refs: list[Path]) -> CalibrationSet:
+    from vlmad.jobs import expand_images
+
+    if req.mode not in (None, "normal-quantile"):
+        raise VlmadError("--normal-dir only supports --mode normal-quantile", "use --dataset for f1-optimal")
+    if not req.class_name:
+        raise VlmadError("--class-name is required with --normal-dir", "e.g. --class-name bottle")
+    if req.shots:
+        raise VlmadError("--shots draws references from a dataset", "with --normal-dir pass --reference-dir")
+    ref_set = {p.resolve() for p in refs}
+    all_images = expand_images([req.normal_dir])
+    images = [p for p in all_images if p.resolve() not in ref_set]
+    extra = {
+        "source": f"normal images in {req.normal_dir.resolve()}",
+        "excluded_references": len(all_images) - len(images),
+    }
+    if req.limit:
+        images = images[: req.limit]
+    return CalibrationSet("normal-quantile", req.class_name, images, None, refs, extra)
+
+
+def _from_dataset(req: CalibrationRequest, refs: list[Path]) -> CalibrationSet:
+    """A labelled split (F1-optimal) or its normal images (normal-quantile); references drawn with --shots."""
+    from vlmad.bench.protocol import limit_samples, select_references
+    from vlmad.data import load_dataset
+
+    if req.root is None or req.category is None:
+        raise VlmadError("--dataset needs --root PATH and --category C")
+    mode = req.mode or "f1-optimal"
+    if mode not in ("f1-optimal", "normal-quantile"):
+        raise VlmadError(f"unknown --mode {mode!r}", "use f1-optimal or normal-quantile")
+    reader = load_dataset(req.dataset, req.root, [req.category])
+    use_split = req.split or ("test" if mode == "f1-optimal" else "train")
+    samples = reader.samples(req.category, use_split)
+    extra: dict[str, Any] = {}
+    if req.shots:
+        if refs:
+            raise VlmadError("--shots and --reference both given", "choose one way to pick references")
+        order = select_references(reader.samples(req.category, "train"), req.shots, req.seed)
+        refs = [s.image_path for s in order[: req.shots]]
+        extra.update(reference_draw={"shots": req.shots, "seed": req.seed, "policy": "vlmad.bench reference policy"})
+    ref_set = {p.resolve() for p in refs}
+    samples = [s for s in samples if s.image_path.resolve() not in ref_set]
+    if mode == "normal-quantile":
+        samples = [s for s in samples if not s.is_anomalous]
+    samples = limit_samples(samples, req.limit) if mode == "f1-optimal" else samples[: req.limit]
+    root = str(Path(req.root).resolve())
+    extra.update(
+        source=f"{req.dataset} {root} / {req.category} / {use_split} split",
+        dataset=req.dataset,
+        root=root,
+        category=req.category,
+        split=use_split,
+    )
+    images, labels = [s.image_path for s in samples], [s.is_anomalous for s in samples]
+    return CalibrationSet(mode, req.class_name or req.category, images, labels, refs, extra)
+
+
+def calibration_set(req: CalibrationRequest, refs: list[Path]) -> CalibrationSet:
+    """The images to calibrate on (checked before any model loads); ``refs`` are the deployment's references."""
+    check_calibration_source(req.normal_dir, req.dataset)
+    cset = _from_normal_dir(req, refs) if req.normal_dir is not None else _from_dataset(req, refs)
+    if not cset.images:
+        raise VlmadError("no calibration image left (after removing the references)", "add held-out images")
+    return cset
+
+
+@dataclass
+class CalibrationResult:
+    """The written deploy record, its threshold and pixel calibration, and the images that could not be read."""
+
+    record: dict[str, Any]
+    calibration: Calibration
+    pixel: PixelCalibration | None
+    failed: list[tuple[str, str]]
+
+
+def calibrate_detector(
+    detector: Any,
+    cset: CalibrationSet,
+    req: CalibrationRequest,
+    out: Path,
+    method: str | None = None,
+    status: Callable[[str], AbstractContextManager] = lambda _message: nullcontext(),
+) -> CalibrationResult:
+    """Set the detector up for the class (and its references), score the calibration images, pick the threshold
+    and the pixel calibration on the normal images, and write ``out``. ``status`` shows what is running."""
+    from vlmad.fingerprint import detector_fingerprint, references_fingerprint
+    from vlmad.methods.registry import default_method
+
+    with status(f"text embeddings for {cset.class_name!r}"):
+        detector.setup(cset.class_name)
+    if cset.refs:
+        with status(f"{len(cset.refs)}-shot reference memory"):
+            detector.fit(cset.refs)
+    images, labels, pixels = cset.images, cset.labels, []
+    normal_images = set(images) if labels is None else {p for p, y in zip(images, labels, strict=True) if not y}
+    with status(f"scoring {len(images)} calibration image(s)"):
+        scores, errors = score_images(detector, images, req.batch_size, pixels)
+    failed = [(str(p), e) for p, e in zip(images, errors, strict=True) if e]
+    keep = [i for i, s in enumerate(scores) if s is not None]
+    read = [p for p, e in zip(images, errors, strict=True) if not e]
+    normal_pixels = [px for p, px in zip(read, pixels, strict=True) if p in normal_images]
+    pixel = pixel_calibration(normal_pixels, req.pixel_fp_rate) if normal_pixels else None
+    if cset.mode == "normal-quantile":
+        cal = normal_quantile_threshold([scores[i] for i in keep], req.quantile)
+    else:
+        cal = f1_optimal_threshold([scores[i] for i in keep], [labels[i] for i in keep])
+    extra = {**cset.extra, "references": [str(p.resolve()) for p in cset.refs]}
+    extra["unreadable"] = [{"path": p, "reason": e} for p, e in failed]
+    if detector.info().random_weights:
+        from vlmad_runtime.drawing import RANDOM_WEIGHTS_STAMP
+
+        extra["warning"] = RANDOM_WEIGHTS_STAMP
+    info = detector.info().as_dict()
+    fingerprint = detector_fingerprint(info, cset.class_name, references_fingerprint(cset.refs))
+    record = deploy_record(
+        cal, method or default_method(), cset.class_name, info, extra, pixel=pixel, fingerprint=fingerprint
+    )
+    write_deploy(out, record)
+    return CalibrationResult(record, cal, pixel, failed)

@@ -1,4 +1,5 @@
-"""Training of learned method parts: APRIL-GAN's projection heads, their artefact files and the leakage guard.
+"""Training of learned method parts (APRIL-GAN's projection heads, AnomalyCLIP's prompts), their artefact files
+and the leakage guard; what the trainers share is :mod:`vlmad.training.common`.
 
 Every name is imported on first use, so that the `vlmad train` command module (:mod:`vlmad.training.cli`) loads
 without torch.
@@ -24,11 +25,10 @@ _LAZY = {
         ),
         "vlmad.training.heads_io",
     ),
-    **dict.fromkeys(("aprilgan_loss", "dice_loss", "focal_loss"), "vlmad.training.losses"),
-    **dict.fromkeys(
-        ("TrainConfig", "TrainItem", "TrainResult", "REGIMES", "train_aprilgan", "training_items", "split_held_out"),
-        "vlmad.training.aprilgan",
-    ),
+    **dict.fromkeys(("aprilgan_loss", "dice_loss", "focal_loss", "glocal_loss"), "vlmad.training.losses"),
+    **dict.fromkeys(("TrainConfig", "TrainResult", "train_aprilgan"), "vlmad.training.aprilgan"),
+    **dict.fromkeys(("TrainItem", "REGIMES", "training_items", "split_held_out"), "vlmad.training.common"),
+    **dict.fromkeys(("PromptTrainConfig", "PromptTrainResult", "train_anomalyclip"), "vlmad.training.anomalyclip"),
 }
 
 
@@ -44,6 +44,8 @@ __all__ = [
     "REGIMES",
     "DataLeakageError",
     "HeadsFileError",
+    "PromptTrainConfig",
+    "PromptTrainResult",
     "TrainConfig",
     "TrainItem",
     "TrainResult",
@@ -53,12 +55,14 @@ __all__ = [
     "check_leakage",
     "dice_loss",
     "focal_loss",
+    "glocal_loss",
     "heads_paths",
     "import_reference_heads",
     "load_heads",
     "read_heads_meta",
     "save_heads",
     "split_held_out",
+    "train_anomalyclip",
     "train_aprilgan",
     "training_items",
 ]

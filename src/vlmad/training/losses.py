@@ -1,11 +1,13 @@
-"""The APRIL-GAN training losses, as in the reference (VAND-APRIL-GAN ``loss.py``), vectorised.
+"""The training losses of APRIL-GAN (VAND-APRIL-GAN ``loss.py``) and AnomalyCLIP (zqhang/AnomalyCLIP ``loss.py``,
+``train.py``; the same focal and dice losses), vectorised.
 
 * focal loss on **probabilities** (the softmax output, not logits): with the one-hot target clamped to
   ``[smooth / (C - 1), 1 - smooth]``, ``pt = sum_c onehot_c * p_c + smooth`` and ``loss = mean over pixels of
   -(1 - pt)^gamma * log(pt)`` (alpha = 1 for every class, gamma = 2, smooth = 1e-5);
 * binary dice loss on the anomalous channel: ``1 - mean over images of (2 |p * t| + 1) / (|p| + |t| + 1)``.
 
-Training sums both over the stages.
+APRIL-GAN sums focal + dice over the stages; AnomalyCLIP's glocal loss is :func:`glocal_loss`
+(docs/methods.md, "AnomalyCLIP training").
 """
 
 from __future__ import annotations
@@ -43,3 +45,29 @@ def aprilgan_loss(stage_probs: list[torch.Tensor], target: torch.Tensor, gamma: 
         probs = torch.stack([1.0 - p1, p1], dim=1)
         total = total + focal_loss(probs, target, gamma) + dice_loss(p1, target)
     return total
+
+
+def glocal_loss(
+    stage_maps: list[torch.Tensor],
+    target: torch.Tensor,
+    image_logits: torch.Tensor,
+    labels: torch.Tensor,
+    local_weight: float = 4.0,
+    gamma: float = 2.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AnomalyCLIP's glocal loss as its ``train.py`` sums it: (total, weighted local part, image part).
+
+    ``image = cross_entropy(image_logits, labels)`` on the global (normal, anomalous) logits (cosine / 0.07);
+    ``local = local_weight * sum over stages of focal(two channels) + dice(anomalous, target) +
+    dice(normal, 1 - target)``, each stage's anomalous probability (B, H, W) at the target's resolution, the
+    normal channel ``1 - p`` (the reference upsamples both softmax channels, which sum to 1 as bilinear
+    interpolation keeps). ``local_weight`` = 4 in the reference since April 2025 (1 before: the paper's sum).
+    """
+    local = stage_maps[0].new_zeros(())
+    for p1 in stage_maps:
+        p0 = 1.0 - p1
+        local = local + focal_loss(torch.stack([p0, p1], dim=1), target, gamma)
+        local = local + dice_loss(p1, target) + dice_loss(p0, 1.0 - target)
+    local = local_weight * local
+    image = torch.nn.functional.cross_entropy(image_logits, labels.long())
+    return local + image, local, image
