@@ -237,6 +237,11 @@ def test_prompts_artefact_round_trip_and_tamper_refusal(bb4, images, tmp_path, w
     other = ClipBackbone.load(ARCH, checkpoint=str(weights_file(ARCH, seed=1)))
     with pytest.raises(CheckpointMismatchError, match="AnomalyCLIP prompts"):
         load_prompts(path, other)
+    # another input size: the hint names the backbone to use and the command that trains prompts
+    bigger = ClipBackbone.load(ARCH, checkpoint=str(weights_file(ARCH)), image_size=bb4.image_size + 16)
+    with pytest.raises(CheckpointMismatchError, match="input size") as err:
+        load_prompts(path, bigger)
+    assert "vlmad train anomalyclip" in err.value.hint and "aprilgan" not in err.value.hint
     # a modified weights file no longer matches its sidecar
     data = bytearray(path.read_bytes())
     data[-1] ^= 1

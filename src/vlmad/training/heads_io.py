@@ -115,15 +115,22 @@ def backbone_meta(backbone) -> dict[str, Any]:
 
 
 def check_compatible(
-    meta: Mapping[str, Any], backbone, check_weights: bool = True, what: str = "APRIL-GAN heads"
+    meta: Mapping[str, Any],
+    backbone,
+    check_weights: bool = True,
+    what: str = "APRIL-GAN heads",
+    retrain: str = "vlmad train aprilgan",
 ) -> None:
-    """Raise :class:`CheckpointMismatchError` when heads trained per ``meta`` do not fit ``backbone``."""
+    """Raise :class:`CheckpointMismatchError` when an artefact trained per ``meta`` does not fit ``backbone``.
+
+    ``what`` names the artefact and ``retrain`` the command that trains it, so the hint fits every method that
+    stores a trained artefact with this sidecar.
+    """
     bb = meta.get("backbone", {})
     hint_bb = (
-        f"use the backbone the heads were trained on ({bb.get('arch')} at {bb.get('image_size')} px"
+        f"use the backbone the {what} were trained on ({bb.get('arch')} at {bb.get('image_size')} px"
         f"{', ' + bb['pretrained'] if bb.get('pretrained') else ''}): leave out --model and the options are taken "
-        "from the heads file, "
-        "or train heads for this backbone with `vlmad train aprilgan`"
+        f"from the file, or train them for this backbone with `{retrain}`"
     )
     problems = []
     if bb.get("arch") != backbone.arch:

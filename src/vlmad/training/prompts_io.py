@@ -104,7 +104,9 @@ def load_prompts(path: str | Path, backbone=None, check_weights: bool = True):
             "the file was modified or the pair was mixed up",
         )
     if backbone is not None:
-        check_compatible(meta, backbone, check_weights=check_weights, what="AnomalyCLIP prompts")
+        check_compatible(
+            meta, backbone, check_weights=check_weights, what="AnomalyCLIP prompts", retrain="vlmad train anomalyclip"
+        )
     shape = meta["prompt_shape"]
     module = ObjectAgnosticPrompts(_text_width(meta, load_file(str(weights))), **{k: shape[k] for k in _SHAPE_KEYS})
     try:
