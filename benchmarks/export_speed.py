@@ -299,14 +299,15 @@ def main() -> None:
         exported = {name: export_all(configs[name], cache) for name in names}  # all bundles first, then timing
         if args.export_only:
             return
-        rows = []
+        measured: list[dict] = []  # this run's rows only: a merged file's rows must not count as measured
+        written: list[dict] = []
         for name in names:
             before = os.getloadavg()
             new = measure_config(name, configs[name], exported[name], args)
             stamp = {"repeats": args.repeats, "threads": args.threads, "load_average_before": before}
-            rows += [{**r, **stamp, "load_average_after": os.getloadavg()} for r in new]
-            rows = save(rows, args, configs)
-    print(table(rows))
+            measured += [{**r, **stamp, "load_average_after": os.getloadavg()} for r in new]
+            written = save(measured, args, configs)
+    print(table(written))
 
 
 def cpu_flags() -> str:
